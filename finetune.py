@@ -1,0 +1,165 @@
+"""Fine-tune and evaluate one task for one seed: model building, the training loop and results.json.
+
+run_superglue.py is the command line over this module."""
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification,
+                          AutoTokenizer, get_linear_schedule_with_warmup)
+
+import tasks as T
+from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
+                                    compress, resolve_model_path)
+from utils import UserError, atomic_write_json
+
+OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
+
+
+class ScoreEachChoice(torch.nn.Module):
+    """Multiple choice for architectures without a multiple-choice head (e.g. T5): a one-logit
+    sequence-classification head scores every (context, choice) pair; softmax over choices."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **kw):
+        B, C = input_ids.shape[:2]
+        kw = {k: v.reshape(B * C, -1) for k, v in kw.items() if v is not None}
+        logits = self.model(input_ids=input_ids.reshape(B * C, -1),
+                            attention_mask=attention_mask.reshape(B * C, -1), **kw).logits.view(B, C)
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return type("Output", (), {"loss": loss, "logits": logits})()
+
+    def save_pretrained(self, path, **kw):
+        self.model.save_pretrained(path, **kw)
+
+
+def build_model(name_or_path, task, compression=None, init="svd", modules_dir=None, hf_model=False):
+    """Returns (model, tokenizer, info). DistilBERT/BERT-family teachers become our ModDistilBERT (compressible);
+    a saved ModDistilBERT loads as is; any other architecture uses its own Hugging Face class, uncompressed."""
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from e
+    mc = task.kind == "multiple_choice"
+    num_labels = 1 if mc else task.num_labels
+    ours = config.model_type in OUR_TEACHERS and not hf_model
+    if ours:
+        cls = ModDistilBertForMultipleChoice if mc else ModDistilBertForSequenceClassification
+        model = cls.from_teacher(name_or_path, num_labels=num_labels)
+    elif config.model_type == "moddistilbert":
+        auto = AutoModelForMultipleChoice if mc else AutoModelForSequenceClassification
+        model = auto.from_pretrained(path, num_labels=num_labels)
+    else:
+        if compression or modules_dir:
+            raise UserError(f"--compression/--modules_dir need a DistilBERT or BERT-family model, "
+                            f"not {config.model_type!r}")
+        model = _hf_model(path, config, mc, num_labels)
+    if compression:
+        compress(model, compression, init)
+    modules = None
+    if modules_dir:
+        if not compression:
+            raise UserError("--modules_dir needs --compression (the modules are low-rank blocks)")
+        import modular  # noqa: E402  (trained low-rank blocks; only needed here)
+        modules = modular.load_modules(model, modules_dir)
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"tokenizer of {name_or_path!r} has no padding token")
+    info = {"architecture": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
+            "modules": modules}
+    return model, tokenizer, info
+
+
+def _hf_model(path, config, mc, num_labels):
+    try:
+        if mc:
+            try:
+                return AutoModelForMultipleChoice.from_pretrained(path)
+            except ValueError:  # no multiple-choice head for this architecture: score each choice
+                return ScoreEachChoice(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    except ValueError as e:
+        raise UserError(f"unsupported architecture {config.model_type!r}: {str(e).splitlines()[0]}") from e
+
+
+def _model_inputs(batch, device):
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, loader, task, device):
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        batch = _model_inputs(batch, device)
+        y = batch.pop("labels")
+        preds.append(model(**batch).logits.float().cpu().numpy())
+        labels.append(y.cpu().numpy())
+    metrics = T.compute_metrics(task, np.concatenate(preds), np.concatenate(labels))
+    return {**metrics, "score": T.task_score(task, metrics)}
+
+
+def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device):
+    """AdamW + linear decay, evaluation after every epoch. Returns the list of per-epoch metric dicts."""
+    pad = tokenizer.pad_token_id
+    train = T.encode(task, train_rows, tokenizer, args.max_length)
+    dev = T.encode(task, eval_rows, tokenizer, args.max_length)
+    train_loader = T.make_loader(train, args.batch_size, True, pad, args.seed)
+    eval_loader = T.make_loader(dev, args.eval_batch_size, False, pad, args.seed)
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    steps = args.epochs * len(train_loader)
+    sched = get_linear_schedule_with_warmup(opt, int(args.warmup_ratio * steps), steps)
+    epochs = []
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        total, n, t0 = 0.0, 0, time.time()
+        bar = tqdm(train_loader, desc=f"{task.name} epoch {epoch}/{args.epochs}", leave=False)
+        for batch in bar:
+            loss = model(**_model_inputs(batch, device)).loss
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"loss is {loss.item()} at epoch {epoch}: lower --lr?")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            opt.step()
+            sched.step()
+            total, n = total + loss.item(), n + 1
+            bar.set_postfix(loss=f"{total / n:.4f}")
+        metrics = evaluate(model, eval_loader, task, device)
+        epochs.append({"epoch": epoch, "train_loss": total / max(n, 1), **metrics,
+                       "seconds": round(time.time() - t0, 2)})
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        tqdm.write(f"[{task.name} seed {args.seed}] epoch {epoch}: {shown}")
+    return epochs
+
+
+def summarize(epochs):
+    """The paper's selection (best validation epoch) and the honest one (last epoch)."""
+    best = max(epochs, key=lambda e: e["score"])
+    return {"best_epoch": best["epoch"], "best_score": best["score"], "last_score": epochs[-1]["score"]}
+
+
+def save_model(model, tokenizer, path):
+    """Hugging Face format (safetensors + config + tokenizer), written beside then renamed."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def write_results(path, record):
+    atomic_write_json(path, record)

@@ -1,0 +1,383 @@
+"""The eight tasks: loading, normalizing, formatting, encoding, batching and scoring.
+
+Every stage goes through this module, so all of them see the same rows, the same text
+pairs and the same metrics. Row format (whatever the source, jsonl/tsv files or the hub):
+a dict with `idx` (int), `label` (int class index in the hub's order, float for stsb)
+and the task's text fields, see FIELDS.
+"""
+import csv
+import json
+import numbers
+import os
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+
+from utils import UserError
+
+TASK_NAMES = ["boolq", "cb", "copa", "rte", "wic", "wsc", "stsb", "mrpc"]
+REPO_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    benchmark: str        # "super_glue" or "glue"
+    kind: str             # "classification" | "regression" | "multiple_choice"
+    num_labels: int       # 1 for stsb and copa (one score per choice), else number of classes
+    label_names: tuple    # class names in the hub's integer order, () for stsb
+    metrics: tuple
+    num_choices: int = 0  # 2 for copa
+
+
+_BOOL = ("False", "True")
+TASKS = {t.name: t for t in [
+    Task("boolq", "super_glue", "classification", 2, _BOOL, ("accuracy",)),
+    Task("cb", "super_glue", "classification", 3, ("entailment", "contradiction", "neutral"), ("accuracy", "f1")),
+    Task("copa", "super_glue", "multiple_choice", 1, ("choice1", "choice2"), ("accuracy",), num_choices=2),
+    Task("rte", "super_glue", "classification", 2, ("entailment", "not_entailment"), ("accuracy",)),
+    Task("wic", "super_glue", "classification", 2, _BOOL, ("accuracy",)),
+    Task("wsc", "super_glue", "classification", 2, _BOOL, ("accuracy",)),
+    Task("stsb", "glue", "regression", 1, (), ("pearson", "spearman")),
+    Task("mrpc", "glue", "classification", 2, ("not_equivalent", "equivalent"), ("accuracy", "f1")),
+]}
+
+# text fields of a normalized row (besides idx and label); the int ones are offsets/indices
+FIELDS = {
+    "boolq": ("question", "passage"),
+    "cb": ("premise", "hypothesis"),
+    "copa": ("premise", "choice1", "choice2", "question"),
+    "rte": ("premise", "hypothesis"),
+    "wic": ("word", "sentence1", "sentence2", "start1", "end1", "start2", "end2"),
+    "wsc": ("text", "span1_index", "span1_text", "span2_index", "span2_text"),
+    "stsb": ("sentence1", "sentence2"),
+    "mrpc": ("sentence1", "sentence2"),
+}
+INT_FIELDS = {"start1", "end1", "start2", "end2", "span1_index", "span2_index"}
+
+# official (train, validation) sizes; the shared data and the hub both have these
+EXPECTED_ROWS = {
+    "boolq": (9427, 3270), "cb": (250, 56), "copa": (400, 100), "rte": (2490, 277),
+    "wic": (5428, 638), "wsc": (554, 104), "stsb": (5749, 1500), "mrpc": (3668, 408),
+}
+HUB = {"boolq": ("aps/super_glue", "boolq"), "cb": ("aps/super_glue", "cb"),
+       "copa": ("aps/super_glue", "copa"), "rte": ("aps/super_glue", "rte"),
+       "wic": ("aps/super_glue", "wic"), "wsc": ("aps/super_glue", "wsc.fixed"),
+       "stsb": ("nyu-mll/glue", "stsb"), "mrpc": ("nyu-mll/glue", "mrpc")}
+# GLUE tsv: row field -> tsv header column
+TSV_COLUMNS = {
+    "stsb": {"sentence1": "sentence1", "sentence2": "sentence2", "label": "score"},
+    "mrpc": {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"},
+}
+
+
+def get_task(name) -> Task:
+    """The Task for a name (a Task passes through unchanged)."""
+    if isinstance(name, Task):
+        return name
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
+    return TASKS[name]
+
+
+# -----------------------------------------------------------------------------
+# loading
+
+def split_path(task, split, data_dir) -> str:
+    """Where a split lives under a data dir: <task>/{train,val}.jsonl or <task>/{train,dev}.tsv."""
+    task = get_task(task)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if task.benchmark == "glue":
+        return os.path.join(data_dir, task.name, "train.tsv" if split == "train" else "dev.tsv")
+    return os.path.join(data_dir, task.name, "train.jsonl" if split == "train" else "val.jsonl")
+
+
+def default_data_dir(task) -> str | None:
+    """REPO_DATA_DIR if the repo ships both splits of this task, else None (= the hub)."""
+    ok = all(os.path.isfile(split_path(task, s, REPO_DATA_DIR)) for s in SPLITS)
+    return REPO_DATA_DIR if ok else None
+
+
+def load_rows(task, split, data_dir=None, check_count=True) -> list[dict]:
+    """Normalized rows of one split, from data_dir, else the repo's data/, else the hub.
+    check_count: the number of rows must be the official split size."""
+    task = get_task(task)
+    data_dir = data_dir or default_data_dir(task)
+    if data_dir is None:
+        rows, where = load_hub_rows(task, split), f"hub {'/'.join(HUB[task.name])} {split}"
+    else:
+        where = split_path(task, split, data_dir)
+        rows = read_tsv(task, where) if task.benchmark == "glue" else read_jsonl(task, where)
+    expected = EXPECTED_ROWS[task.name][SPLITS.index(split)]
+    if check_count and len(rows) != expected:
+        raise UserError(f"{where}: expected {expected} rows for {task.name} {split}, got {len(rows)}")
+    return rows
+
+
+def _open(path):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found (expected the {os.path.basename(path)} "
+                        f"split file of task '{os.path.basename(os.path.dirname(path))}')")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_jsonl(task, path) -> list[dict]:
+    """SuperGLUE jsonl, one object a line; labels as strings/booleans; WSC spans under `target`."""
+    task = get_task(task)
+    rows = []
+    with _open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            if not isinstance(raw, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object")
+            if task.name == "wsc" and isinstance(raw.get("target"), dict):
+                raw = {**raw, **raw["target"]}
+            rows.append(normalize_row(task, raw, f"{path}:{lineno}"))
+    return rows
+
+
+def read_tsv(task, path) -> list[dict]:
+    """GLUE tsv with a header line (utf-8-sig: MRPC has a BOM; QUOTE_NONE: bare quotes)."""
+    task = get_task(task)
+    with _open(path) as f:
+        lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not lines:
+        raise UserError(f"{path}: empty file, expected a header line")
+    header, cols = lines[0], {}
+    for field, name in TSV_COLUMNS[task.name].items():
+        if name not in header:
+            raise UserError(f"{path}:1: column {name!r} missing from the header")
+        cols[field] = header.index(name)
+    rows = []
+    for lineno, values in enumerate(lines[1:], 2):
+        if len(values) != len(header):
+            raise UserError(f"{path}:{lineno}: expected {len(header)} columns, got {len(values)}")
+        raw = {field: values[i] for field, i in cols.items()}
+        raw["idx"] = len(rows)
+        label = raw["label"]
+        try:
+            raw["label"] = float(label) if task.kind == "regression" else int(label)
+        except ValueError:
+            raise UserError(f"{path}:{lineno}: field 'label' (column {TSV_COLUMNS[task.name]['label']!r})"
+                            f" is not a number: {label!r}") from None
+        rows.append(normalize_row(task, raw, f"{path}:{lineno}"))
+    return rows
+
+
+def load_hub_rows(task, split) -> list[dict]:
+    task = get_task(task)
+    try:
+        import datasets
+        ds = datasets.load_dataset(*HUB[task.name], split=split)
+    except Exception as e:
+        raise UserError(f"could not load {task.name} from the Hugging Face hub "
+                        f"({type(e).__name__}); pass --data_dir with {task.name}/ split files") from None
+    return rows_from_hub(task, ds)
+
+
+def rows_from_hub(task, dataset) -> list[dict]:
+    """Normalized rows from any iterable of dicts in the hub schema (integer labels, flat WSC)."""
+    task = get_task(task)
+    return [normalize_row(task, dict(raw), f"hub {task.name} row {i}") for i, raw in enumerate(dataset)]
+
+
+def _label(task, v, where):
+    if task.kind == "regression":
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= float(v) <= 5.0:
+            raise UserError(f"{where}: field 'label' must be a number in [0, 5], got {v!r}")
+        return float(v)
+    if isinstance(v, bool) and task.label_names == _BOOL:
+        return int(v)
+    if isinstance(v, str) and v in task.label_names:
+        return task.label_names.index(v)
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v < len(task.label_names):
+        return int(v)
+    raise UserError(f"{where}: field 'label' has unknown value {v!r} "
+                    f"(expected one of {', '.join(task.label_names)} or their index)")
+
+
+def normalize_row(task, raw, where) -> dict:
+    """One source dict -> the row format; checks types, labels, offsets and span indices."""
+    task = get_task(task)
+    row = {}
+    for field in ("idx",) + FIELDS[task.name] + ("label",):
+        if field not in raw:
+            raise UserError(f"{where}: field {field!r} missing")
+        v = raw[field]
+        if field == "label":
+            row[field] = _label(task, v, where)
+        elif field == "idx" or field in INT_FIELDS:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise UserError(f"{where}: field {field!r} must be an integer, got {v!r}")
+            row[field] = int(v)
+        else:
+            if not isinstance(v, str):
+                raise UserError(f"{where}: field {field!r} must be a string, got {v!r}")
+            row[field] = v
+    if task.name == "copa" and row["question"] not in ("cause", "effect"):
+        raise UserError(f"{where}: field 'question' must be 'cause' or 'effect', got {row['question']!r}")
+    if task.name == "wic":
+        for k in ("1", "2"):
+            s, e, n = row["start" + k], row["end" + k], len(row["sentence" + k])
+            if not 0 <= s < e <= n:
+                raise UserError(f"{where}: field 'start{k}'/'end{k}' ({s}, {e}) outside sentence{k} (length {n})")
+    if task.name == "wsc":
+        n = len(row["text"].split())
+        for k in ("1", "2"):
+            i, m = row[f"span{k}_index"], len(row[f"span{k}_text"].split())
+            if m == 0 or not 0 <= i <= n - m:
+                raise UserError(f"{where}: field 'span{k}_index' {i} (+{m} words) outside text ({n} words)")
+    return row
+
+
+# -----------------------------------------------------------------------------
+# formatting and encoding
+
+def mark_wsc(row) -> str:
+    """text with span1's words wrapped in *...* and span2's in #...#, located by word index.
+    The index is trusted over span_text (which may differ in case, or at all, in a few rows)."""
+    words = row["text"].split()
+    s1, s2 = row["span1_index"], row["span2_index"]
+    e1 = s1 + len(row["span1_text"].split()) - 1
+    e2 = s2 + len(row["span2_text"].split()) - 1
+    out = []
+    for i, w in enumerate(words):
+        pre = ("*" if i == s1 else "") + ("#" if i == s2 else "")
+        post = ("#" if i == e2 else "") + ("*" if i == e1 else "")
+        out.append(pre + w + post)
+    return " ".join(out)
+
+
+def mark_wic(sentence, start, end) -> str:
+    return sentence[:start] + "*" + sentence[start:end] + "*" + sentence[end:]
+
+
+def format_example(task, row):
+    """(text_a, text_b or None); for multiple choice a list with one pair per choice."""
+    task = get_task(task)
+    name = task.name
+    if name == "copa":
+        premise = row["premise"].strip()
+        premise = premise[:-1] if premise.endswith(".") else premise
+        text_a = premise + (" because" if row["question"] == "cause" else " so")
+        return [(text_a, row["choice1"]), (text_a, row["choice2"])]
+    if name == "wsc":
+        return (mark_wsc(row), None)
+    if name == "wic":
+        return (mark_wic(row["sentence1"], row["start1"], row["end1"]),
+                mark_wic(row["sentence2"], row["start2"], row["end2"]))
+    a, b = FIELDS[name][:2]  # boolq: question/passage, cb/rte: premise/hypothesis, stsb/mrpc
+    return (row[a], row[b])
+
+
+def encode(task, rows, tokenizer, max_length) -> dict:
+    """Tokenize rows without padding. For copa every feature is a list of num_choices encodings."""
+    task = get_task(task)
+    pairs = [format_example(task, r) for r in rows]
+    c = task.num_choices
+    if c:
+        pairs = [p for choices in pairs for p in choices]
+    text_a = [a for a, _ in pairs]
+    text_b = [b for _, b in pairs]
+    text_b = None if all(b is None for b in text_b) else text_b
+    enc = tokenizer(text_a, text_b, truncation=True, max_length=max_length) if pairs else {}
+    out = {}
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        if key in enc:
+            vals = [list(v) for v in enc[key]]
+            out[key] = [vals[i:i + c] for i in range(0, len(vals), c)] if c else vals
+    out["labels"] = [r["label"] for r in rows]
+    return out
+
+
+class TaskDataset(torch.utils.data.Dataset):
+    """Features of an encode() result, one dict per example."""
+
+    def __init__(self, encoded):
+        self.encoded = encoded
+        self.keys = [k for k in encoded if k != "labels"] + ["labels"]
+
+    def __len__(self):
+        return len(self.encoded["labels"])
+
+    def __getitem__(self, i):
+        return {k: self.encoded[k][i] for k in self.keys}
+
+
+def _pad(seqs, length, value):
+    return [s + [value] * (length - len(s)) for s in seqs]
+
+
+def collate(features_batch, pad_token_id) -> dict:
+    """Pad to the longest sequence in the batch: (B, T), or (B, C, T) for multiple choice."""
+    batch = {}
+    for key in features_batch[0]:
+        if key == "labels":
+            continue
+        value = pad_token_id if key == "input_ids" else 0
+        seqs = [f[key] for f in features_batch]
+        if seqs and isinstance(seqs[0][0], list):  # multiple choice
+            t = max(len(s) for choices in seqs for s in choices)
+            batch[key] = torch.tensor([_pad(choices, t, value) for choices in seqs], dtype=torch.long)
+        else:
+            t = max(len(s) for s in seqs)
+            batch[key] = torch.tensor(_pad(seqs, t, value), dtype=torch.long)
+    labels = [f["labels"] for f in features_batch]
+    dtype = torch.float if isinstance(labels[0], float) else torch.long
+    batch["labels"] = torch.tensor(labels, dtype=dtype)
+    return batch
+
+
+def make_loader(encoded, batch_size, shuffle, pad_token_id, seed=0):
+    """A DataLoader over an encode() result; shuffling is seeded with its own generator."""
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return torch.utils.data.DataLoader(TaskDataset(encoded), batch_size=batch_size, shuffle=shuffle,
+                                       generator=gen, collate_fn=partial(collate, pad_token_id=pad_token_id))
+
+
+# -----------------------------------------------------------------------------
+# metrics
+
+def compute_metrics(task, predictions, labels) -> dict:
+    """Metrics as python floats. predictions: logits (B, num_labels) or (B, C); (B,) or (B, 1)
+    for stsb. For the other tasks a 1-d array is taken as predicted class indices."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score
+    task = get_task(task)
+    if isinstance(predictions, torch.Tensor):
+        predictions = predictions.detach().float().cpu().numpy()
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    preds, labels = np.asarray(predictions), np.asarray(labels)
+    if task.kind == "regression":
+        preds, labels = preds.reshape(-1).astype(float), labels.reshape(-1).astype(float)
+        return {"pearson": float(pearsonr(preds, labels)[0]), "spearman": float(spearmanr(preds, labels)[0])}
+    if preds.ndim > 1:
+        preds = preds.argmax(-1)
+    preds, labels = preds.reshape(-1).astype(int), labels.reshape(-1).astype(int)
+    if len(preds) != len(labels):
+        raise UserError(f"{task.name}: {len(preds)} predictions for {len(labels)} labels")
+    out = {"accuracy": float(accuracy_score(labels, preds))}
+    if task.name == "cb":
+        out["f1"] = float(f1_score(labels, preds, average="macro", zero_division=0))
+    if task.name == "mrpc":
+        out["f1"] = float(f1_score(labels, preds, average="binary", pos_label=1, zero_division=0))
+    return out
+
+
+def task_score(task, metrics) -> float:
+    """The paper's table number: 100 x the mean of the task's metrics."""
+    task = get_task(task)
+    missing = [m for m in task.metrics if m not in metrics]
+    if missing:
+        raise UserError(f"{task.name}: metric(s) {', '.join(missing)} missing from {sorted(metrics)}")
+    return 100.0 * sum(float(metrics[m]) for m in task.metrics) / len(task.metrics)
