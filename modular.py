@@ -1,0 +1,268 @@
+"""Modular training: low-rank MHA / FFN blocks trained in isolation to imitate the frozen teacher's blocks.
+
+Shared by mha_modular.py and ffn_modular.py (one training loop, one checkpoint format) and by
+run_superglue.py --modules_dir (load_modules).
+
+Data: capture_data.py stores each layer's input x (real tokens only). Per layer we rebuild, once, with the
+frozen teacher: MHA inputs = x, targets = attention(x); FFN inputs = sa_layer_norm(x + attention(x)),
+targets = ffn(inputs). Loss: MSE over real tokens only. Held out: a slice of the original examples
+(with their augmented copies), on which we report ||student - teacher||^2 / ||teacher||^2.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from activations import ActivationStore, pad_sequences, sequence_offsets
+from modeling_moddistilbert import (ModDistilBertModel, attention_mask_4d, init_block, make_block,
+                                    reduced_dims)
+from utils import UserError, atomic_write_json, get_device, set_seed
+
+CKPT_FORMAT = "modular-block/1"
+
+
+# ------------------------------------------------------------------ data
+@torch.no_grad()
+def teacher_io(layer, kind, x, lengths, device, batch=64):
+    """(inputs, targets) of block `kind` of the teacher `layer`, as flat [tokens, H] tensors on `device`."""
+    layer = layer.to(device).eval()
+    ins, outs, offsets = [], [], sequence_offsets(lengths)
+    for s in range(0, len(lengths), batch):
+        idx = torch.arange(s, min(s + batch, len(lengths)))
+        xb, mask = pad_sequences(x, lengths, idx, offsets)
+        xb, mask = xb.to(device).float(), mask.to(device)
+        m4 = attention_mask_4d(mask)
+        if kind == "ffn":
+            xb = layer.sa_layer_norm(xb + layer.attention(xb, m4))
+        yb = (layer.attention if kind == "mha" else layer.ffn)(xb, m4)
+        ins.append(xb[mask])
+        outs.append(yb[mask])
+    return torch.cat(ins), torch.cat(outs)
+
+
+def holdout_split(example_ids, frac, seed):
+    """Sequence indices (train, held-out): whole examples (all choices, all augmented copies) go to one side."""
+    examples = torch.unique(example_ids)
+    g = torch.Generator().manual_seed(seed)
+    n_out = max(1, int(round(frac * len(examples)))) if frac > 0 else 0
+    if n_out >= len(examples):
+        raise UserError(f"--holdout {frac} leaves no training examples ({len(examples)} examples)")
+    out = examples[torch.randperm(len(examples), generator=g)[:n_out]]
+    is_out = torch.isin(example_ids, out)
+    return (~is_out).nonzero().squeeze(1), is_out.nonzero().squeeze(1)
+
+
+def masked_sq_error(pred, target, mask):
+    """Sum of squared errors over real tokens only (padding excluded), and the target's squared norm there."""
+    m = mask.unsqueeze(-1).to(pred.dtype)
+    return (((pred - target) * m) ** 2).sum(), ((target * m) ** 2).sum()
+
+
+# ------------------------------------------------------------------ training
+@torch.no_grad()
+def relative_error(block, inputs, targets, lengths, index, device, batch=64):
+    """||block(x) - teacher(x)||^2 / ||teacher(x)||^2 over the real tokens of the sequences in `index`."""
+    was = block.training
+    block.eval()
+    err = norm = 0.0
+    offsets = sequence_offsets(lengths)
+    for s in range(0, len(index), batch):
+        idx = index[s:s + batch]
+        xb, mask = pad_sequences(inputs, lengths, idx, offsets)
+        yb, _ = pad_sequences(targets, lengths, idx, offsets)
+        xb, yb, mask = xb.to(device), yb.to(device), mask.to(device)
+        e, n = masked_sq_error(block(xb, attention_mask_4d(mask)), yb, mask)
+        err, norm = err + e.item(), norm + n.item()
+    block.train(was)
+    return err / max(norm, 1e-30)
+
+
+def train_block(student, teacher, inputs, targets, lengths, train_idx, val_idx, *, epochs, batch_size,
+                lr, mixup, seed, device, desc="block"):
+    """Adam on the masked MSE to the teacher's outputs. With mixup, every batch is trained together with its
+    average with the batch rolled by one (sequences cut to the shorter of each pair), whose targets the
+    frozen teacher recomputes. Returns per-epoch (train_loss, held-out relative error)."""
+    student.to(device).train(False)  # dropout off: imitation targets are deterministic
+    teacher.to(device).eval()
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    history, offsets = [], sequence_offsets(lengths)
+    for epoch in range(1, epochs + 1):
+        order = train_idx[torch.randperm(len(train_idx), generator=g)]
+        total, count = 0.0, 0
+        for s in tqdm(range(0, len(order), batch_size), desc=f"{desc} epoch {epoch}/{epochs}", leave=False):
+            idx = order[s:s + batch_size]
+            xb, mask = pad_sequences(inputs, lengths, idx, offsets)
+            yb, _ = pad_sequences(targets, lengths, idx, offsets)
+            xb, yb, mask = xb.to(device), yb.to(device), mask.to(device)
+            if mixup and len(idx) > 1:
+                xm, mm = (xb + xb.roll(1, 0)) / 2, mask & mask.roll(1, 0)
+                with torch.no_grad():
+                    ym = teacher(xm, attention_mask_4d(mm))
+                xb, yb, mask = torch.cat([xb, xm]), torch.cat([yb, ym]), torch.cat([mask, mm])
+            err, _ = masked_sq_error(student(xb, attention_mask_4d(mask)), yb, mask)
+            loss = err / (mask.sum() * yb.shape[-1])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + loss.item(), count + 1
+        rel = relative_error(student, inputs, targets, lengths, val_idx, device) if len(val_idx) else None
+        history.append({"epoch": epoch, "train_mse": total / max(count, 1), "heldout_rel_error": rel})
+    return history
+
+
+# ------------------------------------------------------------------ checkpoints
+def checkpoint_path(out_dir, layer, kind):
+    return os.path.join(out_dir, f"layer{layer:02d}_{kind}.safetensors")
+
+
+def save_block(path, block, meta):
+    """One block: its state dict as safetensors, with string metadata (no pickles). Written then renamed."""
+    tmp = path + ".tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in block.state_dict().items()}, tmp,
+              metadata={"format": CKPT_FORMAT, **{k: str(v) for k, v in meta.items()}})
+    os.replace(tmp, path)
+
+
+def load_modules(model, modules_dir):
+    """Load every layerNN_{mha,ffn}.safetensors in `modules_dir` into the (compressed) model; returns their names."""
+    files = sorted(glob.glob(os.path.join(modules_dir, "layer*_*.safetensors")))
+    if not files:
+        raise UserError(f"no module checkpoints (layerNN_mha/ffn.safetensors) in {modules_dir}")
+    base = model.base_model
+    loaded = []
+    for path in files:
+        m = re.fullmatch(r"layer(\d+)_(mha|ffn)\.safetensors", os.path.basename(path))
+        if not m:
+            continue
+        layer, kind = int(m.group(1)), m.group(2)
+        if layer >= len(base.layers):
+            raise UserError(f"{path}: layer {layer} but the model has {len(base.layers)} layers")
+        with safe_open(path, "pt") as f:
+            if (f.metadata() or {}).get("format") != CKPT_FORMAT:
+                raise UserError(f"{path}: not a {CKPT_FORMAT} checkpoint")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
+        own = block.state_dict()
+        for k, v in own.items():
+            got = state.get(k)
+            if got is None or got.shape != v.shape:
+                shape = "missing" if got is None else tuple(got.shape)
+                raise UserError(f"{path}: layer {layer} {kind} {k} has shape {shape} in the module but "
+                                f"{tuple(v.shape)} in the model (check --compression)")
+        block.load_state_dict(state)
+        loaded.append(os.path.basename(path))
+    return loaded
+
+
+# ------------------------------------------------------------------ the command line both trainers share
+def build_parser(kind, doc):
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--activations_dir", required=True, help="what capture_data.py wrote")
+    p.add_argument("--output_dir", required=True, help="module checkpoints + report.json + loss PNG")
+    p.add_argument("--compression", type=float, default=2.0)
+    p.add_argument("--init", choices=["svd", "random"], default="svd", help="the paper uses random")
+    p.add_argument("--layers", type=int, nargs="*", default=None, help="default: all")
+    p.add_argument("--epochs", type=int, default=10, help="the paper: 200")
+    p.add_argument("--batch_size", type=int, default=32, help="sequences per batch")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--mixup", action="store_true", help="also train on each batch averaged with its roll by one")
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction of examples held out")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(kind=kind)
+    return p
+
+
+def train_blocks(args):
+    """Train the low-rank `args.kind` block of every chosen layer; checkpoints, report.json and a loss PNG."""
+    kind = args.kind
+    if args.epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    device = get_device(args.device)
+    store = ActivationStore(args.activations_dir)
+    teacher = ModDistilBertModel.from_teacher(store.model).eval()
+    config = teacher.config
+    layers = range(config.num_hidden_layers) if args.layers is None else args.layers
+    for layer in layers:
+        if not 0 <= layer < config.num_hidden_layers:
+            raise UserError(f"--layers: {layer} is not a layer of {store.model} (0..{config.num_hidden_layers - 1})")
+    train_idx, val_idx = holdout_split(store.sequence_info()[1], args.holdout, args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+    entries = []
+    for layer in layers:
+        t0 = time.time()
+        x, lengths = store.load_layer(layer)
+        tblock = teacher.layers[layer].attention if kind == "mha" else teacher.layers[layer].ffn
+        inputs, targets = teacher_io(teacher.layers[layer], kind, x, lengths, device)
+        del x
+        inner = reduced_dims(config, layer, args.compression)[0 if kind == "mha" else 1]
+        svd_block = make_block(config, layer, kind, inner)
+        init_block(tblock, svd_block, "svd", config.initializer_range)
+        svd_err = relative_error(svd_block.to(device), inputs, targets, lengths, val_idx, device)
+        student = svd_block if args.init == "svd" else make_block(config, layer, kind, inner)
+        if args.init != "svd":
+            init_block(tblock, student, args.init, config.initializer_range)
+        init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device)
+        history = train_block(student, tblock, inputs, targets, lengths, train_idx, val_idx,
+                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, mixup=args.mixup,
+                              seed=args.seed + layer, device=device, desc=f"layer {layer} {kind}")
+        meta = {"block": kind, "layer": layer, "hidden_size": config.hidden_size, "inner_size": inner,
+                "num_heads": config.num_attention_heads, "compression": args.compression, "init": args.init,
+                "teacher": store.model, "task": store.manifest.get("task")}
+        save_block(checkpoint_path(args.output_dir, layer, kind), student, meta)
+        entry = {"layer": layer, "block": kind, "inner_size": inner, "svd_init_rel_error": svd_err,
+                 "init_rel_error": init_err, "trained_rel_error": history[-1]["heldout_rel_error"],
+                 "history": history, "seconds": round(time.time() - t0, 1)}
+        entries.append(entry)
+        tqdm.write(f"layer {layer} {kind}: held-out rel. error svd-init {svd_err:.4f} -> trained "
+                   f"{entry['trained_rel_error']:.4f} ({entry['seconds']}s)")
+    write_report(args, store, entries)
+
+
+def write_report(args, store, entries):
+    """Merge into OUTPUT_DIR/report.json (both trainers may share one dir) and draw loss_<kind>.png."""
+    path = os.path.join(args.output_dir, "report.json")
+    report = {"layers": []}
+    if os.path.exists(path):
+        with open(path) as f:
+            report = json.load(f)
+    keep = [e for e in report["layers"] if (e["layer"], e["block"]) not in {(n["layer"], n["block"]) for n in entries}]
+    report.update({"teacher": store.model, "task": store.manifest.get("task"),
+                   "activations_dir": os.path.abspath(args.activations_dir)})
+    report.setdefault("settings", {})[args.kind] = {k: v for k, v in vars(args).items()}
+    report["layers"] = sorted(keep + entries, key=lambda e: (e["layer"], e["block"]))
+    atomic_write_json(path, report)
+    plot_curves(os.path.join(args.output_dir, f"loss_{args.kind}.png"), args.kind,
+                [e for e in report["layers"] if e["block"] == args.kind])
+
+
+def plot_curves(path, kind, entries):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for e in entries:
+        errs = [h["heldout_rel_error"] for h in e["history"]]
+        line, = ax.plot(range(1, len(errs) + 1), errs, marker="o", ms=3, label=f"layer {e['layer']}")
+        ax.axhline(e["svd_init_rel_error"], color=line.get_color(), ls="--", lw=0.8)
+    ax.set(xlabel="epoch", ylabel="held-out ||s - t||² / ||t||²", yscale="log",
+           title=f"{kind.upper()} blocks: trained (solid) vs SVD init (dashed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

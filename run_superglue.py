@@ -1,0 +1,90 @@
+"""Fine-tune and evaluate one task for one seed; writes OUTPUT_DIR/results.json (and the model, HF format).
+
+    python run_superglue.py --model_name_or_path minilm --task rte --data_dir ../shared/data \
+        --output_dir runs/rte/baseline/seed1 --seed 1
+    python run_superglue.py ... --compression 2 --init svd                 # compressed, SVD start
+    python run_superglue.py ... --compression 2 --modules_dir runs/rte/modules   # modular (trained blocks)
+"""
+import argparse
+import os
+import time
+
+import torch
+
+import tasks as T
+from finetune import build_model, save_model, summarize, train_and_evaluate, write_results
+from utils import UserError, get_device, run_main, set_seed
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_name_or_path", default="minilm",
+                   help="hub id, local dir, or 'minilm' (the embedded MiniLM-L6)")
+    p.add_argument("--task", required=True, help=" ".join(T.TASK_NAMES))
+    p.add_argument("--data_dir", default=None, help="official files; default: repo data/ if it has the task, else the hub")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--compression", type=float, default=None, help="divide head_dim and FFN width by this")
+    p.add_argument("--init", choices=["svd", "random"], default="svd", help="start of the low-rank blocks")
+    p.add_argument("--modules_dir", default=None, help="trained low-rank blocks (mha_modular.py / ffn_modular.py)")
+    p.add_argument("--variant", default=None, help="row label for consolidate.py (default: baseline/modular/INIT)")
+    p.add_argument("--epochs", type=int, default=18)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--eval_batch_size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--warmup_ratio", type=float, default=0.0)
+    p.add_argument("--max_grad_norm", type=float, default=1.0)
+    p.add_argument("--max_length", type=int, default=128)
+    p.add_argument("--max_train_samples", type=int, default=None)
+    p.add_argument("--max_eval_samples", type=int, default=None)
+    p.add_argument("--hf_model", action="store_true", help="use transformers' own class even for DistilBERT/BERT")
+    p.add_argument("--no_save_model", action="store_true", help="do not save the fine-tuned model")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUTPUT_DIR")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    task = T.get_task(args.task)
+    results_path = os.path.join(args.output_dir, "results.json")
+    if os.path.exists(results_path) and not args.overwrite:
+        raise UserError(f"{results_path} holds a finished run; pass --overwrite or another --output_dir")
+    if args.epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_dir = args.data_dir or T.default_data_dir(task)
+    train_rows = T.load_rows(task, "train", data_dir)[: args.max_train_samples]
+    eval_rows = T.load_rows(task, "validation", data_dir)[: args.max_eval_samples]
+
+    set_seed(args.seed)
+    device = get_device(args.device)
+    model, tokenizer, info = build_model(args.model_name_or_path, task, args.compression, args.init,
+                                         args.modules_dir, args.hf_model)
+    variant = args.variant or ("baseline" if not args.compression
+                               else "modular" if args.modules_dir else args.init)
+    print(f"{task.name}: {info['architecture']} ({variant}), {info['params']:,} parameters, "
+          f"{len(train_rows)} train / {len(eval_rows)} validation rows, device {device}")
+    t0 = time.time()
+    epochs = train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device)
+    record = {
+        "task": task.name, "model": args.model_name_or_path, "variant": variant,
+        "compression": args.compression, "init": args.init if args.compression else None,
+        "seed": args.seed, "params": info["params"], "architecture": info["architecture"],
+        "modules": info["modules"], "data_dir": data_dir or "hub",
+        "n_train": len(train_rows), "n_eval": len(eval_rows),
+        "settings": {k: v for k, v in vars(args).items()}, "device": str(device),
+        "seconds": round(time.time() - t0, 1), "epochs": epochs, **summarize(epochs),
+    }
+    if not args.no_save_model:
+        save_model(model, tokenizer, os.path.join(args.output_dir, "model"))
+    write_results(results_path, record)
+    print(f"{task.name} seed {args.seed}: best epoch {record['best_epoch']} score {record['best_score']:.2f} "
+          f"(paper's selection), last epoch score {record['last_score']:.2f} -> {results_path}")
+
+
+if __name__ == "__main__":
+    run_main(main)
