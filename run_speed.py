@@ -1,0 +1,138 @@
+"""CPU inference benchmark: uncompressed vs compressed encoder, fp32 and dynamic INT8, one process, interleaved.
+
+    python run_speed.py --threads 2 --json results/speed.json                 # DistilBERT shape, random weights
+    python run_speed.py --model_name_or_path minilm --compression 2           # a real teacher's shape
+    python run_speed.py --checkpoint runs/rte/modular/seed1/model --task rte  # + validation accuracy, fp32 vs INT8
+
+Beside every speedup it prints the FLOP bound: the ratio of multiply-adds of the whole model (encoder, the
+[CLS] head) uncompressed vs compressed at that sequence length, and the fraction of it reached.
+"""
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+import torch
+from tabulate import tabulate
+from transformers import DistilBertConfig
+
+from modeling_moddistilbert import (ModDistilBertForSequenceClassification, compress, config_from_teacher)
+from utils import atomic_write_json, run_main, set_seed
+
+
+def model_macs(config, seq_len, num_labels=2):
+    """Multiply-adds of one sequence through the encoder and the classification head (lookups are free)."""
+    H, T, total = config.hidden_size, seq_len, 0
+    for a, f in zip(config.attn_dims, config.ffn_dims):
+        total += T * (3 * H * a + a * H)   # q, k, v, out projections
+        total += 2 * T * T * a             # scores and weighted values
+        total += 2 * T * H * f             # FFN
+    return total + H * H + H * num_labels  # pre_classifier + classifier on [CLS]
+
+
+def int8(model):
+    """Dynamic INT8 on every Linear (weights int8, activations quantized on the fly)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def build_variants(base, compression, with_int8):
+    small = compress(copy.deepcopy(base), compression, "svd").eval()
+    variants = {"fp32 c=1": base, f"fp32 c={compression:g}": small}
+    if with_int8:
+        variants["int8 c=1"] = int8(base)
+        variants[f"int8 c={compression:g}"] = int8(small)
+    return variants
+
+
+@torch.inference_mode()
+def time_variants(variants, batch_size, seq_len, vocab, repeats, warmup):
+    """Median and spread (p10, p90) in ms of one forward, variants interleaved in every repeat."""
+    ids = torch.randint(1000, vocab, (batch_size, seq_len))
+    mask = torch.ones_like(ids)
+    times = {k: [] for k in variants}
+    for r in range(warmup + repeats):
+        for name, model in variants.items():
+            t0 = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            if r >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=10)
+        out[name] = (statistics.median(ts), q[0], q[-1])
+    return out
+
+
+def accuracy_rows(checkpoint, task_name, threads):
+    """Validation score of a fine-tuned checkpoint, fp32 vs dynamic INT8."""
+    import tasks as T
+    from finetune import evaluate
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    task = T.get_task(task_name)
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    rows = T.load_rows(task, "validation", T.default_data_dir(task) or None)
+    loader = T.make_loader(T.encode(task, rows, tok, 128), 64, False, tok.pad_token_id)
+    dev = torch.device("cpu")
+    return {"fp32": evaluate(model, loader, task, dev), "int8": evaluate(int8(model), loader, task, dev)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_name_or_path", default=None, help="teacher whose shape (and weights) to use; "
+                   "default: DistilBERT-base shape with random weights")
+    p.add_argument("--compression", type=float, default=2.0)
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--seq_lens", type=int, nargs="+", default=[128])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no_int8", action="store_true")
+    p.add_argument("--checkpoint", default=None, help="fine-tuned compressed model: also report fp32 vs INT8 "
+                   "validation score on --task")
+    p.add_argument("--task", default=None)
+    p.add_argument("--json", default=None, help="write the rows as a JSON list")
+    p.add_argument("--accuracy_json", default=None, help="with --checkpoint: write the fp32/INT8 scores here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    set_seed(0)
+    if args.model_name_or_path:
+        base = ModDistilBertForSequenceClassification.from_teacher(args.model_name_or_path, num_labels=2)
+    else:
+        base = ModDistilBertForSequenceClassification(config_from_teacher(DistilBertConfig(), num_labels=2))
+    base.eval()
+    variants = build_variants(base, args.compression, not args.no_int8)
+    cfg_small = variants[f"fp32 c={args.compression:g}"].config
+    rows = []
+    for T_ in args.seq_lens:
+        bound = model_macs(base.config, T_) / model_macs(cfg_small, T_)
+        for bs in args.batch_sizes:
+            res = time_variants(variants, bs, T_, base.config.vocab_size, args.repeats, args.warmup)
+            ref = res["fp32 c=1"][0]
+            for name, (med, p10, p90) in res.items():
+                c = 1.0 if name.endswith("c=1") else args.compression
+                b = 1.0 if c == 1.0 else bound
+                rows.append({"variant": name, "batch_size": bs, "seq_len": T_, "threads": args.threads,
+                             "median_ms": round(med, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3),
+                             "speedup": round(ref / med, 3), "flop_bound": round(b, 3),
+                             "fraction_of_bound": round(ref / med / b, 3) if name.startswith("fp32") else None})
+            print(f"bs {bs} x {T_} done", flush=True)
+    print(tabulate([[r["variant"], r["batch_size"], r["seq_len"], r["threads"], r["median_ms"],
+                     f"{r['p10_ms']}-{r['p90_ms']}", f"{r['speedup']:.2f}x", f"{r['flop_bound']:.2f}x",
+                     "" if r["fraction_of_bound"] is None else f"{r['fraction_of_bound']:.2f}"] for r in rows],
+                   headers=["variant", "bs", "seq", "threads", "median ms", "p10-p90", "speedup",
+                            "FLOP bound", "of bound"], tablefmt="github"))
+    if args.json:
+        atomic_write_json(args.json, rows)
+    if args.checkpoint:
+        acc = accuracy_rows(args.checkpoint, args.task, args.threads)
+        print(f"{args.task} validation score: fp32 {acc['fp32']['score']:.2f}, int8 {acc['int8']['score']:.2f}")
+        if args.accuracy_json:
+            atomic_write_json(args.accuracy_json, {"checkpoint": args.checkpoint, "task": args.task, **acc})
+
+
+if __name__ == "__main__":
+    run_main(main)
