@@ -1,0 +1,113 @@
+"""Capture what a frozen teacher's layers see on task data, for modular training (activations.py).
+
+Stores every layer's input (the MHA block input) for real tokens only; the trainers recompute the
+block outputs from the teacher. Sequences are processed in dataset order (no sorting or shuffling),
+so an interrupted capture resumes with the same command.
+
+    python capture_data.py --task rte --data_dir ../shared/data --output_dir runs/cap_rte
+"""
+import argparse
+import hashlib
+import json
+import os
+
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+import tasks
+from activations import ActivationWriter
+from modeling_moddistilbert import ModDistilBertModel, resolve_model_path
+from utils import UserError, get_device, run_main, set_seed
+
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_name_or_path", default="minilm", help="teacher: dir, hub id or `minilm`")
+    p.add_argument("--task", required=True, help=", ".join(tasks.TASK_NAMES))
+    p.add_argument("--data_dir", default=None, help="default: tasks.default_data_dir(task) (the repo's data/ or the hub)")
+    p.add_argument("--split", default="train", help=" or ".join(tasks.SPLITS))
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--max_length", type=int, default=128)
+    p.add_argument("--augment", type=int, default=0, metavar="N", help="N augmented copies of each example")
+    p.add_argument("--glove", default=None, help="GloVe text file for augmentation (default: teacher embeddings)")
+    p.add_argument("--aug_p", type=float, default=0.3, help="probability of substituting a word")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="storage dtype")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_samples", type=int, default=None, help="first N original rows (before augmentation)")
+    p.add_argument("--shard_sequences", type=int, default=2048)
+    p.add_argument("--overwrite", action="store_true", help="discard whatever capture is in --output_dir")
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    for name, lo in (("max_length", 2), ("augment", 0), ("batch_size", 1), ("max_samples", 1), ("shard_sequences", 1)):
+        v = getattr(a, name)
+        if v is not None and v < lo:
+            raise UserError(f"--{name} must be >= {lo}, got {v}")
+    if not 0.0 <= a.aug_p <= 1.0:
+        raise UserError(f"--aug_p must be in [0, 1], got {a.aug_p}")
+    if a.data_dir is not None and not os.path.isdir(a.data_dir):
+        raise UserError(f"--data_dir {a.data_dir}: directory not found")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    set_seed(a.seed)
+    task = tasks.get_task(a.task)
+    data_dir = a.data_dir or tasks.default_data_dir(task)
+    rows = tasks.load_rows(task, a.split, data_dir)[:a.max_samples]
+    n_examples = len(rows)
+    if a.augment:
+        from augment import augment_examples, neighbours_for
+        rows = augment_examples(rows, a.augment, neighbours_for(a.model_name_or_path, a.glove), a.seed, p=a.aug_p)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(a.model_name_or_path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the tokenizer of {a.model_name_or_path!r}: {str(e).splitlines()[0]}") from None
+    enc = tasks.encode(task, rows, tokenizer, a.max_length)
+    c = task.num_choices or 1
+    flat = (lambda v: [s for ex in v for s in ex]) if task.num_choices else (lambda v: v)
+    ids = flat(enc["input_ids"])
+    types = flat(enc["token_type_ids"]) if "token_type_ids" in enc else None
+    example_ids = [r["idx"] for r in rows for _ in range(c)]
+    copies = [r.get("aug_copy", 0) for r in rows for _ in range(c)]
+    digest = hashlib.sha256(json.dumps([ids, types, example_ids, copies]).encode()).hexdigest()
+
+    device = get_device(a.device)
+    model = ModDistilBertModel.from_teacher(a.model_name_or_path).to(device).eval()
+    cfg = model.config
+    settings = {"model": a.model_name_or_path, "task": task.name, "split": a.split, "max_length": a.max_length,
+                "augment": a.augment, "aug_p": a.aug_p if a.augment else None,
+                "glove": a.glove if a.augment else None, "seed": a.seed, "dtype": a.dtype,
+                "max_samples": a.max_samples, "shard_sequences": a.shard_sequences, "inputs_sha256": digest}
+    fields = {"model": a.model_name_or_path, "task": task.name, "split": a.split,
+              "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "max_length": a.max_length,
+              "augment": a.augment, "seed": a.seed, "data_dir": data_dir, "batch_size": a.batch_size,
+              "n_examples": n_examples, "n_sequences_expected": len(ids), "settings": settings}
+    writer = ActivationWriter(a.output_dir, fields, a.shard_sequences, DTYPES[a.dtype], overwrite=a.overwrite)
+    if writer.already_complete:
+        print(f"{a.output_dir}: capture already complete")
+        return
+    if writer.n_stored:
+        print(f"resuming: {writer.n_stored} of {len(ids)} sequences already stored")
+    B = a.batch_size
+    first = writer.n_stored // B * B  # the same batches as an uninterrupted run: identical numerics
+    pad = tokenizer.pad_token_id or 0
+    with torch.inference_mode():
+        for s in tqdm(range(first, len(ids), B), desc=f"capture {task.name}", disable=None):
+            batch = ids[s:s + B]
+            T = max(len(x) for x in batch)
+            lengths = torch.tensor([len(x) for x in batch])
+            inp = torch.tensor([x + [pad] * (T - len(x)) for x in batch], device=device)
+            mask = (torch.arange(T)[None, :] < lengths[:, None]).long().to(device)
+            tt = None if types is None else torch.tensor([x + [0] * (T - len(x)) for x in types[s:s + B]], device=device)
+            hidden = model(inp, mask, tt, output_hidden_states=True).hidden_states
+            writer.add(list(hidden[:-1]), lengths, example_ids[s:s + B], copies[s:s + B], start=s)
+    writer.close()
+
+
+if __name__ == "__main__":
+    run_main(main)
