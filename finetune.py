@@ -57,7 +57,7 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         model = cls.from_teacher(name_or_path, num_labels=num_labels)
     elif config.model_type == "moddistilbert":
         auto = AutoModelForMultipleChoice if mc else AutoModelForSequenceClassification
-        model = auto.from_pretrained(path, num_labels=num_labels)
+        model = auto.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True)
     else:
         if compression or modules_dir:
             raise UserError(f"--compression/--modules_dir need a DistilBERT or BERT-family model, "
@@ -84,8 +84,11 @@ def _hf_model(path, config, mc, num_labels):
             try:
                 return AutoModelForMultipleChoice.from_pretrained(path)
             except ValueError:  # no multiple-choice head for this architecture: score each choice
-                return ScoreEachChoice(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+                return ScoreEachChoice(AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=1, ignore_mismatched_sizes=True))
+        # a checkpoint may carry another task's head (e.g. 2 labels where stsb needs 1): re-initialise it
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                  ignore_mismatched_sizes=True)
     except ValueError as e:
         raise UserError(f"unsupported architecture {config.model_type!r}: {str(e).splitlines()[0]}") from e
 
@@ -112,7 +115,8 @@ def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, devi
     pad = tokenizer.pad_token_id
     train = T.encode(task, train_rows, tokenizer, args.max_length)
     dev = T.encode(task, eval_rows, tokenizer, args.max_length)
-    train_loader = T.make_loader(train, args.batch_size, True, pad, args.seed)
+    train_loader = T.make_loader(train, args.batch_size, True, pad, args.seed,
+                                 group_by_length=not args.no_group_by_length)
     eval_loader = T.make_loader(dev, args.eval_batch_size, False, pad, args.seed)
     model.to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]

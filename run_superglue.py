@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup_ratio", type=float, default=0.0)
     p.add_argument("--max_grad_norm", type=float, default=1.0)
     p.add_argument("--max_length", type=int, default=128)
+    p.add_argument("--no_group_by_length", action="store_true",
+                   help="plain shuffled batches (default: batches of similar length, less padding)")
     p.add_argument("--max_train_samples", type=int, default=None)
     p.add_argument("--max_eval_samples", type=int, default=None)
     p.add_argument("--hf_model", action="store_true", help="use transformers' own class even for DistilBERT/BERT")

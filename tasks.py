@@ -337,11 +337,40 @@ def collate(features_batch, pad_token_id) -> dict:
     return batch
 
 
-def make_loader(encoded, batch_size, shuffle, pad_token_id, seed=0):
-    """A DataLoader over an encode() result; shuffling is seeded with its own generator."""
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Shuffled batches of similar length (less padding): each epoch, a seeded permutation is cut into
+    chunks of `group` batches, each chunk sorted by length and cut into batches, and the batches shuffled."""
+
+    def __init__(self, lengths, batch_size, seed, group=50):
+        self.lengths, self.batch_size, self.group = torch.as_tensor(lengths), batch_size, group
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        perm = torch.randperm(len(self.lengths), generator=self.gen)
+        batches = []
+        for chunk in perm.split(self.batch_size * self.group):
+            chunk = chunk[self.lengths[chunk].argsort(descending=True, stable=True)]
+            batches += [b.tolist() for b in chunk.split(self.batch_size)]
+        yield from (batches[i] for i in torch.randperm(len(batches), generator=self.gen).tolist())
+
+
+def _length(ids):
+    return max(len(s) for s in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def make_loader(encoded, batch_size, shuffle, pad_token_id, seed=0, group_by_length=False):
+    """A DataLoader over an encode() result; shuffling is seeded with its own generator.
+    group_by_length (with shuffle): batches of similar length, see LengthGroupedBatches."""
+    collate_fn = partial(collate, pad_token_id=pad_token_id)
+    if shuffle and group_by_length:
+        sampler = LengthGroupedBatches([_length(x) for x in encoded["input_ids"]], batch_size, seed)
+        return torch.utils.data.DataLoader(TaskDataset(encoded), batch_sampler=sampler, collate_fn=collate_fn)
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return torch.utils.data.DataLoader(TaskDataset(encoded), batch_size=batch_size, shuffle=shuffle,
-                                       generator=gen, collate_fn=partial(collate, pad_token_id=pad_token_id))
+                                       generator=gen, collate_fn=collate_fn)
 
 
 # -----------------------------------------------------------------------------

@@ -380,3 +380,18 @@ def test_make_loader(tokenizer):
     b = next(iter(tasks.make_loader(enc, 4, False, tokenizer.pad_token_id)))
     assert b["input_ids"].shape[:2] == (4, 2) and b["labels"].tolist() == [r["label"] for r in rows[:4]]
     assert (b["input_ids"][b["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+
+
+def test_length_grouped_batches_cover_all_once_seeded_and_pad_less():
+    import random
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 120) for _ in range(1000)]
+    s1, s2 = tasks.LengthGroupedBatches(lengths, 32, seed=3, group=10), tasks.LengthGroupedBatches(lengths, 32, seed=3, group=10)
+    e1, e2 = list(s1), list(s2)
+    assert e1 == e2                                             # seeded
+    assert sorted(i for b in e1 for i in b) == list(range(1000))  # every example exactly once
+    assert len(e1) == len(s1) == 32
+    assert list(s1) != e1                                       # a new order next epoch
+    padded = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    plain = [list(range(i, min(i + 32, 1000))) for i in range(0, 1000, 32)]
+    assert padded(e1) < 0.8 * padded(plain)                     # much less padding than arbitrary batches
