@@ -1,0 +1,74 @@
+"""run_speed.py: FLOP bound by hand, the benchmark rows, ONNX export equivalence, INT8 accuracy path."""
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, DistilBertConfig
+
+import run_speed
+from modeling_moddistilbert import (ModDistilBertForSequenceClassification, compress, config_from_teacher,
+                                    resolve_model_path)
+
+TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(**TINY)).save_pretrained(d)
+    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(d)
+    return str(d)
+
+
+def test_model_macs_by_hand():
+    cfg = config_from_teacher(BertConfig(**TINY), num_labels=2)
+    T, H, A, F = 10, 32, 32, 64
+    per_layer = T * 4 * H * A + 2 * T * T * A + 2 * T * H * F
+    assert run_speed.model_macs(cfg, T) == 2 * per_layer + H * H + 2 * H
+    # DistilBERT-base at c=2, 128 tokens: the bound the paper's 2x rests on
+    big = config_from_teacher(DistilBertConfig(), num_labels=2)
+    small = ModDistilBertForSequenceClassification(config_from_teacher(DistilBertConfig(), num_labels=2)).config
+    small.attn_dims, small.ffn_dims = [384] * 6, [1536] * 6
+    bound = run_speed.model_macs(big, 128) / run_speed.model_macs(small, 128)
+    assert 1.98 < bound < 2.0
+
+
+def test_benchmark_rows_and_json(tiny_teacher, tmp_path):
+    out = tmp_path / "speed.json"
+    run_speed.main(["--model_name_or_path", tiny_teacher, "--batch_sizes", "1", "2", "--seq_lens", "8",
+                    "--repeats", "2", "--warmup", "1", "--threads", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert {r["variant"] for r in rows} == {"fp32 c=1", "fp32 c=2", "int8 c=1", "int8 c=2"}
+    assert len(rows) == 8
+    for r in rows:
+        assert {"variant", "batch_size", "seq_len", "threads", "median_ms", "speedup", "flop_bound"} <= set(r)
+        assert r["median_ms"] > 0 and r["threads"] == 1 and r["seq_len"] == 8
+    base = [r for r in rows if r["variant"] == "fp32 c=1"]
+    assert all(r["speedup"] == 1.0 and r["flop_bound"] == 1.0 for r in base)
+    assert all(r["flop_bound"] > 1.5 for r in rows if r["variant"] == "fp32 c=2")
+
+
+def test_onnx_export_same_logits(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = ModDistilBertForSequenceClassification(config_from_teacher(BertConfig(**TINY), num_labels=3)).eval()
+    compress(m, 2.0, "svd")
+    session = run_speed.OnnxModel(run_speed.export_onnx(m, str(tmp_path / "m.onnx")), 1)
+    ids = torch.randint(1000, 30000, (3, 21))       # another batch and length than exported with
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        expected = m(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(session(ids, mask).logits, expected, atol=1e-4)
+
+
+def test_int8_keeps_the_model_close():
+    torch.manual_seed(0)
+    m = ModDistilBertForSequenceClassification(config_from_teacher(BertConfig(**TINY), num_labels=2)).eval()
+    q = run_speed.int8(m)
+    assert any("quantized" in type(mod).__module__ for mod in q.modules())
+    ids = torch.randint(1000, 30000, (4, 12))
+    with torch.no_grad():
+        a, b = m(input_ids=ids).logits, q(input_ids=ids).logits
+    assert (a - b).abs().max() < 0.05 * a.abs().max() + 1e-3
