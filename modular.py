@@ -142,7 +142,7 @@ def load_modules(model, modules_dir):
     for path in files:
         m = re.fullmatch(r"layer(\d+)_(mha|ffn)\.safetensors", os.path.basename(path))
         if not m:
-            continue
+            raise UserError(f"{path}: not a module checkpoint name (expected layerNN_mha or layerNN_ffn.safetensors)")
         layer, kind = int(m.group(1)), m.group(2)
         if layer >= len(base.layers):
             raise UserError(f"{path}: layer {layer} but the model has {len(base.layers)} layers")
@@ -158,6 +158,9 @@ def load_modules(model, modules_dir):
                 shape = "missing" if got is None else tuple(got.shape)
                 raise UserError(f"{path}: layer {layer} {kind} {k} has shape {shape} in the module but "
                                 f"{tuple(v.shape)} in the model (check --compression)")
+        extra = sorted(set(state) - set(own))
+        if extra:
+            raise UserError(f"{path}: layer {layer} {kind} has tensors the model's block lacks: {extra}")
         block.load_state_dict(state)
         loaded.append(os.path.basename(path))
     return loaded
@@ -211,11 +214,12 @@ def train_blocks(args):
         inner = reduced_dims(config, layer, args.compression)[0 if kind == "mha" else 1]
         svd_block = make_block(config, layer, kind, inner)
         init_block(tblock, svd_block, "svd", config.initializer_range)
-        svd_err = relative_error(svd_block.to(device), inputs, targets, lengths, val_idx, device)
+        held = len(val_idx) > 0  # --holdout 0: nothing held out, no errors to report (None)
+        svd_err = relative_error(svd_block.to(device), inputs, targets, lengths, val_idx, device) if held else None
         student = svd_block if args.init == "svd" else make_block(config, layer, kind, inner)
         if args.init != "svd":
             init_block(tblock, student, args.init, config.initializer_range)
-        init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device)
+        init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device) if held else None
         history = train_block(student, tblock, inputs, targets, lengths, train_idx, val_idx,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, mixup=args.mixup,
                               seed=args.seed + layer, device=device, desc=f"layer {layer} {kind}")
@@ -227,8 +231,9 @@ def train_blocks(args):
                  "init_rel_error": init_err, "trained_rel_error": history[-1]["heldout_rel_error"],
                  "history": history, "seconds": round(time.time() - t0, 1)}
         entries.append(entry)
-        tqdm.write(f"layer {layer} {kind}: held-out rel. error svd-init {svd_err:.4f} -> trained "
-                   f"{entry['trained_rel_error']:.4f} ({entry['seconds']}s)")
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+        tqdm.write(f"layer {layer} {kind}: held-out rel. error svd-init {fmt(svd_err)} -> trained "
+                   f"{fmt(entry['trained_rel_error'])} ({entry['seconds']}s)")
     write_report(args, store, entries)
 
 
@@ -255,9 +260,10 @@ def plot_curves(path, kind, entries):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for e in entries:
-        errs = [h["heldout_rel_error"] for h in e["history"]]
+        errs = [float("nan") if h["heldout_rel_error"] is None else h["heldout_rel_error"] for h in e["history"]]
         line, = ax.plot(range(1, len(errs) + 1), errs, marker="o", ms=3, label=f"layer {e['layer']}")
-        ax.axhline(e["svd_init_rel_error"], color=line.get_color(), ls="--", lw=0.8)
+        if e["svd_init_rel_error"] is not None:
+            ax.axhline(e["svd_init_rel_error"], color=line.get_color(), ls="--", lw=0.8)
     ax.set(xlabel="epoch", ylabel="held-out ||s - t||² / ||t||²", yscale="log",
            title=f"{kind.upper()} blocks: trained (solid) vs SVD init (dashed)")
     ax.legend(fontsize=8)
