@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from utils import UserError, atomic_write_json
+from utils import UserError, atomic_write_json, default_file_mode
 
 FORMAT = "modular-activations/1"
 MANIFEST = "manifest.json"
@@ -177,6 +177,7 @@ class ActivationWriter:
         name = shard_name(len(self.shards))
         path, tmp = os.path.join(self.out_dir, name), os.path.join(self.out_dir, ".tmp-" + name)
         save_file(tensors, tmp)
+        os.chmod(tmp, default_file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         sha = file_sha256(tmp)
