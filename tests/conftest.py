@@ -1,6 +1,29 @@
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+
+# A tiny random BERT teacher with the real bert-base-uncased vocabulary (the MiniLM tokenizer).
+TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64)
+
+
+def save_with_tokenizer(model, d):
+    """save_pretrained(d) plus the MiniLM tokenizer, so the dir loads like a hub checkpoint."""
+    from transformers import AutoTokenizer
+    from modeling_moddistilbert import resolve_model_path
+    model.save_pretrained(d)
+    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    import torch
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    return save_with_tokenizer(BertModel(BertConfig(**TINY_BERT)), tmp_path_factory.mktemp("tiny_bert"))

