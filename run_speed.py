@@ -19,7 +19,7 @@ from tabulate import tabulate
 from transformers import DistilBertConfig
 
 from modeling_moddistilbert import (ModDistilBertForSequenceClassification, compress, config_from_teacher)
-from utils import atomic_write_json, run_main, set_seed
+from utils import UserError, atomic_write_json, run_main, set_seed
 
 
 def model_macs(config, seq_len, num_labels=2):
@@ -108,15 +108,16 @@ def time_variants(variants, batch_size, seq_len, vocab, repeats, warmup):
     return out
 
 
-def accuracy_rows(checkpoint, task_name, threads):
+def accuracy_rows(checkpoint, task_name, data_dir=None):
     """Validation score of a fine-tuned checkpoint, fp32 vs dynamic INT8."""
     import tasks as T
     from finetune import evaluate
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer
     task = T.get_task(task_name)
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(checkpoint).eval()
     tok = AutoTokenizer.from_pretrained(checkpoint)
-    rows = T.load_rows(task, "validation", T.default_data_dir(task) or None)
+    rows = T.load_rows(task, "validation", data_dir or T.default_data_dir(task))
     loader = T.make_loader(T.encode(task, rows, tok, 128), 64, False, tok.pad_token_id)
     dev = torch.device("cpu")
     return {"fp32": evaluate(model, loader, task, dev), "int8": evaluate(int8(model), loader, task, dev)}
@@ -137,9 +138,12 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=None, help="fine-tuned compressed model: also report fp32 vs INT8 "
                    "validation score on --task")
     p.add_argument("--task", default=None)
+    p.add_argument("--data_dir", default=None, help="task files for --checkpoint (default: repo data/ or the hub)")
     p.add_argument("--json", default=None, help="write the rows as a JSON list")
     p.add_argument("--accuracy_json", default=None, help="with --checkpoint: write the fp32/INT8 scores here")
     args = p.parse_args(argv)
+    if args.checkpoint and not args.task:
+        raise UserError("--checkpoint needs --task (the validation set to score it on)")
     torch.set_num_threads(args.threads)
     set_seed(0)
     if args.model_name_or_path:
@@ -170,7 +174,7 @@ def main(argv=None):
     if args.json:
         atomic_write_json(args.json, rows)
     if args.checkpoint:
-        acc = accuracy_rows(args.checkpoint, args.task, args.threads)
+        acc = accuracy_rows(args.checkpoint, args.task, args.data_dir)
         print(f"{args.task} validation score: fp32 {acc['fp32']['score']:.2f}, int8 {acc['int8']['score']:.2f}")
         if args.accuracy_json:
             atomic_write_json(args.accuracy_json, {"checkpoint": args.checkpoint, "task": args.task, **acc})

@@ -67,3 +67,16 @@ def test_int8_keeps_the_model_close():
     with torch.no_grad():
         a, b = m(input_ids=ids).logits, q(input_ids=ids).logits
     assert (a - b).abs().max() < 0.05 * a.abs().max() + 1e-3
+
+
+def test_int8_accuracy_of_a_checkpoint(tmp_path):
+    from conftest import SHARED_DATA, save_with_tokenizer
+    torch.manual_seed(0)
+    m = ModDistilBertForSequenceClassification(config_from_teacher(BertConfig(**TINY), num_labels=2)).eval()
+    compress(m, 2.0, "svd")
+    d = save_with_tokenizer(m, tmp_path / "ckpt")
+    acc = run_speed.accuracy_rows(d, "rte", SHARED_DATA)
+    for k in ("fp32", "int8"):
+        assert 0.0 <= acc[k]["accuracy"] <= 1.0 and acc[k]["score"] == pytest.approx(100 * acc[k]["accuracy"])
+    # 277 validation rows: the same logits up to INT8 error flip at most a few predictions
+    assert abs(acc["fp32"]["accuracy"] - acc["int8"]["accuracy"]) <= 10 / 277
