@@ -44,19 +44,9 @@ def run(script, *args, check=True, env=None):
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    """A tiny random BERT (2 layers, hidden 32) with the MiniLM tokenizer, saved locally."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from modeling_moddistilbert import resolve_model_path
-    d = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64)
-    BertModel(cfg).save_pretrained(d)
-    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(d)
-    return str(d)
+def teacher(tiny_bert_dir):
+    """The tiny random BERT teacher of conftest (2 layers, hidden 32, MiniLM tokenizer)."""
+    return tiny_bert_dir
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +105,22 @@ def test_pipeline_resume_skips_finished_stages(pipeline, teacher):
 
     # a removed marker reruns that stage only; the fine-tune is skipped while its results.json exists
     mods = os.path.join(out, "copa", "modules")
-    os.remove(os.path.join(mods, ".mha.done"))
-    before = os.path.getmtime(os.path.join(mods, "layer00_ffn.safetensors"))
+    os.remove(os.path.join(mods, ".ffn.done"))
+    mha_time = os.path.getmtime(os.path.join(mods, "layer00_mha.safetensors"))
     p = run("modular_pipeline.sh", *args, "--stages", "capture,modules,finetune")
-    assert stages_run(p.stdout) == {"mha"}
-    assert stages_skipped(p.stdout) == {"capture", "ffn", "finetune"}
-    assert os.path.exists(os.path.join(mods, ".mha.done"))
-    assert os.path.getmtime(os.path.join(mods, "layer00_ffn.safetensors")) == before
+    assert stages_run(p.stdout) == {"ffn"}
+    assert stages_skipped(p.stdout) == {"capture", "mha", "finetune"}
+    assert os.path.exists(os.path.join(mods, ".ffn.done"))
+    assert os.path.getmtime(os.path.join(mods, "layer00_mha.safetensors")) == mha_time
+
+    # a marker written with other settings reruns the stage, and records the new settings
+    p = run("modular_pipeline.sh", *args, "--stages", "mha", "--module_epochs", "2")
+    assert stages_run(p.stdout) == {"mha"} and "mha: settings changed, retraining" in p.stdout
+    with open(os.path.join(mods, ".mha.done")) as f:
+        assert "epochs=2" in f.read().splitlines()
+    with open(os.path.join(mods, "report.json")) as f:
+        epochs = {e["block"]: len(e["history"]) for e in json.load(f)["layers"] if e["layer"] == 0}
+    assert epochs == {"mha": 2, "ffn": 1}
 
 
 def test_failing_stage_stops_the_run(tmp_path, teacher):

@@ -1,0 +1,333 @@
+#!/bin/bash
+#SBATCH --job-name=modular
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=12:00:00
+#SBATCH --output=%x-%j.out
+#
+# Modular training for transformer compression, one task and one seed:
+#   capture -> mha -> ffn -> finetune -> table        (run `modular_pipeline.sh --help`)
+#
+# Works the same with `bash modular_pipeline.sh ...` (laptop) and `sbatch modular_pipeline.sh ...` (cluster).
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: modular_pipeline.sh [options]          (or: sbatch modular_pipeline.sh [options])
+
+Runs the staged pipeline for ONE task and ONE seed:
+  capture   capture_data.py  -> OUT_DIR/TASK/activations   (skipped when manifest.json says complete
+                                                           and was captured with the same settings)
+  mha       mha_modular.py   -> OUT_DIR/TASK/modules       (skipped when modules/.mha.done holds the same settings)
+  ffn       ffn_modular.py   -> OUT_DIR/TASK/modules       (skipped when modules/.ffn.done holds the same settings)
+  finetune  run_superglue.py -> OUT_DIR/TASK/VARIANT/seedSEED/results.json
+                                                           (skipped iff that results.json exists; it is NOT redone
+                                                           when modules change: delete it, or use another --out_dir)
+  table     consolidate.py --results_dir OUT_DIR/TASK      (always runs; prints the median-over-seeds table)
+A killed run resumes where it stopped (an interrupted capture resumes inside the stage). Changed capture
+settings recapture (and so retrain the modules); changed module settings retrain the modules.
+The capture and the modules do not depend on --seed (they use --module_seed), so all seeds share them.
+
+Options (each also as an environment variable, in brackets; a flag wins over the variable):
+  --task T              boolq cb copa rte wic wsc stsb mrpc                   [TASK]            (copa)
+  --seed S              fine-tuning seed                                      [SEED]            (1)
+  --model M             teacher: 'minilm' (embedded MiniLM-L6), a dir or hub id [MODEL]         (minilm)
+  --compression C       divide head_dim and FFN width by C (>= 1)             [COMPRESSION]     (2)
+  --variant V           modular (trained modules), svd / random (compressed, no module training),
+                        baseline (uncompressed)                               [VARIANT]         (modular)
+  --init I              svd|random: start of the low-rank blocks (modules and fine-tune) [INIT] (svd)
+  --data_dir D          task files; default: the repo's data/ when it has the task (copa wsc stsb),
+                        else ../shared/data when it has it, else the hub ("" = the stages' default) [DATA_DIR]
+  --out_dir D           root of all outputs                                   [OUT_DIR]         (runs/modular)
+  --capture_samples N   first N training examples captured (before augmentation) [CAPTURE_SAMPLES] (all)
+  --augment N           N augmented copies of each captured example           [AUGMENT]         (1)
+  --module_epochs E     epochs of mha/ffn module training (the paper: 200)    [MODULE_EPOCHS]   (2)
+  --module_seed S       seed of capture + module training                     [MODULE_SEED]     (42)
+  --mixup / --no_mixup  mixup in module training                              [MIXUP=1|0]       (0)
+  --ft_epochs E         fine-tuning epochs (the paper: 18)                    [FT_EPOCHS]       (3)
+  --max_train_samples N fine-tune on the first N training rows                [MAX_TRAIN_SAMPLES] (all)
+  --max_eval_samples N  evaluate on the first N validation rows               [MAX_EVAL_SAMPLES]  (all)
+  --save_model          keep the fine-tuned model (RUN/model); default: not saved [SAVE_MODEL=1|0] (0)
+  --capture_args "..."  extra arguments for capture_data.py                   [CAPTURE_ARGS]
+  --module_args "..."   extra arguments for mha_modular.py and ffn_modular.py [MODULE_ARGS]
+  --ft_args "..."       extra arguments for run_superglue.py (e.g. "--lr 3e-5") [FT_ARGS]
+  --stages LIST         comma list of capture,modules,finetune,table (modules = mha,ffn; also: mha, ffn,
+                        all)                                                  [STAGES]          (all)
+  -h, --help            this text
+Python: $PYTHON, else the repo's .venv/bin/python when it exists, else `python`.
+The script runs in the repository root (under sbatch too): relative paths are taken from there.
+
+The defaults are a quick real run (MiniLM, copa from data/, a few minutes on a laptop CPU). Paper-like:
+  sbatch modular_pipeline.sh --task rte --data_dir ../shared/data --augment 4 --module_epochs 200 --ft_epochs 18
+Exit status: 0, or the failing stage's (its name is printed on stderr).
+EOF
+}
+
+# ------------------------------------------------------------------ where we are, which python
+find_root() {
+    local d
+    local job_cmd=""  # under sbatch this script is a copy in the spool dir; the job record has the original
+    if [ -n "${SLURM_JOB_ID:-}" ] && command -v scontrol >/dev/null 2>&1; then
+        job_cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -1) || true
+        [ -z "$job_cmd" ] || job_cmd=$(dirname "$job_cmd")
+    fi
+    for d in "${PIPELINE_ROOT:-}" "$(dirname "${BASH_SOURCE[0]}")" "$job_cmd" "${SLURM_SUBMIT_DIR:-}" "$PWD"; do
+        if [ -n "$d" ] && [ -f "$d/run_superglue.py" ] && [ -f "$d/capture_data.py" ]; then
+            (cd "$d" && pwd)
+            return 0
+        fi
+    done
+    echo "modular_pipeline.sh: error: cannot find the repository (run_superglue.py); set PIPELINE_ROOT" >&2
+    return 1
+}
+ROOT=$(find_root)
+cd "$ROOT"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
+export PYTHONUNBUFFERED=1
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ] && [ -z "${OMP_NUM_THREADS:-}" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi
+if [ ! -t 1 ] && [ -z "${TQDM_MININTERVAL:-}" ]; then export TQDM_MININTERVAL=30; fi  # quieter logs
+
+# ------------------------------------------------------------------ settings: env, then flags
+TASK=${TASK:-copa}
+SEED=${SEED:-1}
+MODEL=${MODEL:-minilm}
+COMPRESSION=${COMPRESSION:-2}
+VARIANT=${VARIANT:-modular}
+INIT=${INIT:-svd}
+DATA_DIR_GIVEN=${DATA_DIR+1}   # DATA_DIR set, even to "": no automatic choice
+DATA_DIR=${DATA_DIR:-}
+OUT_DIR=${OUT_DIR:-runs/modular}
+CAPTURE_SAMPLES=${CAPTURE_SAMPLES:-}
+AUGMENT=${AUGMENT:-1}
+MODULE_EPOCHS=${MODULE_EPOCHS:-2}
+MODULE_SEED=${MODULE_SEED:-42}
+MIXUP=${MIXUP:-0}
+FT_EPOCHS=${FT_EPOCHS:-3}
+MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-}
+MAX_EVAL_SAMPLES=${MAX_EVAL_SAMPLES:-}
+SAVE_MODEL=${SAVE_MODEL:-0}
+CAPTURE_ARGS=${CAPTURE_ARGS:-}
+MODULE_ARGS=${MODULE_ARGS:-}
+FT_ARGS=${FT_ARGS:-}
+STAGES=${STAGES:-all}
+
+die() { echo "modular_pipeline.sh: error: $*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+    opt=$1
+    val=
+    case $opt in
+        --*=*) val=${opt#*=}; opt=${opt%%=*}; set -- "$opt" "$val" "${@:2}" ;;
+    esac
+    case $opt in
+        -h|--help) usage; exit 0 ;;
+        --mixup) MIXUP=1; shift; continue ;;
+        --no_mixup) MIXUP=0; shift; continue ;;
+        --save_model) SAVE_MODEL=1; shift; continue ;;
+        --task|--seed|--model|--compression|--variant|--init|--data_dir|--out_dir|--capture_samples|--augment|\
+        --module_epochs|--module_seed|--ft_epochs|--max_train_samples|--max_eval_samples|--capture_args|\
+        --module_args|--ft_args|--stages)
+            [ $# -ge 2 ] || die "$opt needs a value"
+            val=$2
+            case $opt in
+                --task) TASK=$val ;;  --seed) SEED=$val ;;  --model) MODEL=$val ;;
+                --compression) COMPRESSION=$val ;;  --variant) VARIANT=$val ;;  --init) INIT=$val ;;
+                --data_dir) DATA_DIR=$val; DATA_DIR_GIVEN=1 ;;  --out_dir) OUT_DIR=$val ;;
+                --capture_samples) CAPTURE_SAMPLES=$val ;;  --augment) AUGMENT=$val ;;
+                --module_epochs) MODULE_EPOCHS=$val ;;  --module_seed) MODULE_SEED=$val ;;
+                --ft_epochs) FT_EPOCHS=$val ;;  --max_train_samples) MAX_TRAIN_SAMPLES=$val ;;
+                --max_eval_samples) MAX_EVAL_SAMPLES=$val ;;  --capture_args) CAPTURE_ARGS=$val ;;
+                --module_args) MODULE_ARGS=$val ;;  --ft_args) FT_ARGS=$val ;;  --stages) STAGES=$val ;;
+            esac
+            shift 2 ;;
+        *) die "unknown argument '$opt' (see --help)" ;;
+    esac
+done
+
+case $VARIANT in baseline|modular|svd|random) ;; *) die "--variant must be baseline, modular, svd or random, got '$VARIANT'" ;; esac
+case $INIT in svd|random) ;; *) die "--init must be svd or random, got '$INIT'" ;; esac
+case $MIXUP in 0|1) ;; *) die "MIXUP must be 0 or 1, got '$MIXUP'" ;; esac
+case $SAVE_MODEL in 0|1) ;; *) die "SAVE_MODEL must be 0 or 1, got '$SAVE_MODEL'" ;; esac
+[ -n "$TASK" ] || die "--task is empty"
+[ -n "$OUT_DIR" ] || die "--out_dir is empty"
+case $TASK in */*|.*) die "--task '$TASK' is not a task name" ;; esac
+
+# default data: the repo's data/TASK (the stages' own default), else ../shared/data/TASK, else the hub
+if [ -z "$DATA_DIR_GIVEN" ] && [ ! -d "$ROOT/data/$TASK" ] && [ -d "$ROOT/../shared/data/$TASK" ]; then
+    DATA_DIR=$(cd "$ROOT/../shared/data" && pwd)
+fi
+
+# which stages
+DO_CAPTURE=0 DO_MHA=0 DO_FFN=0 DO_FINETUNE=0 DO_TABLE=0
+for s in ${STAGES//,/ }; do
+    case $s in
+        all) DO_CAPTURE=1 DO_MHA=1 DO_FFN=1 DO_FINETUNE=1 DO_TABLE=1 ;;
+        capture) DO_CAPTURE=1 ;;
+        modules) DO_MHA=1 DO_FFN=1 ;;
+        mha) DO_MHA=1 ;;
+        ffn) DO_FFN=1 ;;
+        finetune) DO_FINETUNE=1 ;;
+        table) DO_TABLE=1 ;;
+        *) die "--stages: unknown stage '$s' (capture, modules, mha, ffn, finetune, table, all)" ;;
+    esac
+done
+# a fine-tune without modules needs neither capture nor module training
+if [ "$VARIANT" != modular ] && [ "$STAGES" = all ]; then DO_CAPTURE=0 DO_MHA=0 DO_FFN=0; fi
+
+TASK_DIR=$OUT_DIR/$TASK
+ACT_DIR=$TASK_DIR/activations
+MOD_DIR=$TASK_DIR/modules
+RUN_DIR=$TASK_DIR/$VARIANT/seed$SEED
+CAPTURE_SETTINGS_FILE=$ACT_DIR/.pipeline_settings
+
+# the settings that determine each artifact (a marker holding other settings means: redo)
+CAPTURE_SETTINGS="model=$MODEL
+task=$TASK
+data_dir=$DATA_DIR
+max_samples=$CAPTURE_SAMPLES
+augment=$AUGMENT
+seed=$MODULE_SEED
+capture_args=$CAPTURE_ARGS"
+MODULE_SETTINGS="$CAPTURE_SETTINGS
+compression=$COMPRESSION
+init=$INIT
+epochs=$MODULE_EPOCHS
+mixup=$MIXUP
+module_seed=$MODULE_SEED
+module_args=$MODULE_ARGS"
+
+T_START=$(date +%s)
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+skip() { echo "[$(date +%H:%M:%S)] skip: $*"; }
+
+# run_stage NAME CMD...: run one stage; on failure name it on stderr and exit with its status
+run_stage() {
+    local name=$1; shift
+    local t0 rc=0
+    t0=$(date +%s)
+    log "stage $name: $*"
+    "$@" || rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "modular_pipeline.sh: stage '$name' failed (exit $rc) [task $TASK, seed $SEED, variant $VARIANT]; later stages not run" >&2
+        exit $rc
+    fi
+    log "stage $name done in $(( $(date +%s) - t0 ))s"
+}
+
+write_marker() {  # write_marker PATH CONTENT: atomically
+    printf '%s\n' "$2" > "$1.tmp"
+    mv -f "$1.tmp" "$1"
+}
+marker_matches() {  # marker_matches PATH CONTENT
+    [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]
+}
+manifest_complete() {
+    [ -f "$ACT_DIR/manifest.json" ] && "$PYTHON" - "$ACT_DIR/manifest.json" <<'EOF'
+import json, sys
+try:
+    sys.exit(0 if json.load(open(sys.argv[1])).get("status") == "complete" else 1)
+except ValueError:
+    sys.exit(1)
+EOF
+}
+
+log "modular pipeline: task $TASK, seed $SEED, variant $VARIANT, model $MODEL, compression $COMPRESSION," \
+    "out $TASK_DIR, stages $STAGES, python $PYTHON"
+
+# ------------------------------------------------------------------ capture
+if [ $DO_CAPTURE = 1 ]; then
+    if manifest_complete && marker_matches "$CAPTURE_SETTINGS_FILE" "$CAPTURE_SETTINGS"; then
+        skip "capture ($ACT_DIR/manifest.json is complete)"
+    else
+        args=(--model_name_or_path "$MODEL" --task "$TASK" --output_dir "$ACT_DIR" --augment "$AUGMENT" --seed "$MODULE_SEED")
+        [ -z "$DATA_DIR" ] || args+=(--data_dir "$DATA_DIR")
+        [ -z "$CAPTURE_SAMPLES" ] || args+=(--max_samples "$CAPTURE_SAMPLES")
+        if [ -f "$CAPTURE_SETTINGS_FILE" ] && ! marker_matches "$CAPTURE_SETTINGS_FILE" "$CAPTURE_SETTINGS"; then
+            log "capture settings changed: recapturing (and retraining the modules)"
+            args+=(--overwrite)
+        fi
+        read -r -a extra <<< "$CAPTURE_ARGS"
+        mkdir -p "$ACT_DIR"
+        write_marker "$CAPTURE_SETTINGS_FILE" "$CAPTURE_SETTINGS"  # what the dir holds (or is being filled with)
+        run_stage capture "$PYTHON" capture_data.py "${args[@]}" ${extra[@]+"${extra[@]}"}
+    fi
+fi
+
+# ------------------------------------------------------------------ modules (mha, ffn)
+train_modules() {  # train_modules mha|ffn
+    local kind=$1 marker=$MOD_DIR/.$1.done
+    if marker_matches "$marker" "$MODULE_SETTINGS"; then
+        skip "$kind ($marker)"
+        return 0
+    fi
+    if ! manifest_complete || ! marker_matches "$CAPTURE_SETTINGS_FILE" "$CAPTURE_SETTINGS"; then
+        echo "modular_pipeline.sh: stage '$kind' failed: no complete capture with these settings in $ACT_DIR" \
+             "(run the capture stage first)" >&2
+        exit 1
+    fi
+    [ ! -f "$marker" ] || log "$kind: settings changed, retraining"
+    rm -f "$marker"
+    mkdir -p "$MOD_DIR"
+    local args=(--activations_dir "$ACT_DIR" --output_dir "$MOD_DIR" --compression "$COMPRESSION"
+                --init "$INIT" --epochs "$MODULE_EPOCHS" --seed "$MODULE_SEED")
+    [ "$MIXUP" = 0 ] || args+=(--mixup)
+    local extra
+    read -r -a extra <<< "$MODULE_ARGS"
+    run_stage "$kind" "$PYTHON" "${kind}_modular.py" "${args[@]}" ${extra[@]+"${extra[@]}"}
+    write_marker "$marker" "$MODULE_SETTINGS"
+}
+[ $DO_MHA = 0 ] || train_modules mha
+[ $DO_FFN = 0 ] || train_modules ffn
+
+# ------------------------------------------------------------------ fine-tune
+if [ $DO_FINETUNE = 1 ]; then
+    if [ -f "$RUN_DIR/results.json" ]; then
+        # refuse to reuse a run made with another model/compression/variant (a stale out_dir)
+        why=$("$PYTHON" - "$RUN_DIR/results.json" "$MODEL" "$VARIANT" "$( [ "$VARIANT" = baseline ] || echo "$COMPRESSION")" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+model, variant, comp = sys.argv[2:5]
+c = r.get("compression")
+if r.get("model") != model or r.get("variant") != variant or (c is None) != (comp == "") or (c is not None and float(c) != float(comp)):
+    print(f"it holds model {r.get('model')}, variant {r.get('variant')}, compression {c}")
+EOF
+) || why="cannot read it"
+        if [ -n "$why" ]; then
+            echo "modular_pipeline.sh: stage 'finetune' failed: $RUN_DIR/results.json exists but $why;" \
+                 "delete it or use another --out_dir" >&2
+            exit 1
+        fi
+        skip "finetune ($RUN_DIR/results.json exists)"
+    else
+        args=(--model_name_or_path "$MODEL" --task "$TASK" --output_dir "$RUN_DIR" --seed "$SEED"
+              --epochs "$FT_EPOCHS" --variant "$VARIANT")
+        [ -z "$DATA_DIR" ] || args+=(--data_dir "$DATA_DIR")
+        [ -z "$MAX_TRAIN_SAMPLES" ] || args+=(--max_train_samples "$MAX_TRAIN_SAMPLES")
+        [ -z "$MAX_EVAL_SAMPLES" ] || args+=(--max_eval_samples "$MAX_EVAL_SAMPLES")
+        [ "$SAVE_MODEL" = 1 ] || args+=(--no_save_model)
+        case $VARIANT in
+            modular)
+                for kind in mha ffn; do
+                    if ! marker_matches "$MOD_DIR/.$kind.done" "$MODULE_SETTINGS"; then
+                        echo "modular_pipeline.sh: stage 'finetune' failed: no trained $kind modules with these" \
+                             "settings in $MOD_DIR (run the capture and modules stages first)" >&2
+                        exit 1
+                    fi
+                done
+                args+=(--compression "$COMPRESSION" --init "$INIT" --modules_dir "$MOD_DIR") ;;
+            svd|random) args+=(--compression "$COMPRESSION" --init "$VARIANT") ;;
+            baseline) ;;
+        esac
+        read -r -a extra <<< "$FT_ARGS"
+        run_stage finetune "$PYTHON" run_superglue.py "${args[@]}" ${extra[@]+"${extra[@]}"}
+    fi
+fi
+
+# ------------------------------------------------------------------ table
+if [ $DO_TABLE = 1 ]; then
+    run_stage table "$PYTHON" consolidate.py --results_dir "$TASK_DIR"
+fi
+log "pipeline finished in $(( $(date +%s) - T_START ))s"
