@@ -14,7 +14,6 @@ int32 [n_seq], `example_id` int64, `aug_copy` int32, and manifest.json listing o
 completely on disk (write to a temp file, rename, then rewrite the manifest). Sequences are written in
 a fixed order, so an interrupted capture with the same settings resumes where it stopped.
 """
-import hashlib
 import json
 import os
 
@@ -22,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from utils import UserError, atomic_write_json, default_file_mode
+from utils import UserError, atomic_write_json, default_file_mode, file_sha256
 
 FORMAT = "modular-activations/1"
 MANIFEST = "manifest.json"
@@ -37,11 +36,6 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.
 
 def shard_name(k):
     return f"shard_{k:05d}.safetensors"
-
-
-def file_sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _is_ours(name):

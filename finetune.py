@@ -14,7 +14,7 @@ from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSe
 import tasks as T
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     compress, resolve_model_path)
-from utils import UserError, atomic_write_json
+from utils import UserError, atomic_write_json, file_sha256
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
 
@@ -70,11 +70,12 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         if not compression:
             raise UserError("--modules_dir needs --compression (the modules are low-rank blocks)")
         import modular  # noqa: E402  (trained low-rank blocks; only needed here)
-        modules = modular.load_modules(model, modules_dir)
+        names = modular.load_modules(model, modules_dir)
+        modules = {n: file_sha256(os.path.join(modules_dir, n)) for n in names}
     if tokenizer.pad_token_id is None:
         raise UserError(f"tokenizer of {name_or_path!r} has no padding token")
     info = {"architecture": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
-            "modules": modules}
+            "modules": sorted(modules) if modules else None, "modules_sha256": modules}
     return model, tokenizer, info
 
 

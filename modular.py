@@ -9,6 +9,7 @@ targets = ffn(inputs). Loss: MSE over real tokens only. Held out: a slice of the
 (with their augmented copies), on which we report ||student - teacher||^2 / ||teacher||^2.
 """
 import argparse
+import fcntl
 import glob
 import json
 import os
@@ -240,6 +241,17 @@ def train_blocks(args):
 def write_report(args, store, entries):
     """Merge into OUTPUT_DIR/report.json (both trainers may share one dir) and draw loss_<kind>.png."""
     path = os.path.join(args.output_dir, "report.json")
+    fd = os.open(args.output_dir, os.O_RDONLY)  # lock the dir: mha and ffn jobs may finish at once
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        report = merge_report(path, args, store, entries)
+    finally:
+        os.close(fd)
+    plot_curves(os.path.join(args.output_dir, f"loss_{args.kind}.png"), args.kind,
+                [e for e in report["layers"] if e["block"] == args.kind])
+
+
+def merge_report(path, args, store, entries):
     report = {"layers": []}
     if os.path.exists(path):
         with open(path) as f:
@@ -250,8 +262,7 @@ def write_report(args, store, entries):
     report.setdefault("settings", {})[args.kind] = {k: v for k, v in vars(args).items()}
     report["layers"] = sorted(keep + entries, key=lambda e: (e["layer"], e["block"]))
     atomic_write_json(path, report)
-    plot_curves(os.path.join(args.output_dir, f"loss_{args.kind}.png"), args.kind,
-                [e for e in report["layers"] if e["block"] == args.kind])
+    return report
 
 
 def plot_curves(path, kind, entries):

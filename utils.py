@@ -1,4 +1,5 @@
 """Small helpers shared by every stage: errors, seeds, devices, atomic writes."""
+import hashlib
 import json
 import os
 import random
@@ -50,6 +51,11 @@ def atomic_write_bytes(path: str, data: bytes):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def default_file_mode() -> int:
