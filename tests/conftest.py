@@ -27,3 +27,13 @@ def tiny_bert_dir(tmp_path_factory):
     from transformers import BertConfig, BertModel
     torch.manual_seed(0)
     return save_with_tokenizer(BertModel(BertConfig(**TINY_BERT)), tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on shared cores: one torch thread avoids oversubscription stalls (~40x here)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
