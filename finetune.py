@@ -14,7 +14,7 @@ from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSe
 import tasks as T
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     compress, resolve_model_path)
-from utils import UserError, atomic_write_json, file_sha256
+from utils import UserError, file_sha256
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
 
@@ -164,7 +164,3 @@ def save_model(model, tokenizer, path):
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-
-
-def write_results(path, record):
-    atomic_write_json(path, record)

@@ -17,7 +17,6 @@ import re
 import time
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -217,10 +216,11 @@ def train_blocks(args):
         init_block(tblock, svd_block, "svd", config.initializer_range)
         held = len(val_idx) > 0  # --holdout 0: nothing held out, no errors to report (None)
         svd_err = relative_error(svd_block.to(device), inputs, targets, lengths, val_idx, device) if held else None
-        student = svd_block if args.init == "svd" else make_block(config, layer, kind, inner)
-        if args.init != "svd":
+        student, init_err = svd_block, svd_err
+        if args.init != "svd":  # the paper's random start; the SVD error above stays the reference
+            student = make_block(config, layer, kind, inner)
             init_block(tblock, student, args.init, config.initializer_range)
-        init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device) if held else None
+            init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device) if held else None
         history = train_block(student, tblock, inputs, targets, lengths, train_idx, val_idx,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, mixup=args.mixup,
                               seed=args.seed + layer, device=device, desc=f"layer {layer} {kind}")

@@ -12,8 +12,8 @@ import time
 import torch
 
 import tasks as T
-from finetune import build_model, save_model, summarize, train_and_evaluate, write_results
-from utils import UserError, get_device, run_main, set_seed
+from finetune import build_model, save_model, summarize, train_and_evaluate
+from utils import UserError, atomic_write_json, get_device, run_main, set_seed
 
 
 def parse_args(argv=None):
@@ -84,7 +84,7 @@ def main(argv=None):
     }
     if not args.no_save_model:
         save_model(model, tokenizer, os.path.join(args.output_dir, "model"))
-    write_results(results_path, record)
+    atomic_write_json(results_path, record)
     print(f"{task.name} seed {args.seed}: best epoch {record['best_epoch']} score {record['best_score']:.2f} "
           f"(paper's selection), last epoch score {record['last_score']:.2f} -> {results_path}")
 

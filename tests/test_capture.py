@@ -14,7 +14,7 @@ sys.path.insert(0, ROOT)
 
 import activations as A  # noqa: E402
 import capture_data  # noqa: E402
-from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, resolve_model_path  # noqa: E402
+from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d  # noqa: E402
 from utils import UserError  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

@@ -21,7 +21,7 @@ import run_superglue  # noqa: E402
 from activations import ActivationStore, pad_sequences, sequence_offsets  # noqa: E402
 from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassification,  # noqa: E402
                                     ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d,
-                                    compress, init_block, make_block, resolve_model_path)
+                                    compress, init_block, make_block)
 from utils import UserError, run_main  # noqa: E402
 
 needs_shared = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "rte")),
