@@ -32,11 +32,35 @@ def model_macs(config, seq_len, num_labels=2):
     return total + H * H + H * num_labels  # pre_classifier + classifier on [CLS]
 
 
-def int8(model):
-    """Dynamic INT8 on every Linear (weights int8, activations quantized on the fly)."""
+INT8_BACKENDS = ("dynamic", "dynamic_per_channel", "torchao")
+
+
+def int8(model, backend="dynamic"):
+    """Dynamic INT8 on every Linear (weights int8, activations quantized on the fly), on a copy.
+
+    dynamic: torch.ao quantize_dynamic, one scale per weight tensor (fbgemm kernels; the fastest here);
+    dynamic_per_channel: the same with one scale per output channel; torchao: torchao's replacement,
+    Int8DynamicActivationInt8WeightConfig (eager; measured slower on this CPU, see results/RESULTS.md).
+    """
+    if backend not in INT8_BACKENDS:
+        raise UserError(f"unknown INT8 backend {backend!r}; choose from {', '.join(INT8_BACKENDS)}")
+    model = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+        if backend == "torchao":
+            try:
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+            except ImportError as e:
+                raise UserError(f"--int8_backends torchao needs torchao (pip install torchao): {e}") from e
+            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+            return model
+        spec = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig} \
+            if backend == "dynamic_per_channel" else {torch.nn.Linear}
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def int8_name(backend, c):
+    return f"int8 c={c:g}" if backend == "dynamic" else f"int8[{backend}] c={c:g}"
 
 
 class OnnxModel:
@@ -75,18 +99,24 @@ def export_onnx(model, path, seq_len=16):
     return path
 
 
-def build_variants(base, compression, with_int8, onnx_dir=None, threads=2):
-    small = compress(copy.deepcopy(base), compression, "svd").eval()
-    variants = {"fp32 c=1": base, f"fp32 c={compression:g}": small}
-    if with_int8:
-        variants["int8 c=1"] = int8(base)
-        variants[f"int8 c={compression:g}"] = int8(small)
+def build_variants(base, compressions, int8_backends=("dynamic",), onnx_dir=None):
+    """{name: model}: fp32 c=1 and each compression, each INT8 backend on all of them, ONNX of all."""
+    models = {1.0: base}
+    for c in compressions:
+        models[float(c)] = compress(copy.deepcopy(base), c, "svd").eval()
+    variants = {f"fp32 c={c:g}": m for c, m in models.items()}
+    for backend in int8_backends:
+        variants.update({int8_name(backend, c): int8(m, backend) for c, m in models.items()})
     if onnx_dir:
         os.makedirs(onnx_dir, exist_ok=True)
-        for name, m in (("c=1", base), (f"c={compression:g}", small)):
-            path = export_onnx(m, os.path.join(onnx_dir, f"model_{name.replace('=', '')}.onnx"))
-            variants[f"onnx {name}"] = OnnxModel(path, torch.get_num_threads())
+        for c, m in models.items():
+            path = export_onnx(m, os.path.join(onnx_dir, f"model_c{c:g}.onnx"))
+            variants[f"onnx c={c:g}"] = OnnxModel(path, torch.get_num_threads())
     return variants
+
+
+def variant_compression(name):
+    return float(name.rsplit("c=", 1)[1])
 
 
 @torch.inference_mode()
@@ -108,8 +138,8 @@ def time_variants(variants, batch_size, seq_len, vocab, repeats, warmup):
     return out
 
 
-def accuracy_rows(checkpoint, task_name, data_dir=None):
-    """Validation score of a fine-tuned checkpoint, fp32 vs dynamic INT8."""
+def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=("dynamic",)):
+    """Validation score of a fine-tuned checkpoint: {"fp32": ..., "int8": ..., "int8[backend]": ...}."""
     import tasks as T
     from finetune import evaluate
     from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer
@@ -120,20 +150,26 @@ def accuracy_rows(checkpoint, task_name, data_dir=None):
     rows = T.load_rows(task, "validation", data_dir or T.default_data_dir(task))
     loader = T.make_loader(T.encode(task, rows, tok, 128), 64, False, tok.pad_token_id)
     dev = torch.device("cpu")
-    return {"fp32": evaluate(model, loader, task, dev), "int8": evaluate(int8(model), loader, task, dev)}
+    out = {"fp32": evaluate(model, loader, task, dev)}
+    for backend in int8_backends:
+        out["int8" if backend == "dynamic" else f"int8[{backend}]"] = evaluate(int8(model, backend), loader, task, dev)
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name_or_path", default=None, help="teacher whose shape (and weights) to use; "
                    "default: DistilBERT-base shape with random weights")
-    p.add_argument("--compression", type=float, default=2.0)
+    p.add_argument("--compression", type=float, nargs="+", default=[2.0],
+                   help="one or more compression factors, all timed against c=1 in the same run")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--seq_lens", type=int, nargs="+", default=[128])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no_int8", action="store_true")
+    p.add_argument("--int8_backends", nargs="+", default=["dynamic"], choices=INT8_BACKENDS,
+                   help="dynamic (default, quantize_dynamic per tensor), dynamic_per_channel, torchao")
     p.add_argument("--onnx_dir", default=None, help="also export both models to ONNX here and time ONNX Runtime")
     p.add_argument("--checkpoint", default=None, help="fine-tuned compressed model: also report fp32 vs INT8 "
                    "validation score on --task")
@@ -151,17 +187,19 @@ def main(argv=None):
     else:
         base = ModDistilBertForSequenceClassification(config_from_teacher(DistilBertConfig(), num_labels=2))
     base.eval()
-    variants = build_variants(base, args.compression, not args.no_int8, args.onnx_dir)
-    cfg_small = variants[f"fp32 c={args.compression:g}"].config
+    if any(c < 1 for c in args.compression):
+        raise UserError(f"--compression must be >= 1, got {args.compression}")
+    variants = build_variants(base, args.compression, [] if args.no_int8 else args.int8_backends, args.onnx_dir)
+    configs = {c: variants[f"fp32 c={c:g}"].config for c in [1.0] + [float(c) for c in args.compression]}
     rows = []
     for T_ in args.seq_lens:
-        bound = model_macs(base.config, T_) / model_macs(cfg_small, T_)
+        bounds = {c: model_macs(base.config, T_) / model_macs(cfg, T_) for c, cfg in configs.items()}
         for bs in args.batch_sizes:
             res = time_variants(variants, bs, T_, base.config.vocab_size, args.repeats, args.warmup)
             ref = res["fp32 c=1"][0]
             for name, (med, p10, p90) in res.items():
-                b = 1.0 if name.endswith("c=1") else bound
-                rows.append({"variant": name, "batch_size": bs, "seq_len": T_, "threads": args.threads,
+                b = bounds[variant_compression(name)]
+                rows.append({"variant": name, "compression": variant_compression(name), "batch_size": bs, "seq_len": T_, "threads": args.threads,
                              "median_ms": round(med, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3),
                              "speedup": round(ref / med, 3), "flop_bound": round(b, 3),
                              "fraction_of_bound": round(ref / med / b, 3) if not name.startswith("int8") else None})
@@ -174,8 +212,8 @@ def main(argv=None):
     if args.json:
         atomic_write_json(args.json, rows)
     if args.checkpoint:
-        acc = accuracy_rows(args.checkpoint, args.task, args.data_dir)
-        print(f"{args.task} validation score: fp32 {acc['fp32']['score']:.2f}, int8 {acc['int8']['score']:.2f}")
+        acc = accuracy_rows(args.checkpoint, args.task, args.data_dir, args.int8_backends)
+        print(f"{args.task} validation score: " + ", ".join(f"{k} {v['score']:.2f}" for k, v in acc.items()))
         if args.accuracy_json:
             atomic_write_json(args.accuracy_json, {"checkpoint": args.checkpoint, "task": args.task, **acc})
 

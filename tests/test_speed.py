@@ -80,3 +80,38 @@ def test_int8_accuracy_of_a_checkpoint(tmp_path):
         assert 0.0 <= acc[k]["accuracy"] <= 1.0 and acc[k]["score"] == pytest.approx(100 * acc[k]["accuracy"])
     # 277 validation rows: the same logits up to INT8 error flip at most a few predictions
     assert abs(acc["fp32"]["accuracy"] - acc["int8"]["accuracy"]) <= 10 / 277
+
+
+def test_several_compressions_in_one_run(tiny_teacher, tmp_path):
+    out = tmp_path / "speed.json"
+    run_speed.main(["--model_name_or_path", tiny_teacher, "--compression", "1.5", "2", "4", "--batch_sizes", "1",
+                    "--seq_lens", "8", "--repeats", "2", "--warmup", "1", "--threads", "1", "--no_int8",
+                    "--json", str(out)])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"fp32 c=1", "fp32 c=1.5", "fp32 c=2", "fp32 c=4"}
+    assert [rows[f"fp32 c={c}"]["compression"] for c in ("1", "1.5", "2", "4")] == [1.0, 1.5, 2.0, 4.0]
+    bounds = [rows[f"fp32 c={c}"]["flop_bound"] for c in ("1", "1.5", "2", "4")]
+    assert bounds[0] == 1.0 and bounds == sorted(bounds) and bounds[-1] > 3
+
+
+@pytest.mark.parametrize("backend", ["dynamic_per_channel", "torchao"])
+def test_other_int8_backends_keep_the_model_close(backend):
+    if backend == "torchao":
+        pytest.importorskip("torchao")
+    torch.manual_seed(0)
+    m = ModDistilBertForSequenceClassification(config_from_teacher(BertConfig(**TINY), num_labels=2)).eval()
+    q = run_speed.int8(m, backend)
+    ids = torch.randint(1000, 30000, (4, 12))
+    with torch.no_grad():
+        a, b = m(input_ids=ids).logits, q(input_ids=ids).logits
+    assert not torch.equal(a, b)                       # it did quantize
+    assert (a - b).abs().max() < 0.05 * a.abs().max() + 1e-3
+    assert torch.equal(m(input_ids=ids).logits, a)     # on a copy: the fp32 model is untouched
+
+
+def test_unknown_int8_backend_and_bad_compression_are_user_errors(tiny_teacher):
+    from utils import UserError
+    with pytest.raises(UserError, match="unknown INT8 backend"):
+        run_speed.int8(torch.nn.Linear(2, 2), "int4")
+    with pytest.raises(UserError, match="--compression must be >= 1"):
+        run_speed.main(["--model_name_or_path", tiny_teacher, "--compression", "0.5", "--no_int8"])
