@@ -1,0 +1,55 @@
+"""scripts/pareto.py: sweep points (median over seeds, both selections) against measured speedups."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+
+import pareto  # noqa: E402
+from test_consolidate import write_result  # noqa: E402
+from utils import UserError  # noqa: E402
+
+
+def speed_json(path, speedups, bs=1, seq=128):
+    rows = [{"variant": f"fp32 c={c:g}", "compression": c, "batch_size": bs, "seq_len": seq, "speedup": s}
+            for c, s in speedups.items()]
+    rows.append({"variant": "int8 c=2", "compression": 2.0, "batch_size": bs, "seq_len": seq, "speedup": 9.9})
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def test_points_table_and_png(tmp_path):
+    res = tmp_path / "res"
+    for seed, score in ((1, 0.80), (2, 0.84), (3, 0.90)):
+        write_result(res, "rte", seed, [0.5, score], variant="baseline", compression=None)
+    for seed, (a, b) in ((1, (0.7, 0.6)), (2, (0.8, 0.7))):
+        write_result(res, "rte", seed, [a, b], variant="modular", compression=2.0)
+    write_result(res, "rte", 1, [0.55], variant="modular", compression=4.0)
+    write_result(res, "rte", 1, [0.5], variant="svd", compression=2.0)
+    write_result(res, "cb", 1, [(0.9, 0.8)], variant="baseline", compression=None)   # not asked for
+    speed = speed_json(tmp_path / "speed.json", {1.0: 1.0, 2.0: 1.9, 4.0: 3.5})
+    png, table = tmp_path / "out" / "p.png", tmp_path / "out" / "p.md"
+    pareto.main(["--results", str(res), "--tasks", "rte", "--speed", speed, "--png", str(png), "--table", str(table)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = table.read_text().splitlines()[2:]
+    assert lines == ["| rte | baseline | 1 | 1.00x | 3 | 84.0 | 84.0 |",    # last: median(80, 84, 90)
+                     "| rte | modular | 2 | 1.90x | 2 | 65.0 | 75.0 |",     # last 60/70, best 70/80
+                     "| rte | svd | 2 | 1.90x | 1 | 50.0 | 50.0 |",
+                     "| rte | modular | 4 | 3.50x | 1 | 55.0 | 55.0 |"]
+
+
+def test_missing_speed_row_and_duplicates_are_user_errors(tmp_path):
+    res = tmp_path / "res"
+    write_result(res, "rte", 1, [0.6], variant="modular", compression=3.0)
+    speed = speed_json(tmp_path / "speed.json", {1.0: 1.0, 2.0: 1.9})
+    args = ["--results", str(res), "--tasks", "rte", "--speed", speed, "--png", str(tmp_path / "p.png")]
+    with pytest.raises(UserError, match="no speed row for c=3"):
+        pareto.main(args)
+    with pytest.raises(UserError, match="no fp32 rows at batch size 8"):
+        pareto.main(args + ["--batch_size", "8"])
+    write_result(res, "rte", 1, [0.6], variant="modular", compression=3.0, name="again")
+    with pytest.raises(UserError, match="a second result"):
+        pareto.main(args)
+    assert not (tmp_path / "p.png").exists()
