@@ -177,10 +177,15 @@ def main(argv=None):
     p.add_argument("--data_dir", default=None, help="task files for --checkpoint (default: repo data/ or the hub)")
     p.add_argument("--json", default=None, help="write the rows as a JSON list")
     p.add_argument("--accuracy_json", default=None, help="with --checkpoint: write the fp32/INT8 scores here")
+    p.add_argument("--accuracy_only", action="store_true", help="with --checkpoint: skip the timing")
     args = p.parse_args(argv)
     if args.checkpoint and not args.task:
         raise UserError("--checkpoint needs --task (the validation set to score it on)")
+    if args.accuracy_only and not args.checkpoint:
+        raise UserError("--accuracy_only needs --checkpoint")
     torch.set_num_threads(args.threads)
+    if args.accuracy_only:
+        return report_accuracy(args)
     set_seed(0)
     if args.model_name_or_path:
         base = ModDistilBertForSequenceClassification.from_teacher(args.model_name_or_path, num_labels=2)
@@ -212,10 +217,14 @@ def main(argv=None):
     if args.json:
         atomic_write_json(args.json, rows)
     if args.checkpoint:
-        acc = accuracy_rows(args.checkpoint, args.task, args.data_dir, args.int8_backends)
-        print(f"{args.task} validation score: " + ", ".join(f"{k} {v['score']:.2f}" for k, v in acc.items()))
-        if args.accuracy_json:
-            atomic_write_json(args.accuracy_json, {"checkpoint": args.checkpoint, "task": args.task, **acc})
+        report_accuracy(args)
+
+
+def report_accuracy(args):
+    acc = accuracy_rows(args.checkpoint, args.task, args.data_dir, args.int8_backends)
+    print(f"{args.task} validation score: " + ", ".join(f"{k} {v['score']:.2f}" for k, v in acc.items()))
+    if args.accuracy_json:
+        atomic_write_json(args.accuracy_json, {"checkpoint": args.checkpoint, "task": args.task, **acc})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import run_speed
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, compress, config_from_teacher
 
 from conftest import TINY_BERT as TINY
+from utils import UserError
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,14 @@ def test_int8_accuracy_of_a_checkpoint(tmp_path):
         assert 0.0 <= acc[k]["accuracy"] <= 1.0 and acc[k]["score"] == pytest.approx(100 * acc[k]["accuracy"])
     # 277 validation rows: the same logits up to INT8 error flip at most a few predictions
     assert abs(acc["fp32"]["accuracy"] - acc["int8"]["accuracy"]) <= 10 / 277
+    out = tmp_path / "acc.json"
+    run_speed.main(["--checkpoint", d, "--task", "rte", "--data_dir", SHARED_DATA, "--accuracy_only",
+                    "--int8_backends", "dynamic", "dynamic_per_channel", "--accuracy_json", str(out)])
+    saved = json.loads(out.read_text())
+    assert set(saved) == {"checkpoint", "task", "fp32", "int8", "int8[dynamic_per_channel]"}
+    assert saved["fp32"] == pytest.approx(acc["fp32"]) and saved["int8"] == pytest.approx(acc["int8"])
+    with pytest.raises(UserError, match="--accuracy_only needs --checkpoint"):
+        run_speed.main(["--accuracy_only"])
 
 
 def test_several_compressions_in_one_run(tiny_teacher, tmp_path):
@@ -110,7 +119,6 @@ def test_other_int8_backends_keep_the_model_close(backend):
 
 
 def test_unknown_int8_backend_and_bad_compression_are_user_errors(tiny_teacher):
-    from utils import UserError
     with pytest.raises(UserError, match="unknown INT8 backend"):
         run_speed.int8(torch.nn.Linear(2, 2), "int4")
     with pytest.raises(UserError, match="--compression must be >= 1"):
