@@ -1,4 +1,4 @@
-"""scripts/pareto.py: sweep points (median over seeds, both selections) against measured speedups."""
+"""scripts/pareto.py (sweep points against measured speedups) and scripts/collect_results.py."""
 import json
 import os
 import sys
@@ -53,3 +53,22 @@ def test_missing_speed_row_and_duplicates_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="a second result"):
         pareto.main(args)
     assert not (tmp_path / "p.png").exists()
+
+
+def test_collect_results_copies_and_refuses_duplicates(tmp_path):
+    import collect_results
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_result(a, "rte", 1, [0.6], variant="baseline", compression=None)
+    write_result(a, "rte", 4, [0.6], variant="baseline", compression=None)
+    write_result(b, "rte", 1, [0.7], variant="modular", compression=1.5)
+    dest = tmp_path / "dest"
+    collect_results.main([str(a), str(b), "--dest", str(dest), "--seeds", "1", "2", "3"])
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("results.json"))
+    assert got == ["rte/baseline/seed1/results.json", "rte/modular_c1.5/seed1/results.json"]
+    assert json.loads((dest / got[1]).read_text())["epochs"][0]["score"] == pytest.approx(70.0)
+    with pytest.raises(UserError, match="--dest exists"):
+        collect_results.main([str(a), "--dest", str(dest)])
+    write_result(b, "rte", 1, [0.5], variant="baseline", compression=None)
+    with pytest.raises(UserError, match="two results for rte/baseline/seed1"):
+        collect_results.main([str(a), str(b), "--dest", str(tmp_path / "d2")])
+    assert not (tmp_path / "d2").exists()
