@@ -35,8 +35,11 @@ def model_macs(config, seq_len, num_labels=2):
 INT8_BACKENDS = ("dynamic", "dynamic_per_channel", "torchao")
 
 
-def int8(model, backend="dynamic"):
+def int8(model, backend="dynamic", keep_fp32=()):
     """Dynamic INT8 on every Linear (weights int8, activations quantized on the fly), on a copy.
+
+    keep_fp32: Linear layers whose qualified name contains any of these strings stay fp32 (e.g. "lin2",
+    the FFN output projection, whose post-GELU input has the widest range).
 
     dynamic: torch.ao quantize_dynamic, one scale per weight tensor (fbgemm kernels; the fastest here);
     dynamic_per_channel: the same with one scale per output channel; torchao: torchao's replacement,
@@ -45,6 +48,8 @@ def int8(model, backend="dynamic"):
     if backend not in INT8_BACKENDS:
         raise UserError(f"unknown INT8 backend {backend!r}; choose from {', '.join(INT8_BACKENDS)}")
     model = copy.deepcopy(model)
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+             and not any(k in n for k in keep_fp32)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if backend == "torchao":
@@ -52,11 +57,11 @@ def int8(model, backend="dynamic"):
                 from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
             except ImportError as e:
                 raise UserError(f"--int8_backends torchao needs torchao (pip install torchao): {e}") from e
-            quantize_(model, Int8DynamicActivationInt8WeightConfig())
+            quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, n: n in names)
             return model
-        spec = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig} \
-            if backend == "dynamic_per_channel" else {torch.nn.Linear}
-        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig if backend == "dynamic_per_channel" \
+            else torch.ao.quantization.default_dynamic_qconfig
+        return torch.ao.quantization.quantize_dynamic(model, {n: qconfig for n in names}, dtype=torch.qint8)
 
 
 def int8_name(backend, c):
@@ -99,14 +104,14 @@ def export_onnx(model, path, seq_len=16):
     return path
 
 
-def build_variants(base, compressions, int8_backends=("dynamic",), onnx_dir=None):
+def build_variants(base, compressions, int8_backends=("dynamic",), onnx_dir=None, keep_fp32=()):
     """{name: model}: fp32 c=1 and each compression, each INT8 backend on all of them, ONNX of all."""
     models = {1.0: base}
     for c in compressions:
         models[float(c)] = compress(copy.deepcopy(base), c, "svd").eval()
     variants = {f"fp32 c={c:g}": m for c, m in models.items()}
     for backend in int8_backends:
-        variants.update({int8_name(backend, c): int8(m, backend) for c, m in models.items()})
+        variants.update({int8_name(backend, c): int8(m, backend, keep_fp32) for c, m in models.items()})
     if onnx_dir:
         os.makedirs(onnx_dir, exist_ok=True)
         for c, m in models.items():
@@ -138,7 +143,7 @@ def time_variants(variants, batch_size, seq_len, vocab, repeats, warmup):
     return out
 
 
-def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=("dynamic",)):
+def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=("dynamic",), keep_fp32=()):
     """Validation score of a fine-tuned checkpoint: {"fp32": ..., "int8": ..., "int8[backend]": ...}."""
     import tasks as T
     from finetune import evaluate
@@ -152,7 +157,8 @@ def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=("dynamic"
     dev = torch.device("cpu")
     out = {"fp32": evaluate(model, loader, task, dev)}
     for backend in int8_backends:
-        out["int8" if backend == "dynamic" else f"int8[{backend}]"] = evaluate(int8(model, backend), loader, task, dev)
+        name = "int8" if backend == "dynamic" else f"int8[{backend}]"
+        out[name] = evaluate(int8(model, backend, keep_fp32), loader, task, dev)
     return out
 
 
@@ -170,6 +176,8 @@ def main(argv=None):
     p.add_argument("--no_int8", action="store_true")
     p.add_argument("--int8_backends", nargs="+", default=["dynamic"], choices=INT8_BACKENDS,
                    help="dynamic (default, quantize_dynamic per tensor), dynamic_per_channel, torchao")
+    p.add_argument("--int8_keep_fp32", nargs="+", default=[], metavar="NAME",
+                   help="leave Linear layers whose name contains NAME in fp32 (e.g. lin2: the FFN output)")
     p.add_argument("--onnx_dir", default=None, help="also export both models to ONNX here and time ONNX Runtime")
     p.add_argument("--checkpoint", default=None, help="fine-tuned compressed model: also report fp32 vs INT8 "
                    "validation score on --task")
@@ -194,7 +202,8 @@ def main(argv=None):
     base.eval()
     if any(c < 1 for c in args.compression):
         raise UserError(f"--compression must be >= 1, got {args.compression}")
-    variants = build_variants(base, args.compression, [] if args.no_int8 else args.int8_backends, args.onnx_dir)
+    variants = build_variants(base, args.compression, [] if args.no_int8 else args.int8_backends, args.onnx_dir,
+                              args.int8_keep_fp32)
     configs = {c: variants[f"fp32 c={c:g}"].config for c in [1.0] + [float(c) for c in args.compression]}
     rows = []
     for T_ in args.seq_lens:
@@ -221,10 +230,11 @@ def main(argv=None):
 
 
 def report_accuracy(args):
-    acc = accuracy_rows(args.checkpoint, args.task, args.data_dir, args.int8_backends)
+    acc = accuracy_rows(args.checkpoint, args.task, args.data_dir, args.int8_backends, args.int8_keep_fp32)
     print(f"{args.task} validation score: " + ", ".join(f"{k} {v['score']:.2f}" for k, v in acc.items()))
     if args.accuracy_json:
-        atomic_write_json(args.accuracy_json, {"checkpoint": args.checkpoint, "task": args.task, **acc})
+        atomic_write_json(args.accuracy_json, {"checkpoint": args.checkpoint, "task": args.task,
+                                               "int8_keep_fp32": args.int8_keep_fp32, **acc})
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_int8_accuracy_of_a_checkpoint(tmp_path):
     run_speed.main(["--checkpoint", d, "--task", "rte", "--data_dir", SHARED_DATA, "--accuracy_only",
                     "--int8_backends", "dynamic", "dynamic_per_channel", "--accuracy_json", str(out)])
     saved = json.loads(out.read_text())
-    assert set(saved) == {"checkpoint", "task", "fp32", "int8", "int8[dynamic_per_channel]"}
+    assert set(saved) == {"checkpoint", "task", "int8_keep_fp32", "fp32", "int8", "int8[dynamic_per_channel]"}
     assert saved["fp32"] == pytest.approx(acc["fp32"]) and saved["int8"] == pytest.approx(acc["int8"])
     with pytest.raises(UserError, match="--accuracy_only needs --checkpoint"):
         run_speed.main(["--accuracy_only"])
@@ -123,3 +123,22 @@ def test_unknown_int8_backend_and_bad_compression_are_user_errors(tiny_teacher):
         run_speed.int8(torch.nn.Linear(2, 2), "int4")
     with pytest.raises(UserError, match="--compression must be >= 1"):
         run_speed.main(["--model_name_or_path", tiny_teacher, "--compression", "0.5", "--no_int8"])
+
+
+@pytest.mark.parametrize("backend", ["dynamic", "dynamic_per_channel", "torchao"])
+def test_int8_keep_fp32_leaves_the_named_layers_alone(backend):
+    if backend == "torchao":
+        pytest.importorskip("torchao")
+    torch.manual_seed(0)
+    m = ModDistilBertForSequenceClassification(config_from_teacher(BertConfig(**TINY), num_labels=2)).eval()
+    q = run_speed.int8(m, backend, keep_fp32=["lin2", "classifier"])
+    layers = dict(q.named_modules())
+    names = [n for n, x in m.named_modules() if isinstance(x, torch.nn.Linear)]
+    kept = [n for n in names if "lin2" in n or "classifier" in n]
+    assert kept and len(kept) < len(names)
+    for n in names:
+        plain = type(layers[n]) is torch.nn.Linear and layers[n].weight.dtype == torch.float32 \
+            and type(layers[n].weight) in (torch.nn.Parameter, torch.Tensor)
+        assert plain == (n in kept), n
+        if n in kept:
+            assert torch.equal(layers[n].weight, dict(m.named_modules())[n].weight)
