@@ -77,11 +77,11 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(args.tasks), figsize=(5.2 * len(args.tasks), 4), squeeze=False)
-    style = {"modular": ("tab:blue", "o"), "svd": ("tab:orange", "s"), "random": ("tab:gray", "^")}
+    style = {"modular": ("tab:blue", "o", 5), "svd": ("tab:orange", "s", -11), "random": ("tab:gray", "^", -20)}
     for ax, task in zip(axes[0], args.tasks):
         pts = by["last"][task]
         base = [statistics.median(s) for (v, c), s in pts.items() if v == "baseline"]
-        for variant, (color, marker) in style.items():
+        for variant, (color, marker, dy) in style.items():
             cs = sorted(c for v, c in pts if v == variant)
             if not cs:
                 continue
@@ -89,7 +89,8 @@ def main(argv=None):
             ys = base[:1] + [statistics.median(pts[(variant, c)]) for c in cs]
             ax.plot(xs, ys, marker=marker, color=color, label=f"{variant} (c=1 is the baseline)")
             for c, x, y in zip(cs, xs[len(base[:1]):], ys[len(base[:1]):]):
-                ax.annotate(f"c={c:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                ax.annotate(f"c={c:g}", (x, y), textcoords="offset points", xytext=(4, dy), fontsize=8,
+                            color=color)
         if base:
             ax.axhline(0.99 * base[0], color="gray", lw=0.8, ls="--", label="99% of the baseline")
         ax.set_title(f"{task}: last-epoch score vs fp32 speedup")
