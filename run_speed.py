@@ -41,9 +41,10 @@ def int8(model, backend="dynamic", keep_fp32=()):
     keep_fp32: Linear layers whose qualified name contains any of these strings stay fp32 (e.g. "lin2",
     the FFN output projection, whose post-GELU input has the widest range).
 
-    dynamic: torch.ao quantize_dynamic, one scale per weight tensor (fbgemm kernels; the fastest here);
-    dynamic_per_channel: the same with one scale per output channel; torchao: torchao's replacement,
-    Int8DynamicActivationInt8WeightConfig (eager; measured slower on this CPU, see results/RESULTS.md).
+    dynamic: torch.ao quantize_dynamic, one scale per weight tensor (the fastest here, with
+    dynamic_per_channel); dynamic_per_channel: one scale per output channel, as fast and closer to fp32 on
+    every checkpoint measured; torchao: torchao's Int8DynamicActivationInt8WeightConfig (per-token
+    activation scales: the most accurate, but slower on this CPU). Numbers: results/RESULTS.md, sections 4-5.
     """
     if backend not in INT8_BACKENDS:
         raise UserError(f"unknown INT8 backend {backend!r}; choose from {', '.join(INT8_BACKENDS)}")
