@@ -121,8 +121,9 @@ def test_other_int8_backends_keep_the_model_close(backend):
 def test_unknown_int8_backend_and_bad_compression_are_user_errors(tiny_teacher):
     with pytest.raises(UserError, match="unknown INT8 backend"):
         run_speed.int8(torch.nn.Linear(2, 2), "int4")
-    with pytest.raises(UserError, match="--compression must be >= 1"):
-        run_speed.main(["--model_name_or_path", tiny_teacher, "--compression", "0.5", "--no_int8"])
+    for bad in ("0.5", "1"):
+        with pytest.raises(UserError, match="--compression values must be > 1"):
+            run_speed.main(["--model_name_or_path", tiny_teacher, "--compression", "2", bad, "--no_int8"])
 
 
 @pytest.mark.parametrize("backend", ["dynamic", "dynamic_per_channel", "torchao"])
