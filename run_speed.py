@@ -65,8 +65,9 @@ def int8(model, backend="dynamic", keep_fp32=()):
         return torch.ao.quantization.quantize_dynamic(model, {n: qconfig for n in names}, dtype=torch.qint8)
 
 
-def int8_name(backend, c):
-    return f"int8 c={c:g}" if backend == "dynamic" else f"int8[{backend}] c={c:g}"
+def int8_label(backend):
+    """"int8" for the default backend, "int8[backend]" for the others (variant names, accuracy keys)."""
+    return "int8" if backend == "dynamic" else f"int8[{backend}]"
 
 
 class OnnxModel:
@@ -112,7 +113,7 @@ def build_variants(base, compressions, int8_backends=("dynamic",), onnx_dir=None
         models[float(c)] = compress(copy.deepcopy(base), c, "svd").eval()
     variants = {f"fp32 c={c:g}": m for c, m in models.items()}
     for backend in int8_backends:
-        variants.update({int8_name(backend, c): int8(m, backend, keep_fp32) for c, m in models.items()})
+        variants.update({f"{int8_label(backend)} c={c:g}": int8(m, backend, keep_fp32) for c, m in models.items()})
     if onnx_dir:
         os.makedirs(onnx_dir, exist_ok=True)
         for c, m in models.items():
@@ -158,8 +159,7 @@ def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=("dynamic"
     dev = torch.device("cpu")
     out = {"fp32": evaluate(model, loader, task, dev)}
     for backend in int8_backends:
-        name = "int8" if backend == "dynamic" else f"int8[{backend}]"
-        out[name] = evaluate(int8(model, backend, keep_fp32), loader, task, dev)
+        out[int8_label(backend)] = evaluate(int8(model, backend, keep_fp32), loader, task, dev)
     return out
 
 
@@ -192,6 +192,9 @@ def main(argv=None):
         raise UserError("--checkpoint needs --task (the validation set to score it on)")
     if args.accuracy_only and not args.checkpoint:
         raise UserError("--accuracy_only needs --checkpoint")
+    if any(c <= 1 for c in args.compression):
+        raise UserError(f"--compression values must be > 1 (c=1 is the reference, always timed), "
+                        f"got {args.compression}")
     torch.set_num_threads(args.threads)
     if args.accuracy_only:
         return report_accuracy(args)
@@ -201,12 +204,9 @@ def main(argv=None):
     else:
         base = ModDistilBertForSequenceClassification(config_from_teacher(DistilBertConfig(), num_labels=2))
     base.eval()
-    if any(c <= 1 for c in args.compression):
-        raise UserError(f"--compression values must be > 1 (c=1 is the reference, always timed), "
-                        f"got {args.compression}")
     variants = build_variants(base, args.compression, [] if args.no_int8 else args.int8_backends, args.onnx_dir,
                               args.int8_keep_fp32)
-    configs = {c: variants[f"fp32 c={c:g}"].config for c in [1.0] + [float(c) for c in args.compression]}
+    configs = {variant_compression(n): m.config for n, m in variants.items() if n.startswith("fp32")}
     rows = []
     for T_ in args.seq_lens:
         bounds = {c: model_macs(base.config, T_) / model_macs(cfg, T_) for c, cfg in configs.items()}
@@ -215,7 +215,8 @@ def main(argv=None):
             ref = res["fp32 c=1"][0]
             for name, (med, p10, p90) in res.items():
                 b = bounds[variant_compression(name)]
-                rows.append({"variant": name, "compression": variant_compression(name), "batch_size": bs, "seq_len": T_, "threads": args.threads,
+                rows.append({"variant": name, "compression": variant_compression(name), "batch_size": bs,
+                             "seq_len": T_, "threads": args.threads,
                              "median_ms": round(med, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3),
                              "speedup": round(ref / med, 3), "flop_bound": round(b, 3),
                              "fraction_of_bound": round(ref / med / b, 3) if not name.startswith("int8") else None})

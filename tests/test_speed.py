@@ -114,6 +114,9 @@ def test_other_int8_backends_keep_the_model_close(backend):
     with torch.no_grad():
         a, b = m(input_ids=ids).logits, q(input_ids=ids).logits
     assert not torch.equal(a, b)                       # it did quantize
+    if backend == "dynamic_per_channel":
+        w = q.moddistilbert.layers[0].ffn.lin1.weight()
+        assert w.qscheme() == torch.per_channel_affine and w.q_per_channel_scales().numel() == w.shape[0]
     assert (a - b).abs().max() < 0.05 * a.abs().max() + 1e-3
     assert torch.equal(m(input_ids=ids).logits, a)     # on a copy: the fp32 model is untouched
 
