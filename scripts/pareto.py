@@ -10,6 +10,8 @@ consolidate.load_results. Every (task, variant, compression) point is the median
 the x of a point is the fp32 speedup of its compression at --batch_size x --seq_len (c=1 is 1.0).
 """
 import argparse
+import io
+import json
 import os
 import statistics
 import sys
@@ -37,6 +39,8 @@ def points(results, tasks, which):
 
 def speedups(rows, batch_size, seq_len):
     """{c: fp32 speedup over c=1} from run_speed.py's JSON rows."""
+    if any("compression" not in r for r in rows):
+        raise UserError("the speed JSON has rows without 'compression' (an older run_speed.py): rerun it")
     out = {r["compression"]: r["speedup"] for r in rows if r["variant"].startswith("fp32")
            and r["batch_size"] == batch_size and r["seq_len"] == seq_len}
     if not out:
@@ -45,7 +49,6 @@ def speedups(rows, batch_size, seq_len):
 
 
 def main(argv=None):
-    import json
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", nargs="+", required=True)
     p.add_argument("--tasks", nargs="+", required=True)
@@ -79,27 +82,27 @@ def main(argv=None):
     fig, axes = plt.subplots(1, len(args.tasks), figsize=(5.2 * len(args.tasks), 4), squeeze=False)
     style = {"modular": ("tab:blue", "o", 5), "svd": ("tab:orange", "s", -11), "random": ("tab:gray", "^", -20)}
     for ax, task in zip(axes[0], args.tasks):
-        pts = by["last"][task]
-        base = [statistics.median(s) for (v, c), s in pts.items() if v == "baseline"]
+        pts = {key: statistics.median(scores) for key, scores in by["last"][task].items()}
+        base = pts.get(("baseline", 1.0))
         for variant, (color, marker, dy) in style.items():
             cs = sorted(c for v, c in pts if v == variant)
             if not cs:
                 continue
-            xs = [1.0] * bool(base) + [speed[c] for c in cs]
-            ys = base[:1] + [statistics.median(pts[(variant, c)]) for c in cs]
-            ax.plot(xs, ys, marker=marker, color=color, label=f"{variant} (c=1 is the baseline)")
-            for c, x, y in zip(cs, xs[len(base[:1]):], ys[len(base[:1]):]):
+            xs, ys = [speed[c] for c in cs], [pts[(variant, c)] for c in cs]
+            for c, x, y in zip(cs, xs, ys):
                 ax.annotate(f"c={c:g}", (x, y), textcoords="offset points", xytext=(4, dy), fontsize=8,
                             color=color)
-        if base:
-            ax.axhline(0.99 * base[0], color="gray", lw=0.8, ls="--", label="99% of the baseline")
+            if base is not None:  # every curve starts at the uncompressed model
+                xs, ys = [1.0] + xs, [base] + ys
+            ax.plot(xs, ys, marker=marker, color=color, label=f"{variant} (c=1 is the baseline)")
+        if base is not None:
+            ax.axhline(0.99 * base, color="gray", lw=0.8, ls="--", label="99% of the baseline")
         ax.set_title(f"{task}: last-epoch score vs fp32 speedup")
         ax.set_xlabel(f"measured CPU speedup over c=1 (bs {args.batch_size} x {args.seq_len})")
         ax.set_ylabel("validation score (median over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(args.png, buf.getvalue())

@@ -49,6 +49,10 @@ def test_missing_speed_row_and_duplicates_are_user_errors(tmp_path):
         pareto.main(args)
     with pytest.raises(UserError, match="no fp32 rows at batch size 8"):
         pareto.main(args + ["--batch_size", "8"])
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps([{"variant": "fp32 c=1", "batch_size": 1, "seq_len": 128, "speedup": 1.0}]))
+    with pytest.raises(UserError, match="without 'compression'"):
+        pareto.main(["--results", str(res), "--tasks", "rte", "--speed", str(old), "--png", str(tmp_path / "p.png")])
     write_result(res, "rte", 1, [0.6], variant="modular", compression=3.0, name="again")
     with pytest.raises(UserError, match="a second result"):
         pareto.main(args)
