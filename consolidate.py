@@ -91,7 +91,7 @@ def group(results, tasks=None, seeds=None):
     for r in results:
         if (tasks is not None and r["task"] not in tasks) or (seeds is not None and r["seed"] not in seeds):
             continue
-        key = (r["model"], r["variant"], r["compression"])
+        key = (r.get("base_model") or r["model"], r["variant"], r["compression"])  # per-seed teachers: one row
         cell = groups.setdefault(key, {}).setdefault(r["task"], {})
         if r["seed"] in cell:
             raise UserError(f"duplicate results for {row_name(key)} {r['task']} seed {r['seed']}: "

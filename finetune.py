@@ -12,6 +12,7 @@ from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSe
                           AutoTokenizer, get_linear_schedule_with_warmup)
 
 import tasks as T
+from distill import EXAMPLE_INDEX
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     compress, resolve_model_path)
 from utils import UserError, file_sha256
@@ -58,6 +59,9 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
     elif config.model_type == "moddistilbert":
         auto = AutoModelForMultipleChoice if mc else AutoModelForSequenceClassification
         model = auto.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True)
+        if getattr(config, "finetuning_task", None) != task.name:  # another task's (or no) head: start it afresh
+            torch.nn.init.normal_(model.classifier.weight, std=model.config.initializer_range)
+            torch.nn.init.zeros_(model.classifier.bias)
     else:
         if compression or modules_dir:
             raise UserError(f"--compression/--modules_dir need a DistilBERT or BERT-family model, "
@@ -74,7 +78,9 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         modules = {n: file_sha256(os.path.join(modules_dir, n)) for n in names}
     if tokenizer.pad_token_id is None:
         raise UserError(f"tokenizer of {name_or_path!r} has no padding token")
-    info = {"architecture": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
+    # the pretrained model a saved checkpoint of ours descends from (a fine-tuned baseline records "minilm")
+    base_model = getattr(model.config, "teacher", None) if config.model_type == "moddistilbert" else None
+    info = {"base_model": base_model or name_or_path, "architecture": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
             "modules": sorted(modules) if modules else None, "modules_sha256": modules}
     return model, tokenizer, info
 
@@ -111,11 +117,15 @@ def evaluate(model, loader, task, device):
     return {**metrics, "score": T.task_score(task, metrics)}
 
 
-def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device):
-    """AdamW + linear decay, evaluation after every epoch. Returns the list of per-epoch metric dicts."""
+def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller=None):
+    """AdamW + linear decay, evaluation after every epoch. Returns the list of per-epoch metric dicts.
+    With a distill.Distiller, the training loss is its combination of task and teacher terms."""
     pad = tokenizer.pad_token_id
     train = T.encode(task, train_rows, tokenizer, args.max_length)
     dev = T.encode(task, eval_rows, tokenizer, args.max_length)
+    if distiller is not None:
+        train[EXAMPLE_INDEX] = list(range(len(train["labels"])))
+        distiller.cache_logits(T.make_loader(train, args.eval_batch_size, False, pad), len(train["labels"]))
     train_loader = T.make_loader(train, args.batch_size, True, pad, args.seed,
                                  group_by_length=not args.no_group_by_length)
     eval_loader = T.make_loader(dev, args.eval_batch_size, False, pad, args.seed)
@@ -132,7 +142,9 @@ def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, devi
         total, n, t0 = 0.0, 0, time.time()
         bar = tqdm(train_loader, desc=f"{task.name} epoch {epoch}/{args.epochs}", leave=False)
         for batch in bar:
-            loss = model(**_model_inputs(batch, device)).loss
+            idx = batch.pop(EXAMPLE_INDEX, None)
+            inputs = _model_inputs(batch, device)
+            loss = model(**inputs).loss if distiller is None else distiller.loss(model, inputs, idx)[0]
             if not torch.isfinite(loss):
                 raise RuntimeError(f"loss is {loss.item()} at epoch {epoch}: lower --lr?")
             opt.zero_grad(set_to_none=True)
@@ -156,8 +168,22 @@ def summarize(epochs):
     return {"best_epoch": best["epoch"], "best_score": best["score"], "last_score": epochs[-1]["score"]}
 
 
-def save_model(model, tokenizer, path):
+def label_config(model, task):
+    """Record the task and its label names in the config, so that `pipeline(...)` answers with them
+    (not LABEL_1) and a later run can tell whether the fine-tuned head belongs to its task."""
+    config = model.config
+    config.finetuning_task = task.name
+    if task.kind == "classification":
+        config.id2label = dict(enumerate(task.label_names))
+        config.label2id = {n: i for i, n in enumerate(task.label_names)}
+    elif task.kind == "regression":
+        config.id2label, config.label2id = {0: "score"}, {"score": 0}
+
+
+def save_model(model, tokenizer, path, task=None):
     """Hugging Face format (safetensors + config + tokenizer), written beside then renamed."""
+    if task is not None:
+        label_config(model, task)
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

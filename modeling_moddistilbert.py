@@ -193,15 +193,21 @@ class ModDistilBertPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_teacher(cls, name_or_path, **config_overrides):
-        """Build this class from a pretrained DistilBERT or BERT-family checkpoint (hub id, local dir, or `minilm`).
+        """Build this class from a pretrained DistilBERT or BERT-family checkpoint (hub id, local dir, or `minilm`),
+        or from one of our own uncompressed saved models (a fine-tuned baseline: then loaded as it is).
 
         The encoder (and for BERT the pooler, as `pre_classifier`) get the teacher's weights exactly;
-        the task head is freshly initialised."""
+        the task head is freshly initialised (a saved model of ours keeps its head where the shapes match)."""
         path = resolve_model_path(name_or_path)
         try:
             tc = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load teacher {name_or_path!r}: {str(e).splitlines()[0]}") from e
+        if tc.model_type == "moddistilbert":  # one of our own saved models, e.g. a fine-tuned baseline
+            if getattr(tc, "compression", None):
+                raise UserError(f"{name_or_path!r} is compressed (compression {tc.compression}); "
+                                "a teacher must be an uncompressed model")
+            return cls.from_pretrained(path, ignore_mismatched_sizes=True, **config_overrides)
         config = config_from_teacher(tc, teacher=name_or_path, **config_overrides)
         teacher = AutoModel.from_pretrained(path)
         model = cls(config)
@@ -404,7 +410,8 @@ def svd_init_ffn(teacher, student):
 
 
 def init_block(teacher, student, init, std=0.02):
-    """Initialise `student` from `teacher` ("svd") or as the paper does ("random": normal(0, std), zero bias)."""
+    """Initialise `student` from `teacher` ("svd") or as the paper does ("random": normal(0, std), zero bias).
+    The activation-aware start ("data") needs the layer's inputs: data_init.fit_block, or compress(..., data=)."""
     if init == "svd":
         (svd_init_mha if isinstance(student, MultiHeadSelfAttention) else svd_init_ffn)(teacher, student)
     elif init == "random":
@@ -412,24 +419,46 @@ def init_block(teacher, student, init, std=0.02):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=std)
                 nn.init.zeros_(m.bias)
+    elif init == "data":
+        raise UserError("init 'data' is fitted on captured inputs: use compress(..., init='data', data=...) "
+                        "or mha_modular.py / ffn_modular.py --init data")
     else:
-        raise UserError(f"init must be 'svd' or 'random', not {init!r}")
+        raise UserError(f"init must be 'svd', 'random' or 'data', not {init!r}")
 
 
-def compress(model, compression=2.0, init="svd", layers=None):
+def compress(model, compression=2.0, init="svd", layers=None, data=None, device="cpu"):
     """Replace the MHA and FFN of the chosen layers (all by default) with low-rank blocks, in place.
 
-    MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`."""
+    MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`.
+    init "data" (data_init.py) needs `data`: {layer: (x [tokens, H], lengths [sequences])}, the layer's inputs
+    as captured from the teacher (activations.ActivationStore.load_layer); every token is used for the fit."""
     base = model.base_model
     config = base.config
+    if config.compression:
+        raise UserError(f"the model is already compressed (compression {config.compression}); "
+                        "compress the uncompressed teacher instead")
     layers = range(config.num_hidden_layers) if layers is None else layers
+    if init == "data":
+        import data_init
+        missing = [i for i in layers if data is None or i not in data]
+        if missing:
+            raise UserError(f"init 'data' needs the inputs of layers {missing} (data={{layer: (x, lengths)}})")
     for i in layers:
         layer = base.layers[i]
         attn_dim, ffn_dim = reduced_dims(config, i, compression)
+        io = {}
+        if init == "data":  # both blocks' inputs and targets from the teacher layer, before replacing it
+            x, lengths = data[i]
+            io = {kind: (*data_init.block_io(layer, kind, x, lengths, device), lengths) for kind in ("mha", "ffn")}
         for kind, dim in (("mha", attn_dim), ("ffn", ffn_dim)):
             old = layer.attention if kind == "mha" else layer.ffn
             new = make_block(config, i, kind, dim).to(next(old.parameters())).train(old.training)
-            init_block(old, new, init, config.initializer_range)
+            if init == "data":
+                inputs, targets, lengths = io[kind]
+                data_init.fit_block(old, new, inputs, targets, lengths, torch.arange(len(lengths)), device)
+                new.to(next(old.parameters()))
+            else:
+                init_block(old, new, init, config.initializer_range)
             setattr(layer, "attention" if kind == "mha" else "ffn", new)
         config.attn_dims[i], config.ffn_dims[i] = attn_dim, ffn_dim
     config.compression, config.init = compression, init

@@ -21,7 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+import data_init
 from activations import ActivationStore, pad_sequences, sequence_offsets
+from data_init import block_io
 from modeling_moddistilbert import (ModDistilBertModel, attention_mask_4d, init_block, make_block,
                                     reduced_dims)
 from utils import UserError, atomic_write_json, get_device, set_seed
@@ -30,24 +32,6 @@ CKPT_FORMAT = "modular-block/1"
 
 
 # ------------------------------------------------------------------ data
-@torch.no_grad()
-def teacher_io(layer, kind, x, lengths, device, batch=64):
-    """(inputs, targets) of block `kind` of the teacher `layer`, as flat [tokens, H] tensors on `device`."""
-    layer = layer.to(device).eval()
-    ins, outs, offsets = [], [], sequence_offsets(lengths)
-    for s in range(0, len(lengths), batch):
-        idx = torch.arange(s, min(s + batch, len(lengths)))
-        xb, mask = pad_sequences(x, lengths, idx, offsets)
-        xb, mask = xb.to(device).float(), mask.to(device)
-        m4 = attention_mask_4d(mask)
-        if kind == "ffn":
-            xb = layer.sa_layer_norm(xb + layer.attention(xb, m4))
-        yb = (layer.attention if kind == "mha" else layer.ffn)(xb, m4)
-        ins.append(xb[mask])
-        outs.append(yb[mask])
-    return torch.cat(ins), torch.cat(outs)
-
-
 def holdout_split(example_ids, frac, seed):
     """Sequence indices (train, held-out): whole examples (all choices, all augmented copies) go to one side."""
     examples = torch.unique(example_ids)
@@ -172,9 +156,11 @@ def build_parser(kind, doc):
     p.add_argument("--activations_dir", required=True, help="what capture_data.py wrote")
     p.add_argument("--output_dir", required=True, help="module checkpoints + report.json + loss PNG")
     p.add_argument("--compression", type=float, default=2.0)
-    p.add_argument("--init", choices=["svd", "random"], default="svd", help="the paper uses random")
+    p.add_argument("--init", choices=["svd", "random", "data"], default="svd",
+                   help="start: svd (weights only), data (activation-aware closed form, data_init.py; "
+                        "fitted on the training sequences), random (the paper's)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="default: all")
-    p.add_argument("--epochs", type=int, default=10, help="the paper: 200")
+    p.add_argument("--epochs", type=int, default=10, help="the paper: 200; 0 saves the start as it is")
     p.add_argument("--batch_size", type=int, default=32, help="sequences per batch")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--mixup", action="store_true", help="also train on each batch averaged with its roll by one")
@@ -189,8 +175,8 @@ def build_parser(kind, doc):
 def train_blocks(args):
     """Train the low-rank `args.kind` block of every chosen layer; checkpoints, report.json and a loss PNG."""
     kind = args.kind
-    if args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
+    if args.epochs < 0:
+        raise UserError("--epochs must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     set_seed(args.seed)
@@ -209,18 +195,23 @@ def train_blocks(args):
         t0 = time.time()
         x, lengths = store.load_layer(layer)
         tblock = teacher.layers[layer].attention if kind == "mha" else teacher.layers[layer].ffn
-        inputs, targets = teacher_io(teacher.layers[layer], kind, x, lengths, device)
+        inputs, targets = block_io(teacher.layers[layer], kind, x, lengths, device)
         del x
         inner = reduced_dims(config, layer, args.compression)[0 if kind == "mha" else 1]
         svd_block = make_block(config, layer, kind, inner)
         init_block(tblock, svd_block, "svd", config.initializer_range)
         held = len(val_idx) > 0  # --holdout 0: nothing held out, no errors to report (None)
         svd_err = relative_error(svd_block.to(device), inputs, targets, lengths, val_idx, device) if held else None
-        student, init_err = svd_block, svd_err
-        if args.init != "svd":  # the paper's random start; the SVD error above stays the reference
+        student, init_err, data_err, fit_info = svd_block, svd_err, None, None
+        if args.init != "svd":  # the SVD error above stays the reference
             student = make_block(config, layer, kind, inner)
-            init_block(tblock, student, args.init, config.initializer_range)
+            if args.init == "data":  # fitted on the training sequences only, never the held-out ones
+                fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device)
+            else:
+                init_block(tblock, student, args.init, config.initializer_range)
             init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device) if held else None
+            data_err = init_err if args.init == "data" else None
+        t_init = time.time()
         history = train_block(student, tblock, inputs, targets, lengths, train_idx, val_idx,
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, mixup=args.mixup,
                               seed=args.seed + layer, device=device, desc=f"layer {layer} {kind}")
@@ -229,12 +220,15 @@ def train_blocks(args):
                 "teacher": store.model, "task": store.manifest.get("task")}
         save_block(checkpoint_path(args.output_dir, layer, kind), student, meta)
         entry = {"layer": layer, "block": kind, "inner_size": inner, "svd_init_rel_error": svd_err,
-                 "init_rel_error": init_err, "trained_rel_error": history[-1]["heldout_rel_error"],
-                 "history": history, "seconds": round(time.time() - t0, 1)}
+                 "data_init_rel_error": data_err, "init_rel_error": init_err,
+                 "trained_rel_error": history[-1]["heldout_rel_error"] if history else init_err,
+                 "fit": fit_info, "history": history, "seconds": round(time.time() - t0, 1),
+                 "train_seconds": round(time.time() - t_init, 1)}
         entries.append(entry)
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
-        tqdm.write(f"layer {layer} {kind}: held-out rel. error svd-init {fmt(svd_err)} -> trained "
-                   f"{fmt(entry['trained_rel_error'])} ({entry['seconds']}s)")
+        tqdm.write(f"layer {layer} {kind}: held-out rel. error svd-init {fmt(svd_err)}, {args.init} start "
+                   f"{fmt(init_err)} -> after {args.epochs} epochs {fmt(entry['trained_rel_error'])} "
+                   f"({entry['seconds']}s)")
     write_report(args, store, entries)
 
 

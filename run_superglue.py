@@ -12,6 +12,7 @@ import time
 import torch
 
 import tasks as T
+from distill import Distiller
 from finetune import build_model, save_model, summarize, train_and_evaluate
 from utils import UserError, atomic_write_json, get_device, run_main, set_seed
 
@@ -43,6 +44,11 @@ def parse_args(argv=None):
     p.add_argument("--hf_model", action="store_true", help="use transformers' own class even for DistilBERT/BERT")
     p.add_argument("--no_save_model", action="store_true", help="do not save the fine-tuned model")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUTPUT_DIR")
+    p.add_argument("--distill_from", default=None, metavar="DIR",
+                   help="distil from this fine-tuned uncompressed model of the same task (distill.py)")
+    p.add_argument("--distill_alpha", type=float, default=0.5, help="weight of the task loss (rest: soft loss)")
+    p.add_argument("--distill_temperature", type=float, default=2.0, help="softening of the logits")
+    p.add_argument("--distill_beta", type=float, default=0.0, help="weight of the hidden-state MSE (0: off)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p.parse_args(argv)
@@ -66,24 +72,30 @@ def main(argv=None):
     device = get_device(args.device)
     model, tokenizer, info = build_model(args.model_name_or_path, task, args.compression, args.init,
                                          args.modules_dir, args.hf_model)
+    distiller = None
+    if args.distill_from:
+        distiller = Distiller(args.distill_from, task, args.distill_alpha, args.distill_temperature,
+                              args.distill_beta, device)
     variant = args.variant or ("baseline" if not args.compression
                                else "modular" if args.modules_dir else args.init)
+    if distiller is not None and not args.variant:
+        variant += "+kd"
     print(f"{task.name}: {info['architecture']} ({variant}), {info['params']:,} parameters, "
           f"{len(train_rows)} train / {len(eval_rows)} validation rows, device {device}")
     t0 = time.time()
-    epochs = train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device)
+    epochs = train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller)
     record = {
-        "task": task.name, "model": args.model_name_or_path, "variant": variant,
+        "task": task.name, "model": args.model_name_or_path, "base_model": info["base_model"], "variant": variant,
         "compression": args.compression, "init": args.init if args.compression else None,
         "seed": args.seed, "params": info["params"], "architecture": info["architecture"],
         "modules": info["modules"], "modules_dir": args.modules_dir, "modules_sha256": info["modules_sha256"],
-        "data_dir": data_dir or "hub",
+        "data_dir": data_dir or "hub", "distill": distiller.info if distiller else None,
         "n_train": len(train_rows), "n_eval": len(eval_rows),
         "settings": {k: v for k, v in vars(args).items()}, "device": str(device),
         "seconds": round(time.time() - t0, 1), "epochs": epochs, **summarize(epochs),
     }
     if not args.no_save_model:
-        save_model(model, tokenizer, os.path.join(args.output_dir, "model"))
+        save_model(model, tokenizer, os.path.join(args.output_dir, "model"), task)
     atomic_write_json(results_path, record)
     print(f"{task.name} seed {args.seed}: best epoch {record['best_epoch']} score {record['best_score']:.2f} "
           f"(paper's selection), last epoch score {record['last_score']:.2f} -> {results_path}")

@@ -323,6 +323,9 @@ def collate(features_batch, pad_token_id) -> dict:
     for key in features_batch[0]:
         if key == "labels":
             continue
+        if key == "example_index":  # position in the training set (distillation's cached teacher logits)
+            batch[key] = torch.tensor([f[key] for f in features_batch], dtype=torch.long)
+            continue
         value = pad_token_id if key == "input_ids" else 0
         seqs = [f[key] for f in features_batch]
         if seqs and isinstance(seqs[0][0], list):  # multiple choice

@@ -16,6 +16,7 @@ from conftest import SHARED_DATA
 import capture_data  # noqa: E402
 import ffn_modular  # noqa: E402
 import mha_modular  # noqa: E402
+import data_init  # noqa: E402
 import modular  # noqa: E402
 import run_superglue  # noqa: E402
 from activations import ActivationStore, pad_sequences, sequence_offsets  # noqa: E402
@@ -260,15 +261,15 @@ def test_mixup_skips_single_sequence_batches():
     assert hist[-1]["heldout_rel_error"] is None
 
 
-# ------------------------------------------------------------------ teacher_io on a real capture
+# ------------------------------------------------------------------ block_io on a real capture
 @needs_shared
-def test_teacher_io_matches_the_teacher_layer(tiny_cap, tiny_teacher):
+def test_block_io_matches_the_teacher_layer(tiny_cap, tiny_teacher):
     store = ActivationStore(tiny_cap)
     assert store.manifest["dtype"] == "float32"
     x, lengths = store.load_layer(0)
     layer = tiny_teacher.layers[0]
-    mi, mo = modular.teacher_io(layer, "mha", x, lengths, "cpu", batch=7)
-    fi, fo = modular.teacher_io(layer, "ffn", x, lengths, "cpu", batch=64)
+    mi, mo = data_init.block_io(layer, "mha", x, lengths, "cpu", batch=7)
+    fi, fo = data_init.block_io(layer, "ffn", x, lengths, "cpu", batch=64)
     assert mi.shape == mo.shape == fi.shape == fo.shape == x.shape
     torch.testing.assert_close(mi, x)
     # the teacher layer run directly on one padded batch of all captured rows

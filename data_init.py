@@ -1,0 +1,241 @@
+"""The activation-aware closed-form start of the low-rank blocks (`init="data"`).
+
+The SVD start (modeling_moddistilbert.svd_init_*) truncates each block's weight products as if every input
+direction mattered equally. BERT-family hidden states are far from isotropic, so the truncation throws away
+directions the data uses and keeps ones it does not. Here every truncation is weighted by the captured
+inputs, in float64, on the training sequences only:
+
+- Whitening: for a token matrix X (real tokens), C = X^T X = Q L Q^T; the eigenvalues are clamped at
+  `eps` times the largest (Cholesky fails on BERT's anisotropic states); R = L^1/2 Q^T, R^-1 = Q L^-1/2,
+  so that ||X D|| = ||R D|| for any D.
+- Scores, per head: M_h = [Wq_h | bq_h]^T Wk_h (the key bias drops out of the softmax, as in the SVD start);
+  the best rank-r M' in ||X~ (M - M') X^T|| (X~ = [X, 1]) is the SVD of R~ M_h R^T, truncated and mapped back.
+  The dropped share of its squared singular values is the predicted share of score energy lost.
+- Values, per head: N_h = Wv_h^T Wo_h^T acts on the attention-mixed inputs Z_h = P_h X (P_h: the teacher's
+  attention probabilities), so it is truncated in the metric of Z_h^T Z_h. The value bias folds into the
+  output bias exactly (attention rows sum to 1).
+- Refit: one ridge least-squares fit of `out_lin` (all heads, weight and bias) on the student's own head
+  outputs against the teacher block's outputs (the targets given: the teacher's block output in the isolated
+  mode).
+- FFN: keep the F/c hidden units with the largest sum_tokens h_j^2 * ||W2[:, j]||^2 (h = the activation output),
+  copy their `lin1` rows, and refit `lin2` and its bias by ridge least squares.
+
+Every rank-r product is finally re-split into factors of equal scale (an SVD of the product, singular values
+split evenly): the whitened factors come out badly scaled (one near 1, the other in the hundreds), which
+computes the same function but wrecks Adam's fine-tuning.
+"""
+import math
+
+import torch
+
+from activations import pad_sequences, sequence_offsets
+
+
+# ------------------------------------------------------------------ data
+@torch.no_grad()
+def block_io(layer, kind, x, lengths, device, batch=64):
+    """(inputs, targets) of block `kind` of the teacher `layer` on its layer inputs x, as flat [tokens, H]
+    tensors on `device`: MHA inputs = x, targets = attention(x); FFN inputs = sa_layer_norm(x + attention(x)),
+    targets = ffn(FFN inputs)."""
+    from modeling_moddistilbert import attention_mask_4d
+    layer = layer.to(device).eval()
+    ins, outs, offsets = [], [], sequence_offsets(lengths)
+    for s in range(0, len(lengths), batch):
+        idx = torch.arange(s, min(s + batch, len(lengths)))
+        xb, mask = pad_sequences(x, lengths, idx, offsets)
+        xb, mask = xb.to(device).float(), mask.to(device)
+        m4 = attention_mask_4d(mask)
+        if kind == "ffn":
+            xb = layer.sa_layer_norm(xb + layer.attention(xb, m4))
+        yb = (layer.attention if kind == "mha" else layer.ffn)(xb, m4)
+        ins.append(xb[mask])
+        outs.append(yb[mask])
+    return torch.cat(ins), torch.cat(outs)
+
+
+def token_index(lengths, index):
+    """Flat token positions of the sequences `index` (for per-token blocks and statistics)."""
+    lengths = torch.as_tensor(lengths).long()
+    offsets = sequence_offsets(lengths)
+    index = torch.as_tensor(index).long()
+    return torch.cat([torch.arange(offsets[i], offsets[i] + lengths[i]) for i in index.tolist()]) \
+        if len(index) else torch.zeros(0, dtype=torch.long)
+
+
+def _batches(inputs, lengths, index, batch, device, targets=None):
+    offsets = sequence_offsets(lengths)
+    for s in range(0, len(index), batch):
+        idx = index[s:s + batch]
+        xb, mask = pad_sequences(inputs, lengths, idx, offsets)
+        yb = None if targets is None else pad_sequences(targets, lengths, idx, offsets)[0].to(device).float()
+        yield xb.to(device).float(), mask.to(device), yb
+
+
+# ------------------------------------------------------------------ linear algebra
+def whitener(C, eps=1e-6):
+    """(R, R^-1) with ||X D|| = ||R D|| for C = X^T X: eigenvalues clamped at eps * the largest."""
+    C = (C + C.T).double() / 2
+    lam, Q = torch.linalg.eigh(C)
+    lam = lam.clamp_min(eps * float(lam.max().clamp_min(1e-300)))
+    return lam.sqrt()[:, None] * Q.T, Q / lam.sqrt()[None, :]
+
+
+def top_r(a, b, r):
+    """Best rank-r factors of a^T b (a: d x n, b: d x m), singular values split evenly between them.
+
+    Returns (L n x r, R m x r, s): L @ R.T is the truncated SVD of a^T b and s all its singular values.
+    QR of both sides first, so only a d x d SVD is needed."""
+    qa, ra = torch.linalg.qr(a.T.double())
+    qb, rb = torch.linalg.qr(b.T.double())
+    u, s, vh = torch.linalg.svd(ra @ rb.T)
+    root = s[:r].sqrt()
+    return qa @ u[:, :r] * root, qb @ vh[:r].T * root, s
+
+
+def balance(L, R):
+    """Re-split the rank-r product L @ R.T (n x r, m x r) into factors of equal scale; same product."""
+    L2, R2, _ = top_r(L.T, R.T, L.shape[1])
+    return L2, R2
+
+
+def dropped_share(s, r):
+    """Share of the squared singular values beyond rank r: the predicted relative error of the truncation."""
+    e = s.double() ** 2
+    return float(e[r:].sum() / e.sum().clamp_min(1e-300))
+
+
+def ridge_solve(G, B, ridge=1e-6):
+    """argmin_W ||A W - Y||^2 + lam ||W||^2 from G = A^T A, B = A^T Y; lam = ridge * mean(diag G)."""
+    lam = ridge * float(G.diagonal().mean().clamp_min(1e-300))
+    return torch.linalg.solve(G + lam * torch.eye(len(G), dtype=G.dtype, device=G.device), B)
+
+
+# ------------------------------------------------------------------ attention
+def _heads(t, B, T, nh):
+    return t.view(B, T, nh, -1).transpose(1, 2)
+
+
+@torch.no_grad()
+def mha_statistics(teacher, inputs, lengths, index, device, batch=32):
+    """Second moments over the real tokens of sequences `index`: C~ of [x, 1] ((H+1)^2) and, per head, of the
+    attention-mixed inputs P_h X (nh x H x H), P_h the teacher's attention probabilities. float64."""
+    from modeling_moddistilbert import attention_mask_4d
+    teacher = teacher.to(device).eval()
+    H, nh, d = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim
+    Cx = torch.zeros(H + 1, H + 1, dtype=torch.float64, device=device)
+    Cz = torch.zeros(nh, H, H, dtype=torch.float64, device=device)
+    for xb, mask, _ in _batches(inputs, lengths, index, batch, device):
+        B, T, _ = xb.shape
+        x1 = torch.cat([xb[mask], torch.ones(int(mask.sum()), 1, device=device)], 1)
+        Cx += (x1.T @ x1).double()
+        q, k = _heads(teacher.q_lin(xb), B, T, nh), _heads(teacher.k_lin(xb), B, T, nh)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        p = scores.masked_fill(~attention_mask_4d(mask), float("-inf")).softmax(-1)   # (B, nh, T, T)
+        z = (p @ xb[:, None]).transpose(0, 1)[:, mask]                              # (nh, tokens, H)
+        Cz += (z.transpose(1, 2) @ z).double()
+    return {"Cx1": Cx, "Cz": Cz}
+
+
+@torch.no_grad()
+def fit_mha(teacher, student, stats, eps=1e-6):
+    """Closed-form per-head start of a low-rank attention block from `mha_statistics`. Returns per-head
+    predicted errors (dropped share of the whitened spectra) of the scores and of the value path."""
+    H, nh, d, r = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim, student.head_dim
+    dev = stats["Cx1"].device
+    R1, R1inv = whitener(stats["Cx1"], eps)
+    R, Rinv = whitener(stats["Cx1"][:H, :H], eps)
+    W = {n: getattr(teacher, n).weight.detach().to(dev).double() for n in ("q_lin", "k_lin", "v_lin", "out_lin")}
+    bq, bv = teacher.q_lin.bias.detach().to(dev).double(), teacher.v_lin.bias.detach().to(dev).double()
+    new = {k: torch.zeros_like(p, dtype=torch.float64, device=dev) for k, p in student.state_dict().items()}
+    score_err, value_err = [], []
+    for h in range(nh):
+        t, s = slice(h * d, (h + 1) * d), slice(h * r, (h + 1) * r)
+        a = torch.cat([W["q_lin"][t], bq[t, None]], 1)                 # d x (H+1)
+        L, Rk, sv = top_r(a @ R1.T, W["k_lin"][t] @ R.T, r)             # whitened product, truncated
+        L, Rk = balance(R1inv @ L, Rinv @ Rk)                           # mapped back, re-split evenly
+        L = L * math.sqrt(r / d)                                        # keep the 1/sqrt(head_dim) temperature
+        new["q_lin.weight"][s], new["q_lin.bias"][s], new["k_lin.weight"][s] = L[:H].T, L[H], Rk.T
+        score_err.append(dropped_share(sv, r))
+        Rz, Rzinv = whitener(stats["Cz"][h], eps)
+        Lv, Ro, sz = top_r(W["v_lin"][t] @ Rz.T, W["out_lin"][:, t].T, r)  # Rz Wv^T Wo^T, truncated
+        Lv, Ro = balance(Rzinv @ Lv, Ro)
+        new["v_lin.weight"][s], new["out_lin.weight"][:, s] = Lv.T, Ro
+        value_err.append(dropped_share(sz, r))
+    new["out_lin.bias"] = teacher.out_lin.bias.detach().to(dev).double() + W["out_lin"] @ bv
+    dtype = student.q_lin.weight.dtype
+    student.load_state_dict({k: v.to(dtype).cpu() for k, v in new.items()})
+    return {"score_dropped_share": score_err, "value_dropped_share": value_err}
+
+
+@torch.no_grad()
+def refit_out_lin(student, inputs, targets, lengths, index, device, batch=32, ridge=1e-6):
+    """Least-squares refit of out_lin (weight and bias, all heads) on the student's own head outputs against
+    `targets`; then each head's (v_lin, out_lin) pair is re-split to equal scale (the same function)."""
+    student = student.to(device).eval()
+    from modeling_moddistilbert import attention_mask_4d
+    inner, nh, r = student.out_lin.in_features, student.num_heads, student.head_dim
+    G = torch.zeros(inner + 1, inner + 1, dtype=torch.float64, device=device)
+    Bm = torch.zeros(inner + 1, student.out_lin.out_features, dtype=torch.float64, device=device)
+    for xb, mask, yb in _batches(inputs, lengths, index, batch, device, targets):
+        B, T, _ = xb.shape
+        q, k, v = (_heads(getattr(student, n)(xb), B, T, nh) for n in ("q_lin", "k_lin", "v_lin"))
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask_4d(mask))
+        a = ctx.transpose(1, 2).reshape(B, T, inner)[mask]
+        a = torch.cat([a, torch.ones(len(a), 1, device=device)], 1)
+        G += (a.T @ a).double()
+        Bm += (a.T @ yb[mask]).double()
+    Wt = ridge_solve(G, Bm, ridge)                                       # (inner+1) x H
+    Wo, Wv = Wt[:inner].T, student.v_lin.weight.detach().double()
+    Wv = Wv.to(device)
+    for h in range(nh):
+        s = slice(h * r, (h + 1) * r)
+        Lv, Ro = balance(Wv[s].T, Wo[:, s])
+        Wv[s], Wo[:, s] = Lv.T, Ro
+    dtype = student.out_lin.weight.dtype
+    student.v_lin.weight.copy_(Wv.to(dtype))
+    student.out_lin.weight.copy_(Wo.to(dtype))
+    student.out_lin.bias.copy_(Wt[inner].to(dtype))
+
+
+# ------------------------------------------------------------------ feed-forward
+@torch.no_grad()
+def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge=1e-6):
+    """Keep the units with the largest sum h_j^2 ||W2[:, j]||^2 on the tokens `tokens` of the flat inputs,
+    copy their lin1 rows, refit lin2 and its bias by ridge least squares against `targets`."""
+    teacher = teacher.to(device).eval()
+    F = teacher.lin1.out_features
+    G = torch.zeros(F + 1, F + 1, dtype=torch.float64, device=device)
+    Bm = torch.zeros(F + 1, teacher.lin2.out_features, dtype=torch.float64, device=device)
+    for s in range(0, len(tokens), chunk):
+        t = tokens[s:s + chunk]
+        h = teacher.act(teacher.lin1(inputs[t].to(device).float()))
+        h = torch.cat([h, torch.ones(len(h), 1, device=device)], 1)
+        G += (h.T @ h).double()
+        Bm += (h.T @ targets[t].to(device).float()).double()
+    w2 = teacher.lin2.weight.detach().to(device).double()
+    score = G.diagonal()[:F] * (w2 ** 2).sum(0)
+    keep = score.topk(student.lin1.out_features).indices.sort().values
+    sel = torch.cat([keep, torch.tensor([F], device=device)])
+    Wt = ridge_solve(G[sel][:, sel], Bm[sel], ridge)
+    n = len(keep)
+    student.lin1.weight.copy_(teacher.lin1.weight[keep.cpu()])
+    student.lin1.bias.copy_(teacher.lin1.bias[keep.cpu()])
+    student.lin2.weight.copy_(Wt[:n].T.to(student.lin2.weight.dtype))
+    student.lin2.bias.copy_(Wt[n].to(student.lin2.bias.dtype))
+    kept = float(score[keep].sum() / score.sum().clamp_min(1e-300))
+    return {"kept_unit_energy": kept}
+
+
+# ------------------------------------------------------------------ one block
+def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6):
+    """init="data" for one block (MHA or FFN), fitted on the sequences `index` of the flat (inputs, targets)
+    only. Returns what the fit predicts (dropped spectra or kept unit energy)."""
+    from modeling_moddistilbert import MultiHeadSelfAttention
+    index = torch.as_tensor(index).long()
+    student.to(device)
+    if isinstance(student, MultiHeadSelfAttention):
+        info = fit_mha(teacher, student, mha_statistics(teacher, inputs, lengths, index, device), eps)
+        student.to(device)
+        refit_out_lin(student, inputs, targets, lengths, index, device)
+        return info
+    return fit_ffn(teacher, student, inputs, targets, token_index(lengths, index), device)

@@ -1,0 +1,99 @@
+"""Knowledge distillation while fine-tuning (run_superglue.py --distill_from DIR).
+
+DIR is a fine-tuned, uncompressed model of the same task (e.g. a baseline run saved with its `model/`).
+The loss of every training batch becomes
+
+    alpha * task loss + (1 - alpha) * soft loss + beta * sum over hidden states of their MSE (real tokens)
+
+soft loss: T^2 * KL(teacher || student) of the logits softened by the temperature T (classification and
+multiple choice), or the MSE between the two predictions (regression, STS-B). The compressed model keeps the
+hidden size and the number of layers, so the hidden states compare one to one, no projection.
+
+With beta = 0 the teacher's logits are computed once, before training, for every training example (the
+teacher is frozen and in eval mode, so they never change); with beta > 0 the teacher runs beside the student
+on every batch.
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification
+
+import modeling_moddistilbert  # noqa: F401  (registers our model type with the Auto classes)
+from utils import UserError, file_sha256
+
+EXAMPLE_INDEX = "example_index"  # batch key: position of each example in the training set
+
+
+def weights_sha256(path):
+    """sha256 of a saved model's weights file (model.safetensors, or the index of a sharded save)."""
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        if os.path.isfile(os.path.join(path, name)):
+            return file_sha256(os.path.join(path, name))
+    return None
+
+
+class Distiller:
+    def __init__(self, path, task, alpha=0.5, temperature=2.0, beta=0.0, device="cpu"):
+        if not 0.0 <= alpha <= 1.0:
+            raise UserError(f"--distill_alpha must be in [0, 1], got {alpha}")
+        if temperature <= 0 or beta < 0:
+            raise UserError(f"--distill_temperature must be > 0 and --distill_beta >= 0 (got {temperature}, {beta})")
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--distill_from {path}: cannot load it ({str(e).splitlines()[0]})") from None
+        done = getattr(config, "finetuning_task", None)
+        if done is not None and done != task.name:
+            raise UserError(f"--distill_from {path} was fine-tuned on {done}, not {task.name}")
+        if getattr(config, "compression", None):
+            raise UserError(f"--distill_from {path} is compressed; distil from the uncompressed model")
+        auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
+        self.teacher = auto.from_pretrained(path).to(device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.task, self.alpha, self.T, self.beta, self.device = task, alpha, temperature, beta, device
+        self.path, self.cached = path, None
+        self.info = {"from": path, "sha256": weights_sha256(path), "finetuning_task": done, "alpha": alpha,
+                     "temperature": temperature, "beta": beta}
+
+    @torch.no_grad()
+    def cache_logits(self, loader, n):
+        """Teacher logits of every training example (beta = 0 only), indexed by EXAMPLE_INDEX."""
+        if self.beta:
+            return
+        self.cached = None
+        for batch in loader:
+            idx = batch.pop(EXAMPLE_INDEX)
+            batch.pop("labels")
+            logits = self.teacher(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
+            if self.cached is None:
+                self.cached = torch.zeros(n, *logits.shape[1:], device=self.device)
+            self.cached[idx.to(self.device)] = logits
+
+    def soft_loss(self, student_logits, teacher_logits):
+        if self.task.kind == "regression":
+            return F.mse_loss(student_logits.float().squeeze(-1), teacher_logits.squeeze(-1))
+        T = self.T
+        return F.kl_div(F.log_softmax(student_logits.float() / T, -1), F.log_softmax(teacher_logits / T, -1),
+                        log_target=True, reduction="batchmean") * T * T
+
+    def loss(self, model, inputs, idx):
+        """The combined loss of one training batch (inputs include labels); returns (loss, student output)."""
+        out = model(**inputs, output_hidden_states=self.beta > 0)
+        if self.beta:
+            with torch.no_grad():
+                t = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=True)
+            t_logits = t.logits.float()
+        else:
+            t_logits = self.cached[idx.to(self.device)]
+        loss = self.alpha * out.loss + (1 - self.alpha) * self.soft_loss(out.logits, t_logits)
+        if self.beta:
+            mask = inputs["attention_mask"].reshape(-1, inputs["attention_mask"].shape[-1]).bool()
+            if len(out.hidden_states) != len(t.hidden_states):
+                raise UserError(f"--distill_beta needs as many layers as the teacher "
+                                f"({len(out.hidden_states) - 1} vs {len(t.hidden_states) - 1})")
+            hidden = sum(F.mse_loss(s[mask].float(), h[mask].float())
+                         for s, h in zip(out.hidden_states, t.hidden_states))
+            loss = loss + self.beta * hidden
+        return loss, out
