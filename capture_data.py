@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 import tasks
 from activations import ActivationWriter
 from modeling_moddistilbert import ModDistilBertModel, resolve_model_path
-from utils import UserError, get_device, run_main, set_seed
+from utils import UserError, get_device, provenance, run_main, set_seed, state_dict_sha256
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
@@ -82,11 +82,13 @@ def main(argv=None):
     settings = {"model": a.model_name_or_path, "task": task.name, "split": a.split, "max_length": a.max_length,
                 "augment": a.augment, "aug_p": a.aug_p if a.augment else None,
                 "glove": a.glove if a.augment else None, "seed": a.seed, "dtype": a.dtype,
-                "max_samples": a.max_samples, "shard_sequences": a.shard_sequences, "inputs_sha256": digest}
+                "max_samples": a.max_samples, "shard_sequences": a.shard_sequences, "inputs_sha256": digest,
+                "teacher_sha256": state_dict_sha256(model)}  # the trainers check it: no targets from another teacher
     fields = {"model": a.model_name_or_path, "task": task.name, "split": a.split,
               "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "max_length": a.max_length,
               "augment": a.augment, "seed": a.seed, "data_dir": data_dir, "batch_size": a.batch_size,
-              "n_examples": n_examples, "n_sequences_expected": len(ids), "settings": settings}
+              "n_examples": n_examples, "n_sequences_expected": len(ids), "settings": settings,
+              "provenance": provenance(device)}  # beside settings, not in them: resuming compares settings only
     writer = ActivationWriter(a.output_dir, fields, a.shard_sequences, DTYPES[a.dtype], overwrite=a.overwrite)
     if writer.already_complete:
         print(f"{a.output_dir}: capture already complete")

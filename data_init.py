@@ -239,3 +239,99 @@ def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-
         refit_out_lin(student, inputs, targets, lengths, index, device)
         return info
     return fit_ffn(teacher, student, inputs, targets, token_index(lengths, index), device)
+
+
+# ------------------------------------------------------------------ a whole model
+@torch.no_grad()
+def layer_forward(layer, x, lengths, device, batch=64):
+    """A whole (possibly compressed) layer on flat inputs: its flat outputs (the next layer's inputs)."""
+    from modeling_moddistilbert import attention_mask_4d
+    layer = layer.to(device).eval()
+    outs, offsets = [], sequence_offsets(lengths)
+    for s in range(0, len(lengths), batch):
+        idx = torch.arange(s, min(s + batch, len(lengths)))
+        xb, mask = pad_sequences(x, lengths, idx, offsets)
+        xb, mask = xb.to(device).float(), mask.to(device)
+        outs.append(layer(xb, attention_mask_4d(mask))[mask])
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def compress_with_data(model, dims, data, sequential=False, device="cpu"):
+    """Replace the blocks of the layers in `dims` ({layer: (attention inner size, FFN width)}) by their
+    closed-form start, fitted on `data` ({layer: (x, lengths)}: the teacher's captured layer inputs, all tokens).
+
+    isolated (default, the paper's setting): every block is fitted on the teacher's own inputs.
+    sequential: layer l is fitted on the inputs the already-compressed layers 0..l-1 produce (x_s), towards
+    targets corrected for the error carried in: attention(x_s) ~ attention_t(x_t) + (x_t - x_s), and the same
+    for the FFN with its inputs h, so that the layer's LayerNorm inputs match the teacher's."""
+    from modeling_moddistilbert import make_block
+    base = model.base_model
+    config = base.config
+    x_s = None
+    for i in sorted(dims):
+        layer = base.layers[i]
+        x_t, lengths = data[i]
+        if not sequential or x_s is None or i - 1 not in dims:
+            x_s = x_t
+        index = torch.arange(len(lengths))
+        mha_in, mha_out = block_io(layer, "mha", x_t, lengths, device)
+        ffn_in_t, ffn_out = block_io(layer, "ffn", x_t, lengths, device)
+        x_in = x_s.to(device)
+        new_attn = make_block(config, i, "mha", dims[i][0])
+        fit_block(layer.attention, new_attn, x_in, mha_out + (mha_in - x_in), lengths, index, device)
+        layer.attention = new_attn.to(mha_out.device).train(layer.attention.training)
+        if sequential:
+            ffn_in = block_io(layer, "ffn", x_in, lengths, device)[0]  # h_s = LN(x_s + attention_s(x_s))
+        else:
+            ffn_in = ffn_in_t
+        new_ffn = make_block(config, i, "ffn", dims[i][1])
+        fit_block(layer.ffn, new_ffn, ffn_in, ffn_out + (ffn_in_t - ffn_in), lengths, index, device)
+        layer.ffn = new_ffn.to(ffn_out.device).train(layer.ffn.training)
+        config.attn_dims[i], config.ffn_dims[i] = dims[i]
+        if sequential:
+            x_s = layer_forward(layer, x_in, lengths, device)
+    if model.config is not config:
+        model.config.attn_dims, model.config.ffn_dims = config.attn_dims, config.ffn_dims
+    return model
+
+
+@torch.no_grad()
+def attention_error_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device):
+    """Held-out relative error of the closed-form attention start at each head dim in `head_dims` (one set of
+    statistics, one truncation + refit per head dim): what `allocate` spreads the rank with."""
+    from modeling_moddistilbert import MultiHeadSelfAttention
+    stats = mha_statistics(teacher, inputs, lengths, train_idx, device)
+    H, nh = teacher.q_lin.in_features, teacher.num_heads
+    curve = {}
+    for r in head_dims:
+        s = MultiHeadSelfAttention(H, nh, nh * r).to(device)
+        fit_mha(teacher, s, stats)
+        s.to(device)
+        refit_out_lin(s, inputs, targets, lengths, train_idx, device)
+        err = norm = 0.0
+        for xb, mask, yb in _batches(inputs, lengths, val_idx, 64, device, targets):
+            from modeling_moddistilbert import attention_mask_4d
+            d = (s(xb, attention_mask_4d(mask)) - yb)[mask]
+            err, norm = err + float((d ** 2).sum()), norm + float((yb[mask] ** 2).sum())
+        curve[r] = err / max(norm, 1e-30)
+    return curve
+
+
+def allocate(curves, total):
+    """Head dims per layer minimising the sum of the layers' errors with sum of head dims = `total` (the same
+    attention FLOPs as the uniform choice): exact dynamic programme over the measured curves
+    {layer: {head_dim: error}}. Returns {layer: head_dim}."""
+    layers = sorted(curves)
+    best = {0: (0.0, [])}  # used head dims -> (error, choice)
+    for l in layers:
+        nxt = {}
+        for used, (err, choice) in best.items():
+            for r, e in curves[l].items():
+                u = used + r
+                if u <= total and (u not in nxt or err + e < nxt[u][0]):
+                    nxt[u] = (err + e, choice + [r])
+        best = nxt
+    if total not in best:
+        raise ValueError(f"no choice of head dims from the curves sums to {total}")
+    return dict(zip(layers, best[total][1]))

@@ -1,6 +1,7 @@
 """Fine-tune and evaluate one task for one seed: model building, the training loop and results.json.
 
 run_superglue.py is the command line over this module."""
+import math
 import os
 import shutil
 import time
@@ -10,12 +11,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification,
                           AutoTokenizer, get_linear_schedule_with_warmup)
+from transformers.modeling_outputs import MultipleChoiceModelOutput
 
 import tasks as T
 from distill import EXAMPLE_INDEX
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     compress, resolve_model_path)
-from utils import UserError, file_sha256
+from utils import UserError, file_sha256, state_dict_sha256
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
 
@@ -35,13 +37,14 @@ class ScoreEachChoice(torch.nn.Module):
         logits = self.model(input_ids=input_ids.reshape(B * C, -1),
                             attention_mask=attention_mask.reshape(B * C, -1), **kw).logits.view(B, C)
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return type("Output", (), {"loss": loss, "logits": logits})()
+        return MultipleChoiceModelOutput(loss=loss, logits=logits)
 
     def save_pretrained(self, path, **kw):
         self.model.save_pretrained(path, **kw)
 
 
-def build_model(name_or_path, task, compression=None, init="svd", modules_dir=None, hf_model=False):
+def build_model(name_or_path, task, compression=None, init="svd", modules_dir=None, hf_model=False,
+                allow_partial_modules=False):
     """Returns (model, tokenizer, info). DistilBERT/BERT-family teachers become our ModDistilBERT (compressible);
     a saved ModDistilBERT loads as is; any other architecture uses its own Hugging Face class, uncompressed."""
     path = resolve_model_path(name_or_path)
@@ -67,21 +70,23 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
             raise UserError(f"--compression/--modules_dir need a DistilBERT or BERT-family model, "
                             f"not {config.model_type!r}")
         model = _hf_model(path, config, mc, num_labels)
+    if modules_dir and not compression:
+        raise UserError("--modules_dir needs --compression (the modules are low-rank blocks)")
+    teacher_sha = state_dict_sha256(model.base_model) if modules_dir else None  # before compressing
     if compression:
         compress(model, compression, init)
-    modules = None
+    modules, missing = None, []
     if modules_dir:
-        if not compression:
-            raise UserError("--modules_dir needs --compression (the modules are low-rank blocks)")
         import modular  # noqa: E402  (trained low-rank blocks; only needed here)
-        names = modular.load_modules(model, modules_dir)
+        names, missing = modular.load_modules(model, modules_dir, teacher_sha, allow_partial_modules)
         modules = {n: file_sha256(os.path.join(modules_dir, n)) for n in names}
     if tokenizer.pad_token_id is None:
         raise UserError(f"tokenizer of {name_or_path!r} has no padding token")
     # the pretrained model a saved checkpoint of ours descends from (a fine-tuned baseline records "minilm")
     base_model = getattr(model.config, "teacher", None) if config.model_type == "moddistilbert" else None
     info = {"base_model": base_model or name_or_path, "architecture": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
-            "modules": sorted(modules) if modules else None, "modules_sha256": modules}
+            "modules": sorted(modules) if modules else None, "modules_sha256": modules,
+            "modules_missing": [f"layer{l:02d}_{k}" for l, k in missing] or None}
     return model, tokenizer, info
 
 
@@ -163,8 +168,10 @@ def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, devi
 
 
 def summarize(epochs):
-    """The paper's selection (best validation epoch) and the honest one (last epoch)."""
-    best = max(epochs, key=lambda e: e["score"])
+    """The paper's selection (best validation epoch) and the honest one (last epoch). An epoch whose score is
+    NaN (e.g. constant stsb predictions) is never the best; when no epoch has a score, best_epoch is None."""
+    scored = [e for e in epochs if e["score"] is not None and math.isfinite(e["score"])]
+    best = max(scored, key=lambda e: e["score"]) if scored else {"epoch": None, "score": None}
     return {"best_epoch": best["epoch"], "best_score": best["score"], "last_score": epochs[-1]["score"]}
 
 

@@ -380,13 +380,15 @@ def svd_init_mha(teacher, student):
     the softmax, so bk is dropped exactly and [Wq|bq]^T [Wk|0] (rank head_dim) is truncated to the new head_dim r;
     the sqrt(r/d) factor keeps the 1/sqrt(head_dim) temperature. Values: sum_h Wo_h (Wv_h x + bv_h) + bo; the
     value bias only adds the constant Wo bv (attention rows sum to 1), folded into bo exactly; Wo_h Wv_h is
-    truncated to rank r. At full rank the block is exact (up to float error)."""
+    truncated to rank r. At full rank the block is exact (up to float error).
+    Computed on the teacher's device; the result is copied into the student wherever it lives."""
     H, nh, d, r = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim, student.head_dim
-    new = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in student.state_dict().items()}
+    dev = teacher.q_lin.weight.device
+    new = {k: torch.zeros(p.shape, dtype=torch.float64, device=dev) for k, p in student.state_dict().items()}
     for h in range(nh):
         t, s = slice(h * d, (h + 1) * d), slice(h * r, (h + 1) * r)
         a = torch.cat([teacher.q_lin.weight[t], teacher.q_lin.bias[t, None]], 1)
-        b = torch.cat([teacher.k_lin.weight[t], torch.zeros(d, 1)], 1)
+        b = torch.cat([teacher.k_lin.weight[t], teacher.k_lin.weight.new_zeros(d, 1)], 1)
         L, R = _top_r(a, b, r)
         L = L * math.sqrt(r / d)
         new["q_lin.weight"][s], new["q_lin.bias"][s] = L[:H].T, L[H]
@@ -394,15 +396,17 @@ def svd_init_mha(teacher, student):
         Lo, Rv = _top_r(teacher.out_lin.weight[:, t].T, teacher.v_lin.weight[t], r)
         new["out_lin.weight"][:, s], new["v_lin.weight"][s] = Lo, Rv.T
     new["out_lin.bias"] = (teacher.out_lin.bias + teacher.out_lin.weight @ teacher.v_lin.bias).double()
-    student.load_state_dict({k: v.to(student.q_lin.weight.dtype) for k, v in new.items()})
+    w = student.q_lin.weight
+    student.load_state_dict({k: v.to(device=w.device, dtype=w.dtype) for k, v in new.items()})
 
 
 @torch.no_grad()
 def svd_init_ffn(teacher, student):
     """The FFN is not a product of two linear maps (GELU sits between), so its rank-reduced start keeps the
-    `width` hidden units with the largest ||w_in_i|| * ||w_out_i|| (their weights and biases), in order."""
+    `width` hidden units with the largest ||w_in_i|| * ||w_out_i|| (their weights and biases), in order.
+    Selected on the teacher's device; copied into the student wherever it lives."""
     score = teacher.lin1.weight.norm(dim=1) * teacher.lin2.weight.norm(dim=0)
-    keep = score.topk(student.lin1.out_features).indices.sort().values
+    keep = score.topk(student.lin1.out_features).indices.sort().values  # on the teacher's device
     student.lin1.weight.copy_(teacher.lin1.weight[keep])
     student.lin1.bias.copy_(teacher.lin1.bias[keep])
     student.lin2.weight.copy_(teacher.lin2.weight[:, keep])
@@ -443,22 +447,15 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
         missing = [i for i in layers if data is None or i not in data]
         if missing:
             raise UserError(f"init 'data' needs the inputs of layers {missing} (data={{layer: (x, lengths)}})")
-    for i in layers:
+        data_init.compress_with_data(model, {i: reduced_dims(config, i, compression) for i in layers}, data,
+                                     device=device)
+    for i in layers if init != "data" else []:
         layer = base.layers[i]
         attn_dim, ffn_dim = reduced_dims(config, i, compression)
-        io = {}
-        if init == "data":  # both blocks' inputs and targets from the teacher layer, before replacing it
-            x, lengths = data[i]
-            io = {kind: (*data_init.block_io(layer, kind, x, lengths, device), lengths) for kind in ("mha", "ffn")}
         for kind, dim in (("mha", attn_dim), ("ffn", ffn_dim)):
             old = layer.attention if kind == "mha" else layer.ffn
             new = make_block(config, i, kind, dim).to(next(old.parameters())).train(old.training)
-            if init == "data":
-                inputs, targets, lengths = io[kind]
-                data_init.fit_block(old, new, inputs, targets, lengths, torch.arange(len(lengths)), device)
-                new.to(next(old.parameters()))
-            else:
-                init_block(old, new, init, config.initializer_range)
+            init_block(old, new, init, config.initializer_range)
             setattr(layer, "attention" if kind == "mha" else "ffn", new)
         config.attn_dims[i], config.ffn_dims[i] = attn_dim, ffn_dim
     config.compression, config.init = compression, init

@@ -26,7 +26,7 @@ from activations import ActivationStore, pad_sequences, sequence_offsets
 from data_init import block_io
 from modeling_moddistilbert import (ModDistilBertModel, attention_mask_4d, init_block, make_block,
                                     reduced_dims)
-from utils import UserError, atomic_write_json, get_device, set_seed
+from utils import UserError, atomic_write_json, get_device, set_seed, state_dict_sha256
 
 CKPT_FORMAT = "modular-block/1"
 
@@ -116,13 +116,18 @@ def save_block(path, block, meta):
     os.replace(tmp, path)
 
 
-def load_modules(model, modules_dir):
-    """Load every layerNN_{mha,ffn}.safetensors in `modules_dir` into the (compressed) model; returns their names."""
+def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False):
+    """Load the layerNN_{mha,ffn}.safetensors of `modules_dir` into the (compressed) model; returns
+    (loaded names, missing (layer, block) pairs). Every layer x {mha, ffn} must be there unless allow_partial
+    (a partial dir would leave the other blocks at their SVD start under a "modular" label). Each checkpoint's
+    metadata must fit the model (layer, block, hidden size, heads) and, when `teacher_sha256` is given, name
+    the same teacher weights."""
     files = sorted(glob.glob(os.path.join(modules_dir, "layer*_*.safetensors")))
     if not files:
         raise UserError(f"no module checkpoints (layerNN_mha/ffn.safetensors) in {modules_dir}")
     base = model.base_model
-    loaded = []
+    config = base.config
+    loaded, found = [], set()
     for path in files:
         m = re.fullmatch(r"layer(\d+)_(mha|ffn)\.safetensors", os.path.basename(path))
         if not m:
@@ -131,9 +136,19 @@ def load_modules(model, modules_dir):
         if layer >= len(base.layers):
             raise UserError(f"{path}: layer {layer} but the model has {len(base.layers)} layers")
         with safe_open(path, "pt") as f:
-            if (f.metadata() or {}).get("format") != CKPT_FORMAT:
+            meta = f.metadata() or {}
+            if meta.get("format") != CKPT_FORMAT:
                 raise UserError(f"{path}: not a {CKPT_FORMAT} checkpoint")
             state = {k: f.get_tensor(k) for k in f.keys()}
+        expect = {"layer": str(layer), "block": kind, "hidden_size": str(config.hidden_size),
+                  "num_heads": str(config.num_attention_heads)}
+        bad = {k: (meta.get(k), v) for k, v in expect.items() if k in meta and meta[k] != v}
+        if bad:
+            raise UserError(f"{path}: metadata does not fit the model: "
+                            + ", ".join(f"{k} {got} (model: {want})" for k, (got, want) in bad.items()))
+        if teacher_sha256 and meta.get("teacher_sha256") not in (None, teacher_sha256):
+            raise UserError(f"{path}: trained against another teacher ({meta.get('teacher')!r}, weights sha256 "
+                            f"{meta['teacher_sha256'][:12]}...) than the model's (sha256 {teacher_sha256[:12]}...)")
         block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
         own = block.state_dict()
         for k, v in own.items():
@@ -147,7 +162,13 @@ def load_modules(model, modules_dir):
             raise UserError(f"{path}: layer {layer} {kind} has tensors the model's block lacks: {extra}")
         block.load_state_dict(state)
         loaded.append(os.path.basename(path))
-    return loaded
+        found.add((layer, kind))
+    missing = [(l, k) for l in range(len(base.layers)) for k in ("mha", "ffn") if (l, k) not in found]
+    if missing and not allow_partial:
+        names = ", ".join(os.path.basename(checkpoint_path("", l, k)) for l, k in missing)
+        raise UserError(f"{modules_dir} lacks {names}: those blocks would stay at their start under a 'modular' "
+                        "label (--allow_partial_modules to use it anyway; the variant then says so)")
+    return loaded, missing
 
 
 # ------------------------------------------------------------------ the command line both trainers share
@@ -172,8 +193,26 @@ def build_parser(kind, doc):
     return p
 
 
+def block_settings(args, store, teacher_sha, layer, inner):
+    """What determines a block checkpoint: equal settings on a rerun mean the layer is done (skipped)."""
+    keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed")
+    return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k) for k in keys},
+                       "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
+                       "teacher_sha256": teacher_sha}, sort_keys=True)
+
+
+def checkpoint_settings(path):
+    """The settings recorded in a block checkpoint (None if absent or unreadable)."""
+    try:
+        with safe_open(path, "pt") as f:
+            return (f.metadata() or {}).get("settings")
+    except Exception:
+        return None
+
+
 def train_blocks(args):
-    """Train the low-rank `args.kind` block of every chosen layer; checkpoints, report.json and a loss PNG."""
+    """Train the low-rank `args.kind` block of every chosen layer. Each layer's checkpoint and report entry are
+    written as soon as it is done; a rerun skips layers whose checkpoint holds the same settings."""
     kind = args.kind
     if args.epochs < 0:
         raise UserError("--epochs must be >= 0")
@@ -183,6 +222,11 @@ def train_blocks(args):
     device = get_device(args.device)
     store = ActivationStore(args.activations_dir)
     teacher = ModDistilBertModel.from_teacher(store.model).eval()
+    teacher_sha = state_dict_sha256(teacher)
+    captured = store.manifest["settings"].get("teacher_sha256")
+    if captured is not None and captured != teacher_sha:
+        raise UserError(f"{args.activations_dir} was captured from other weights than {store.model!r} has now "
+                        f"(teacher sha256 {captured[:12]}... vs {teacher_sha[:12]}...): recapture")
     config = teacher.config
     layers = range(config.num_hidden_layers) if args.layers is None else args.layers
     for layer in layers:
@@ -190,14 +234,18 @@ def train_blocks(args):
             raise UserError(f"--layers: {layer} is not a layer of {store.model} (0..{config.num_hidden_layers - 1})")
     train_idx, val_idx = holdout_split(store.sequence_info()[1], args.holdout, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-    entries = []
     for layer in layers:
         t0 = time.time()
+        inner = reduced_dims(config, layer, args.compression)[0 if kind == "mha" else 1]
+        path = checkpoint_path(args.output_dir, layer, kind)
+        settings = block_settings(args, store, teacher_sha, layer, inner)
+        if os.path.exists(path) and checkpoint_settings(path) == settings:
+            tqdm.write(f"layer {layer} {kind}: {path} holds these settings already, skipped")
+            continue
         x, lengths = store.load_layer(layer)
         tblock = teacher.layers[layer].attention if kind == "mha" else teacher.layers[layer].ffn
         inputs, targets = block_io(teacher.layers[layer], kind, x, lengths, device)
         del x
-        inner = reduced_dims(config, layer, args.compression)[0 if kind == "mha" else 1]
         svd_block = make_block(config, layer, kind, inner)
         init_block(tblock, svd_block, "svd", config.initializer_range)
         held = len(val_idx) > 0  # --holdout 0: nothing held out, no errors to report (None)
@@ -217,30 +265,32 @@ def train_blocks(args):
                               seed=args.seed + layer, device=device, desc=f"layer {layer} {kind}")
         meta = {"block": kind, "layer": layer, "hidden_size": config.hidden_size, "inner_size": inner,
                 "num_heads": config.num_attention_heads, "compression": args.compression, "init": args.init,
-                "teacher": store.model, "task": store.manifest.get("task")}
-        save_block(checkpoint_path(args.output_dir, layer, kind), student, meta)
+                "teacher": store.model, "teacher_sha256": teacher_sha, "task": store.manifest.get("task"),
+                "settings": settings}
+        save_block(path, student, meta)
         entry = {"layer": layer, "block": kind, "inner_size": inner, "svd_init_rel_error": svd_err,
                  "data_init_rel_error": data_err, "init_rel_error": init_err,
                  "trained_rel_error": history[-1]["heldout_rel_error"] if history else init_err,
                  "fit": fit_info, "history": history, "seconds": round(time.time() - t0, 1),
                  "train_seconds": round(time.time() - t_init, 1)}
-        entries.append(entry)
+        write_report(args, store, [entry])
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
         tqdm.write(f"layer {layer} {kind}: held-out rel. error svd-init {fmt(svd_err)}, {args.init} start "
                    f"{fmt(init_err)} -> after {args.epochs} epochs {fmt(entry['trained_rel_error'])} "
                    f"({entry['seconds']}s)")
-    write_report(args, store, entries)
 
 
 def write_report(args, store, entries):
-    """Merge into OUTPUT_DIR/report.json (both trainers may share one dir) and draw loss_<kind>.png."""
+    """Merge into OUTPUT_DIR/report.json (both trainers may share one dir) and draw loss_<kind>.png.
+    The merge holds a POSIX lock on a sidecar file (report.json.lock): fcntl.lockf works over NFS/Lustre,
+    unlike flock on a directory."""
     path = os.path.join(args.output_dir, "report.json")
-    fd = os.open(args.output_dir, os.O_RDONLY)  # lock the dir: mha and ffn jobs may finish at once
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        report = merge_report(path, args, store, entries)
-    finally:
-        os.close(fd)
+    with open(path + ".lock", "a") as lock:  # mha and ffn jobs may finish at once
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        try:
+            report = merge_report(path, args, store, entries)
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
     plot_curves(os.path.join(args.output_dir, f"loss_{args.kind}.png"), args.kind,
                 [e for e in report["layers"] if e["block"] == args.kind])
 

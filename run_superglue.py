@@ -14,7 +14,7 @@ import torch
 import tasks as T
 from distill import Distiller
 from finetune import build_model, save_model, summarize, train_and_evaluate
-from utils import UserError, atomic_write_json, get_device, run_main, set_seed
+from utils import UserError, atomic_write_json, get_device, provenance, run_main, set_seed
 
 
 def parse_args(argv=None):
@@ -28,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--compression", type=float, default=None, help="divide head_dim and FFN width by this")
     p.add_argument("--init", choices=["svd", "random"], default="svd", help="start of the low-rank blocks")
     p.add_argument("--modules_dir", default=None, help="trained low-rank blocks (mha_modular.py / ffn_modular.py)")
+    p.add_argument("--allow_partial_modules", action="store_true",
+                   help="accept a --modules_dir lacking some blocks (they keep their --init start; variant 'modular-partial')")
     p.add_argument("--variant", default=None, help="row label for consolidate.py (default: baseline/modular/INIT)")
     p.add_argument("--epochs", type=int, default=18)
     p.add_argument("--batch_size", type=int, default=32)
@@ -71,13 +73,14 @@ def main(argv=None):
     set_seed(args.seed)
     device = get_device(args.device)
     model, tokenizer, info = build_model(args.model_name_or_path, task, args.compression, args.init,
-                                         args.modules_dir, args.hf_model)
+                                         args.modules_dir, args.hf_model, args.allow_partial_modules)
     distiller = None
     if args.distill_from:
         distiller = Distiller(args.distill_from, task, args.distill_alpha, args.distill_temperature,
                               args.distill_beta, device)
     variant = args.variant or ("baseline" if not args.compression
-                               else "modular" if args.modules_dir else args.init)
+                               else ("modular-partial" if info["modules_missing"] else "modular")
+                               if args.modules_dir else args.init)
     if distiller is not None and not args.variant:
         variant += "+kd"
     print(f"{task.name}: {info['architecture']} ({variant}), {info['params']:,} parameters, "
@@ -89,16 +92,23 @@ def main(argv=None):
         "compression": args.compression, "init": args.init if args.compression else None,
         "seed": args.seed, "params": info["params"], "architecture": info["architecture"],
         "modules": info["modules"], "modules_dir": args.modules_dir, "modules_sha256": info["modules_sha256"],
+        "modules_missing": info["modules_missing"],
         "data_dir": data_dir or "hub", "distill": distiller.info if distiller else None,
         "n_train": len(train_rows), "n_eval": len(eval_rows),
         "settings": {k: v for k, v in vars(args).items()}, "device": str(device),
         "seconds": round(time.time() - t0, 1), "epochs": epochs, **summarize(epochs),
+        "provenance": provenance(device),
     }
     if not args.no_save_model:
         save_model(model, tokenizer, os.path.join(args.output_dir, "model"), task)
     atomic_write_json(results_path, record)
-    print(f"{task.name} seed {args.seed}: best epoch {record['best_epoch']} score {record['best_score']:.2f} "
-          f"(paper's selection), last epoch score {record['last_score']:.2f} -> {results_path}")
+    print(f"{task.name} seed {args.seed}: best epoch {record['best_epoch']} score {_fmt(record['best_score'])} "
+          f"(paper's selection), last epoch score {_fmt(record['last_score'])} -> {results_path}")
+
+
+def _fmt(score):
+    """A score for the summary line; n/a when undefined (None or NaN: e.g. constant stsb predictions)."""
+    return "n/a" if score is None or score != score else f"{score:.2f}"
 
 
 if __name__ == "__main__":

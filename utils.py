@@ -1,13 +1,18 @@
-"""Small helpers shared by every stage: errors, seeds, devices, atomic writes."""
+"""Small helpers shared by every stage: errors, seeds, devices, atomic writes, provenance."""
 import hashlib
 import json
+import math
 import os
+import platform
 import random
+import subprocess
 import sys
 import tempfile
 
 import numpy as np
 import torch
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class UserError(Exception):
@@ -58,6 +63,17 @@ def file_sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def state_dict_sha256(module) -> str:
+    """Fingerprint of a model's weights: sha256 over every tensor's name, dtype, shape and bytes, in name order.
+    Captures and module checkpoints record their teacher's, so that another teacher is caught, not used."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def default_file_mode() -> int:
     """0o666 less the umask: what open() would give a new file."""
     mask = os.umask(0)
@@ -65,5 +81,46 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def json_safe(obj):
+    """obj with every NaN or infinite float (at any depth) replaced by None: JSON has no NaN, only null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Standard JSON (NaN and inf written as null, see json_safe), atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def git_commit(repo_dir=None):
+    """`git rev-parse HEAD` of the checkout holding this code (REPO_DIR); None outside a git checkout or
+    without git. Never raises."""
+    try:
+        p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir or REPO_DIR, capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if p.returncode != 0:
+        return None
+    return p.stdout.strip() or None
+
+
+def provenance(device) -> dict:
+    """What produced a result: python, torch and transformers versions, the git commit, the device
+    ('cpu', or the CUDA device's name)."""
+    import transformers
+    device = torch.device(device)
+    name = str(device)
+    if device.type == "cuda":
+        try:
+            name = torch.cuda.get_device_name(device)
+        except Exception:  # noqa: BLE001  (provenance never fails a run)
+            pass
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "git_commit": git_commit(), "device": name}

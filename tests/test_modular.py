@@ -322,7 +322,7 @@ def test_minilm_layer0_trained_beats_svd_init(tmp_path):
 def test_report_merges_and_checkpoints_are_safetensors(tiny_modules):
     files = sorted(os.listdir(tiny_modules))
     assert files == ["layer00_ffn.safetensors", "layer00_mha.safetensors", "layer01_ffn.safetensors",
-                     "layer01_mha.safetensors", "loss_ffn.png", "loss_mha.png", "report.json"]
+                     "layer01_mha.safetensors", "loss_ffn.png", "loss_mha.png", "report.json", "report.json.lock"]
     with open(os.path.join(tiny_modules, "report.json")) as f:
         report = json.load(f)
     assert [(e["layer"], e["block"]) for e in report["layers"]] == [(0, "ffn"), (0, "mha"), (1, "ffn"), (1, "mha")]
@@ -381,7 +381,8 @@ def test_load_modules_plugs_the_trained_blocks(tiny_dir, tiny_modules):
     compress(m, 2.0, "svd")
     ref = ModDistilBertForSequenceClassification.from_teacher(tiny_dir, num_labels=2)
     compress(ref, 2.0, "svd")
-    names = modular.load_modules(m, tiny_modules)
+    names, missing = modular.load_modules(m, tiny_modules)
+    assert missing == []
     assert names == ["layer00_ffn.safetensors", "layer00_mha.safetensors", "layer01_ffn.safetensors",
                      "layer01_mha.safetensors"]
     m.eval()
@@ -448,6 +449,95 @@ def test_empty_or_foreign_modules_dir_is_refused(tmp_path):
     modular.save_block(str(tmp_path / "layer03_mha.safetensors"), m.layers[0].attention, {"block": "mha"})
     with pytest.raises(UserError, match="layer 3 but the model has 1 layers"):
         modular.load_modules(m, str(tmp_path))
+    os.unlink(tmp_path / "layer03_mha.safetensors")
+    modular.save_block(str(tmp_path / "layer00_mha.safetensors"), m.layers[0].attention, {"block": "ffn"})
+    with pytest.raises(UserError, match="metadata does not fit the model: block ffn"):
+        modular.load_modules(m, str(tmp_path))
+
+
+@needs_shared
+def test_partial_modules_dir_is_refused_unless_allowed(tiny_dir, tiny_modules, tmp_path, capsys):
+    """A dir with one block of four used to load silently: 3 blocks at their SVD start, labelled modular."""
+    import shutil
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(os.path.join(tiny_modules, "layer00_mha.safetensors"), part)
+    m = ModDistilBertForSequenceClassification.from_teacher(tiny_dir, num_labels=2)
+    compress(m, 2.0, "svd")
+    with pytest.raises(UserError, match="lacks layer00_ffn.safetensors, layer01_mha.safetensors, layer01_ffn"):
+        modular.load_modules(m, str(part))
+    names, missing = modular.load_modules(m, str(part), allow_partial=True)
+    assert names == ["layer00_mha.safetensors"] and len(missing) == 3
+    argv = ["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", SHARED_DATA, "--compression", "2",
+            "--modules_dir", str(part), "--epochs", "1", "--max_train_samples", "8", "--max_eval_samples", "8",
+            "--batch_size", "4", "--no_save_model", "--output_dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):
+        run_main(lambda: run_superglue.main(argv))
+    assert "lacks" in capsys.readouterr().err
+    run_superglue.main(argv + ["--allow_partial_modules"])
+    with open(tmp_path / "run" / "results.json") as f:
+        res = json.load(f)
+    assert res["variant"] == "modular-partial"
+    assert res["modules_missing"] == ["layer00_ffn", "layer01_mha", "layer01_ffn"]
+
+
+@needs_shared
+def test_modules_of_another_teacher_are_refused(tiny_modules, tmp_path):
+    from conftest import TINY_BERT, save_with_tokenizer
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(123)
+    other = save_with_tokenizer(BertModel(BertConfig(**TINY_BERT)), tmp_path / "other")
+    m = ModDistilBertForSequenceClassification.from_teacher(other, num_labels=2)
+    from utils import state_dict_sha256
+    sha = state_dict_sha256(m.base_model)
+    compress(m, 2.0, "svd")
+    with pytest.raises(UserError, match="trained against another teacher"):
+        modular.load_modules(m, tiny_modules, teacher_sha256=sha)
+
+
+@needs_shared
+def test_capture_of_another_teacher_is_refused(tiny_dir, tmp_path):
+    """A path whose weights changed since the capture (an updated hub id, a relative path) is caught."""
+    import shutil
+    teacher = str(tmp_path / "teacher")
+    shutil.copytree(tiny_dir, teacher)
+    cap = capture(teacher, tmp_path / "cap", n=8)
+    from transformers import BertModel
+    bm = BertModel.from_pretrained(teacher)
+    with torch.no_grad():
+        bm.encoder.layer[0].attention.self.query.weight.add_(0.01)
+    bm.save_pretrained(teacher)
+    with pytest.raises(UserError, match="captured from other weights"):
+        mha_modular.main(["--activations_dir", cap, "--output_dir", str(tmp_path / "m"), "--epochs", "1"])
+
+
+@needs_shared
+def test_trainer_resumes_layer_by_layer(tiny_cap, tmp_path, monkeypatch, capsys):
+    """Each layer is saved (checkpoint + report entry) when done; a rerun skips the layers whose checkpoint
+    holds the same settings, so a pre-empted job loses at most one layer."""
+    out = str(tmp_path / "m")
+    argv = ["--activations_dir", tiny_cap, "--output_dir", out, "--epochs", "1"]
+    real, calls = modular.train_block, []
+
+    def dies_on_layer_1(*a, **kw):
+        calls.append(kw["desc"])
+        if kw["desc"].startswith("layer 1"):
+            raise KeyboardInterrupt("pre-empted")
+        return real(*a, **kw)
+    monkeypatch.setattr(modular, "train_block", dies_on_layer_1)
+    with pytest.raises(KeyboardInterrupt):
+        mha_modular.main(argv)
+    assert os.path.isfile(os.path.join(out, "layer00_mha.safetensors"))
+    with open(os.path.join(out, "report.json")) as f:
+        assert [(e["layer"], e["block"]) for e in json.load(f)["layers"]] == [(0, "mha")]
+    mtime = os.path.getmtime(os.path.join(out, "layer00_mha.safetensors"))
+    monkeypatch.setattr(modular, "train_block", real)
+    mha_modular.main(argv)
+    assert os.path.getmtime(os.path.join(out, "layer00_mha.safetensors")) == mtime  # skipped
+    with open(os.path.join(out, "report.json")) as f:
+        assert [(e["layer"], e["block"]) for e in json.load(f)["layers"]] == [(0, "mha"), (1, "mha")]
+    mha_modular.main(argv[:-1] + ["2"])  # other settings: retrained
+    assert os.path.getmtime(os.path.join(out, "layer00_mha.safetensors")) != mtime
 
 
 @needs_shared
@@ -468,7 +558,7 @@ def test_trainer_bad_arguments(tiny_cap, tmp_path):
     with pytest.raises(UserError, match="--layers: 99 is not a layer"):
         mha_modular.main(["--activations_dir", tiny_cap, "--output_dir", out, "--layers", "99"])
     with pytest.raises(UserError, match="--epochs"):
-        ffn_modular.main(["--activations_dir", tiny_cap, "--output_dir", out, "--epochs", "0"])
+        ffn_modular.main(["--activations_dir", tiny_cap, "--output_dir", out, "--epochs", "-1"])
     assert not os.path.exists(out) or not os.listdir(out)
 
 
