@@ -6,6 +6,7 @@ selection) and the last epoch. Missing (task, seed) cells are listed below the t
 """
 import argparse
 import json
+import math
 import os
 
 import numpy as np
@@ -33,6 +34,14 @@ def _number(path, where, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{path}: {where} must be a number, got {value!r}")
     return float(value)
+
+
+def _metric(path, where, value):
+    """A metric or score: a number, or None where it is undefined (null, or NaN in files of older versions)."""
+    if value is None:
+        return None
+    value = _number(path, where, value)
+    return value if math.isfinite(value) else None
 
 
 def load_results(results_dir):
@@ -70,7 +79,7 @@ def load_results(results_dir):
             for key in ["score"] + TASK_METRICS[r["task"]]:
                 if key not in ep:
                     raise UserError(f"{path}: epochs[{i}] missing key '{key}'")
-                _number(path, f"epochs[{i}].{key}", ep[key])
+                ep[key] = _metric(path, f"epochs[{i}].{key}", ep[key])
         r["_path"] = path
         results.append(r)
     if not results:
@@ -101,10 +110,12 @@ def group(results, tasks=None, seeds=None):
 
 
 def select_epoch(result, which):
-    """'best': the epoch with the highest score (first on ties); 'last': epochs[-1]."""
+    """'best': the epoch with the highest score (first on ties; an epoch without a score, null, is never
+    chosen unless no epoch has one: then the first); 'last': epochs[-1]."""
     epochs = result["epochs"]
     if which == "best":
-        return max(epochs, key=lambda ep: ep["score"])  # max keeps the first of equal scores
+        scored = [ep for ep in epochs if ep["score"] is not None]
+        return max(scored, key=lambda ep: ep["score"]) if scored else epochs[0]  # max keeps the first of ties
     if which == "last":
         return epochs[-1]
     raise ValueError(which)
@@ -130,8 +141,15 @@ def find_missing(groups, tasks, seeds=None):
     return missing
 
 
+def _median(values):
+    """Median of the values that are not None (undefined metrics); None if there are none."""
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
 def median_cells(groups, which, tasks, seeds=None):
-    """One dict per row: medians over seeds per metric and of the task score at the selected epoch."""
+    """One dict per row: medians over seeds per metric and of the task score at the selected epoch.
+    Seeds whose selected epoch has no score (null) are left out of the medians and listed as 'na_seeds'."""
     rows = []
     for key in sorted(groups, key=row_sort_key):
         by_task, want = groups[key], row_seeds(groups[key], seeds)
@@ -143,13 +161,16 @@ def median_cells(groups, which, tasks, seeds=None):
             if not cell:
                 cells[task] = None
                 continue
-            eps = [select_epoch(cell[s], which) for s in sorted(cell)]
+            eps = {s: select_epoch(cell[s], which) for s in sorted(cell)}
+            na = [s for s, ep in eps.items() if ep["score"] is None]
+            eps = [ep for s, ep in eps.items() if s not in na]
+            complete = complete and not na
             cells[task] = {
-                "metrics": {m: float(np.median([ep[m] for ep in eps])) for m in TASK_METRICS[task]},
-                "score": float(np.median([ep["score"] for ep in eps])),
-                "seeds": sorted(cell),
+                "metrics": {m: _median([ep[m] for ep in eps]) for m in TASK_METRICS[task]},
+                "score": _median([ep["score"] for ep in eps]),
+                "seeds": sorted(cell), "na_seeds": na,
             }
-        scores = [c["score"] for c in cells.values() if c is not None]
+        scores = [c["score"] for c in cells.values() if c is not None and c["score"] is not None]
         params = [r["params"] for cell in by_task.values() for r in cell.values()]
         rows.append({
             "model": key[0], "variant": key[1], "compression": key[2],
@@ -171,7 +192,8 @@ def row_label(row):
 def format_cell(cell, task):
     if cell is None:
         return "-"
-    return "/".join(f"{100 * cell['metrics'][m]:.1f}" for m in TASK_METRICS[task])
+    values = [cell["metrics"][m] for m in TASK_METRICS[task]]
+    return "/".join("n/a" if v is None else f"{100 * v:.1f}" for v in values)
 
 
 def render_table(rows, tasks, fmt):
@@ -198,6 +220,23 @@ def format_missing(missing):
     return [f"missing: {row_name(key)}: {'; '.join(parts)}" for key, parts in by_row.items()]
 
 
+def format_na(tables, tasks):
+    """'n/a (last epoch): minilm/modular c=2: stsb seed 2', one line per row and selection with such seeds."""
+    out = []
+    for which, label in SELECTIONS:
+        for row in tables[which]:
+            parts = []
+            for task in tasks:
+                cell = row["tasks"].get(task)
+                if cell and cell["na_seeds"]:
+                    word = "seed" if len(cell["na_seeds"]) == 1 else "seeds"
+                    parts.append(f"{task} {word} {','.join(map(str, cell['na_seeds']))}")
+            if parts:
+                key = (row["model"], row["variant"], row["compression"])
+                out.append(f"n/a ({label.split(' (')[0]}): {row_name(key)}: {'; '.join(parts)}")
+    return out
+
+
 def render(tables, missing, tasks, fmt):
     """Text for grid/markdown: both labelled tables, then a footnote and the missing cells."""
     out = []
@@ -209,6 +248,11 @@ def render(tables, missing, tasks, fmt):
         out += format_missing(missing)
     else:
         out.append("All (task, seed) cells present.")
+    na = format_na(tables, tasks)
+    if na:
+        out.append("* Seeds whose selected epoch has no score (an undefined metric, e.g. a constant stsb "
+                   "prediction: n/a) are left out of the medians:")
+        out += na
     return "\n".join(out)
 
 

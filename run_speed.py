@@ -17,6 +17,7 @@ import warnings
 import torch
 from tabulate import tabulate
 from transformers import DistilBertConfig
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from modeling_moddistilbert import (ModDistilBertForSequenceClassification, compress, config_from_teacher)
 from utils import UserError, atomic_write_json, run_main, set_seed
@@ -82,7 +83,7 @@ class OnnxModel:
     def __call__(self, input_ids, attention_mask):
         out = self.session.run(["logits"], {"input_ids": input_ids.numpy(),
                                             "attention_mask": attention_mask.numpy()})[0]
-        return type("Output", (), {"logits": torch.from_numpy(out)})()
+        return SequenceClassifierOutput(logits=torch.from_numpy(out))
 
 
 def export_onnx(model, path, seq_len=16):

@@ -33,7 +33,9 @@ def points(results, tasks, which):
         if key in seen:
             raise UserError(f"{r['_path']}: a second result for {key}")
         seen.add(key)
-        out[r["task"]].setdefault((r["variant"], c), []).append(select_epoch(r, which)["score"])
+        score = select_epoch(r, which)["score"]
+        if score is not None:  # null: no epoch of this seed has a score (e.g. constant stsb predictions)
+            out[r["task"]].setdefault((r["variant"], c), []).append(score)
     return out
 
 

@@ -98,6 +98,44 @@ def test_exact_layer_inputs_and_no_padding(teacher_dir, teacher, tmp_path):
     assert ex.tolist() == [r["idx"] for r in tasks.load_rows("rte", "train", SHARED)[:20]]
 
 
+@needs_shared
+def test_manifest_provenance_beside_settings_and_resume_after_a_commit(teacher_dir, tmp_path, monkeypatch, capsys):
+    d = str(tmp_path / "c")
+    real = A.ActivationWriter._write_shard
+
+    def interrupted(self, *args):
+        if len(self.shards) == 1:
+            raise KeyboardInterrupt
+        real(self, *args)
+    monkeypatch.setattr(A.ActivationWriter, "_write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        capture(teacher_dir, d, "--shard_sequences", "4", n=12)
+    monkeypatch.setattr(A.ActivationWriter, "_write_shard", real)
+    m = json.load(open(os.path.join(d, "manifest.json")))
+    p = m["provenance"]
+    assert set(p) == {"python", "torch", "transformers", "git_commit", "device"} and p["device"] == "cpu"
+    assert p["torch"] == torch.__version__ and "provenance" not in m["settings"]
+    # another commit (or torch) since: the capture still resumes; the manifest records the latest run
+    later = {**p, "git_commit": "0" * 40, "torch": "9.9"}
+    monkeypatch.setattr(capture_data, "provenance", lambda device: later)
+    capsys.readouterr()
+    capture(teacher_dir, d, "--shard_sequences", "4", n=12)
+    assert "resuming: 4 of 12" in capsys.readouterr().out
+    m = json.load(open(os.path.join(d, "manifest.json")))
+    assert m["status"] == "complete" and m["provenance"] == later
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_shared
+def test_cuda_capture_matches_cpu(teacher_dir, tmp_path):
+    cpu = capture(teacher_dir, tmp_path / "cpu", "--dtype", "fp32", "--device", "cpu", n=8)
+    gpu = capture(teacher_dir, tmp_path / "gpu", "--dtype", "fp32", "--device", "cuda", n=8)
+    assert json.load(open(os.path.join(gpu, "manifest.json")))["provenance"]["device"] == \
+        torch.cuda.get_device_name(0)
+    for (x, n), (y, k) in zip(_all_layers(cpu)[0], _all_layers(gpu)[0]):
+        assert torch.equal(n, k) and (x - y).abs().max() < 1e-3
+
+
 def test_pad_sequences():
     lengths = torch.tensor([2, 3, 1])
     x = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 2)

@@ -241,3 +241,49 @@ def test_cli_bad_dir_exits_2_with_one_line_error(tmp_path):
     p = run_cli("--results_dir", str(tmp_path / "nope"))
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_null_scores_never_best_and_shown_as_na(tmp_path):
+    """NaN metrics (constant stsb predictions) are written as null; old files may hold the NaN token."""
+    nan = float("nan")
+    path = write_result(tmp_path, "stsb", 1, [(0.8, 0.8), (0.9, 0.9), (0.5, 0.5)])
+    obj = json.load(open(path))
+    obj["epochs"][0].update(pearson=None, spearman=None, score=None)
+    obj["epochs"][2].update(pearson=nan, spearman=nan, score=nan)  # json.dump writes the NaN token
+    json.dump(obj, open(path, "w"))
+    write_result(tmp_path, "stsb", 2, [(0.7, 0.7), (0.6, 0.6)])
+    write_result(tmp_path, "stsb", 3, [(0.5, 0.5), (0.4, 0.4)])
+    r1 = [r for r in C.load_results(str(tmp_path)) if r["seed"] == 1][0]
+    assert C.select_epoch(r1, "best")["epoch"] == 2 and C.select_epoch(r1, "last")["score"] is None
+    r1["epochs"][1]["score"] = None
+    assert C.select_epoch(r1, "best")["epoch"] == 1  # no epoch has a score: the first
+
+    tasks, tables, missing = build(tmp_path)
+    best, last = only_row(tables, "best"), only_row(tables, "last")
+    assert missing == [] and best["tasks"]["stsb"]["na_seeds"] == [] and best["average_complete"]
+    assert best["tasks"]["stsb"]["score"] == pytest.approx(70.0)  # 90, 70, 50
+    cell = last["tasks"]["stsb"]
+    assert cell["na_seeds"] == [1] and cell["seeds"] == [1, 2, 3] and not last["average_complete"]
+    assert cell["score"] == pytest.approx(50.0) and last["average"] == pytest.approx(50.0)  # median of 60, 40
+    text = C.render(tables, missing, tasks, "grid")
+    assert "50.0*" in text and "n/a (last epoch): minilm/modular c=2: stsb seed 1" in text
+    assert "n/a (best epoch" not in text
+    assert C.format_cell({"metrics": {"pearson": None, "spearman": None}}, "stsb") == "n/a/n/a"
+    # all seeds without a score: the cell and the average are n/a
+    for seed in (2, 3):
+        os.remove(os.path.join(tmp_path, f"minilm_modular_2.0_stsb_s{seed}", "results.json"))
+    _, tables, _ = build(tmp_path)
+    row = only_row(tables, "last")
+    assert row["tasks"]["stsb"]["score"] is None and row["average"] is None
+    assert "n/a" in C.render(tables, [], ["stsb"], "grid")
+
+
+def test_json_output_has_no_nan_token(tmp_path):
+    path = write_result(tmp_path / "res", "stsb", 1, [(0.8, 0.8)])
+    obj = json.load(open(path))
+    obj["epochs"][0].update(pearson=float("nan"), spearman=float("nan"), score=float("nan"))
+    json.dump(obj, open(path, "w"))
+    out = tmp_path / "table.json"
+    p = run_cli("--results_dir", str(tmp_path / "res"), "--format", "json", "--output", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "NaN" not in out.read_text() and json.loads(out.read_text())["best"][0]["average"] is None

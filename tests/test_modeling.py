@@ -268,6 +268,68 @@ def test_per_head_svd_exact_on_low_rank_heads(teachers, kind):
     assert (after[1] - before[1]).abs().max() > 1e-2
 
 
+def _tiny_blocks(seed=0):
+    config = config_from_teacher(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                            num_attention_heads=4, intermediate_size=64), num_labels=2)
+    torch.manual_seed(seed)
+    return config, M.make_block(config, 0, "mha").eval(), M.make_block(config, 0, "ffn").eval()
+
+
+def test_svd_init_creates_its_tensors_on_the_teachers_device():
+    """Every tensor the SVD start makes lives on the teacher's device (here 'meta', which holds no data and
+    cannot mix with CPU tensors: a tensor made on the CPU regardless, the old CUDA failure, shows here)."""
+    config, mha, ffn = _tiny_blocks()
+    for kind, teacher, inner in (("mha", mha, 16), ("ffn", ffn, 32)):
+        teacher = copy.deepcopy(teacher).to("meta")
+        student = M.make_block(config, 0, kind, inner).to("meta")
+        M.init_block(teacher, student, "svd")
+        assert all(p.device.type == "meta" for p in student.parameters())
+
+
+def test_svd_init_cpu_teacher_float64_into_float32_student():
+    """The CPU path: computed in the teacher's precision, copied into the student in the student's dtype; at
+    c=1 the attention block is exact and the FFN start keeps every unit."""
+    config, mha, ffn = _tiny_blocks()
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1))
+    mask = M.attention_mask_4d(torch.tensor([[1] * 5, [1] * 3 + [0] * 2]))
+    for kind, teacher, inner in (("mha", mha, 32), ("ffn", ffn, 64)):
+        teacher = copy.deepcopy(teacher).double()
+        student = M.make_block(config, 0, kind, inner).eval()
+        M.init_block(teacher, student, "svd")
+        assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in student.parameters())
+        with torch.no_grad():
+            want = teacher(x.double(), mask) if kind == "mha" else teacher(x.double())
+            got = student(x, mask) if kind == "mha" else student(x)
+        assert (got.double() - want).abs().max() < TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("init", ["svd", "random"])
+def test_compress_a_cuda_model(teachers, init):
+    cpu = ModDistilBertForSequenceClassification.from_teacher(teachers["bert"], num_labels=2).eval()
+    gpu = copy.deepcopy(cpu).cuda()
+    compress(cpu, 2.0, init)
+    compress(gpu, 2.0, init)
+    assert all(p.device.type == "cuda" for p in gpu.parameters())
+    batch = _batch()
+    with torch.no_grad():
+        got = gpu(**{k: v.cuda() for k, v in batch.items()}).logits.cpu()
+        want = cpu(**batch).logits
+    assert got.shape == want.shape
+    if init == "svd":  # the same deterministic start on both devices
+        assert (got - want).abs().max() < 1e-3
+    # the block functions alone, teacher on CUDA and student on the CPU (and back)
+    config, mha, ffn = _tiny_blocks()
+    for kind, teacher, inner in (("mha", mha, 16), ("ffn", ffn, 32)):
+        ref = M.make_block(config, 0, kind, inner)
+        M.init_block(teacher, ref, "svd")
+        for t_dev, s_dev in (("cuda", "cpu"), ("cpu", "cuda")):
+            student = M.make_block(config, 0, kind, inner).to(s_dev)
+            M.init_block(copy.deepcopy(teacher).to(t_dev), student, "svd")
+            for (n, p), q in zip(student.named_parameters(), ref.parameters()):
+                assert p.device.type == s_dev and (p.cpu() - q).abs().max() < 1e-4, n
+
+
 def test_parameter_counts_and_dims():
     config = config_from_teacher(DistilBertConfig(), num_labels=2)
     model = ModDistilBertForSequenceClassification(config)

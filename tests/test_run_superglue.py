@@ -3,13 +3,17 @@ tiny random checkpoints of every baseline architecture (classification, multiple
 and the command line's handling of bad inputs (exit 2, one 'error:' line, no results.json)."""
 import importlib.util
 import json
+import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+import transformers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -17,7 +21,8 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 import run_superglue  # noqa: E402
 import tasks as T  # noqa: E402
-from finetune import evaluate  # noqa: E402
+import utils  # noqa: E402
+from finetune import ScoreEachChoice, evaluate, summarize  # noqa: E402
 from modeling_moddistilbert import resolve_model_path  # noqa: E402
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,  # noqa: E402
                           BertModel, DistilBertConfig, DistilBertModel, SqueezeBertConfig, SqueezeBertModel,
@@ -25,10 +30,11 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
 
 needs_shared = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "rte")),
                                   reason="shared data not present")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SMALL = ["--max_train_samples", "16", "--max_eval_samples", "16", "--epochs", "1", "--batch_size", "8",
          "--max_length", "64", "--device", "cpu", "--threads", "1"]
 KEYS = {"task", "model", "variant", "compression", "init", "seed", "params", "settings", "epochs",
-        "best_score", "last_score", "best_epoch"}
+        "best_score", "last_score", "best_epoch", "provenance"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,6 +105,7 @@ def _check_record(r, task):
     assert ep["score"] == pytest.approx(100 * sum(ep[m] for m in metrics) / len(metrics))
     assert r["best_epoch"] == 1 and r["best_score"] == r["last_score"] == ep["score"]
     assert r["settings"]["max_train_samples"] == 16 and r["settings"]["max_length"] == 64
+    assert set(r["provenance"]) == {"python", "torch", "transformers", "git_commit", "device"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +196,103 @@ def test_tiny_compressed_run_saves_loadable_model(tmp_path, ckpts):
     model = AutoModelForMultipleChoice.from_pretrained(str(out / "model"))
     assert model.config.attn_dims == [16, 16] and model.config.ffn_dims == [32, 32]
     assert r["params"] == sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# undefined metrics, a user's own split, provenance, output classes, CUDA
+# ---------------------------------------------------------------------------------------------
+def test_summarize_never_picks_a_nan_epoch():
+    nan = float("nan")
+    eps = [{"epoch": 1, "score": nan}, {"epoch": 2, "score": 50.0}, {"epoch": 3, "score": 40.0}]
+    assert summarize(eps) == {"best_epoch": 2, "best_score": 50.0, "last_score": 40.0}
+    s = summarize([{"epoch": 1, "score": nan}, {"epoch": 2, "score": nan}])
+    assert s["best_epoch"] is None and s["best_score"] is None and math.isnan(s["last_score"])
+
+
+def test_atomic_write_json_writes_null_for_nan_and_inf(tmp_path):
+    path = tmp_path / "r.json"
+    utils.atomic_write_json(str(path), {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}],
+                                        "d": (2.5, "x"), "e": None, "f": 3})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2.5, "x"], "e": None, "f": 3}
+
+
+@pytest.mark.filterwarnings("ignore:An input array is constant")
+def test_constant_stsb_predictions_give_null_not_nan(tmp_path, ckpts, monkeypatch, capsys):
+    real, calls = T.compute_metrics, []
+
+    def constant_at_first(task, preds, labels):  # epoch 1 predicts one value for every pair: pearsonr is NaN
+        calls.append(task)
+        return real(task, np.zeros_like(preds) if len(calls) == 1 else preds, labels)
+    monkeypatch.setattr(T, "compute_metrics", constant_at_first)
+    out = tmp_path / "out"
+    r = run(out, ckpts["bert"], "stsb", "--epochs", "2", data_dir=None)  # stsb from the repo's data/
+    assert "NaN" not in (out / "results.json").read_text()
+    e1, e2 = r["epochs"]
+    assert e1["pearson"] is None and e1["spearman"] is None and e1["score"] is None
+    assert isinstance(e2["score"], float) and r["best_epoch"] == 2 and r["best_score"] == r["last_score"] == e2["score"]
+    # no epoch with a score: best_epoch null, the summary line says n/a
+    monkeypatch.setattr(T, "compute_metrics", lambda task, preds, labels: real(task, np.zeros_like(preds), labels))
+    capsys.readouterr()
+    r = run(tmp_path / "out2", ckpts["bert"], "stsb", data_dir=None)
+    assert r["best_epoch"] is None and r["best_score"] is None and r["last_score"] is None
+    assert "best epoch None score n/a" in capsys.readouterr().out
+
+
+@needs_shared
+def test_own_split_is_used_with_a_warning(tmp_path, ckpts, capsys):
+    own = tmp_path / "own" / "rte"
+    own.mkdir(parents=True)
+    for name in ("train.jsonl", "val.jsonl"):
+        with open(os.path.join(SHARED_DATA, "rte", name), encoding="utf-8") as f:
+            (own / name).write_text("".join(f.readlines()[:20]), encoding="utf-8")
+    capsys.readouterr()
+    r = run(tmp_path / "out", ckpts["bert"], "rte", data_dir=str(tmp_path / "own"))
+    _check_record(r, "rte")
+    err = capsys.readouterr().err
+    assert f"warning: {own / 'train.jsonl'}: expected 2490 rows" in err and "found 20" in err
+    assert f"warning: {own / 'val.jsonl'}: expected 277 rows" in err
+
+
+def test_provenance(tmp_path, monkeypatch):
+    p = utils.provenance("cpu")
+    assert p == {"python": platform.python_version(), "torch": torch.__version__,
+                 "transformers": transformers.__version__, "git_commit": p["git_commit"], "device": "cpu"}
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert p["git_commit"] == (git.stdout.strip() if git.returncode == 0 else None)
+    monkeypatch.setattr(utils, "REPO_DIR", str(tmp_path))  # not a git checkout
+    assert utils.provenance(torch.device("cpu"))["git_commit"] is None
+
+    def no_git(*a, **k):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(utils.subprocess, "run", no_git)
+    assert utils.git_commit(ROOT) is None
+
+
+def test_score_each_choice_returns_a_multiple_choice_output():
+    from transformers.modeling_outputs import MultipleChoiceModelOutput, SequenceClassifierOutput
+
+    class OneLogit(torch.nn.Module):
+        config = None
+
+        def forward(self, input_ids, attention_mask):
+            return SequenceClassifierOutput(logits=(input_ids * attention_mask).float().sum(-1, keepdim=True))
+    ids = torch.tensor([[[1, 2, 0], [3, 1, 1]], [[0, 0, 4], [1, 0, 0]]])
+    out = ScoreEachChoice(OneLogit())(ids, torch.ones_like(ids), labels=torch.tensor([1, 0]))
+    assert isinstance(out, MultipleChoiceModelOutput)
+    assert out.logits.tolist() == [[3.0, 5.0], [4.0, 1.0]]
+    assert out.loss == pytest.approx(torch.nn.functional.cross_entropy(out.logits, torch.tensor([1, 0])).item())
+    out = ScoreEachChoice(OneLogit())(ids, torch.ones_like(ids))
+    assert out.loss is None and out.to_tuple() == (out.logits,) and out["logits"] is out.logits
+
+
+@needs_cuda
+@needs_shared
+def test_cuda_compressed_run(tmp_path, ckpts):
+    r = run(tmp_path / "out", ckpts["bert"], "rte", "--compression", "2", "--init", "svd", "--device", "cuda")
+    _check_record(r, "rte")
+    assert r["device"].startswith("cuda") and r["provenance"]["device"] == torch.cuda.get_device_name(0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from transformers import BertConfig, DistilBertConfig
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 import run_speed
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, compress, config_from_teacher
@@ -56,7 +57,23 @@ def test_onnx_export_same_logits(tmp_path):
     mask[1, 9:] = 0
     with torch.no_grad():
         expected = m(input_ids=ids, attention_mask=mask).logits
-    assert torch.allclose(session(ids, mask).logits, expected, atol=1e-4)
+    out = session(ids, mask)
+    assert isinstance(out, SequenceClassifierOutput) and out.to_tuple() == (out.logits,)
+    assert torch.allclose(out.logits, expected, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_build_variants_of_a_cuda_model(tiny_teacher):
+    base = ModDistilBertForSequenceClassification.from_teacher(tiny_teacher, num_labels=2).eval()
+    cpu = run_speed.build_variants(base, [2.0], int8_backends=())
+    gpu = run_speed.build_variants(base.cuda(), [2.0], int8_backends=())  # INT8 (quantize_dynamic) is CPU only
+    assert set(gpu) == {"fp32 c=1", "fp32 c=2"} and gpu["fp32 c=2"].config.attn_dims == [16, 16]
+    assert all(p.device.type == "cuda" for p in gpu["fp32 c=2"].parameters())
+    ids = torch.randint(1000, 30000, (2, 8))
+    with torch.no_grad():
+        got = gpu["fp32 c=2"](input_ids=ids.cuda(), attention_mask=torch.ones_like(ids).cuda()).logits.cpu()
+        want = cpu["fp32 c=2"](input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert (got - want).abs().max() < 1e-3
 
 
 def test_int8_keeps_the_model_close():

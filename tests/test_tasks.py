@@ -278,6 +278,21 @@ def test_metrics_by_hand():
     assert m["accuracy"] == pytest.approx(2 / 3) and isinstance(m["accuracy"], float)
 
 
+def test_cb_macro_f1_over_the_labels_that_occur():
+    # gold {0, 1}, predictions {0, 1}: class 0 P 1 R 1/2 -> F1 2/3; class 1 P 2/3 R 1 -> F1 4/5; no class 2
+    m = tasks.compute_metrics("cb", np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]))
+    assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # not (2/3 + 4/5 + 0) / 3
+    # a class only predicted counts (F1 0): class 0 F1 2/3, class 1 F1 1, class 2 F1 0
+    m = tasks.compute_metrics("cb", onehot([0, 2, 1], 3), np.array([0, 0, 1]))
+    assert m["f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_stsb_constant_predictions_are_nan():
+    with pytest.warns(Warning):  # scipy: ConstantInputWarning
+        m = tasks.compute_metrics("stsb", np.full(4, 2.5), np.array([0.0, 1.0, 2.0, 3.0]))
+    assert np.isnan(m["pearson"]) and np.isnan(m["spearman"]) and np.isnan(tasks.task_score("stsb", m))
+
+
 def test_stsb_metrics():
     labels = np.array([0.0, 1.0, 2.5, 4.0, 5.0])
     m = tasks.compute_metrics("stsb", (2 * labels + 1)[:, None], labels)  # (B, 1)
@@ -325,11 +340,17 @@ def test_missing_field_and_bad_label(tmp_path):
                                      "span2_text": "b", "idx": 0, "label": 0}])
 
 
-def test_row_count_checked(tmp_path):
+def test_row_count_other_than_official_warns_and_is_used(tmp_path, capsys):
     write(tmp_path / "cb" / "train.jsonl", CB_LINE % 0 + CB_LINE % 1)
-    with pytest.raises(UserError, match="expected 250 rows"):
-        tasks.load_rows("cb", "train", str(tmp_path))
+    assert len(tasks.load_rows("cb", "train", str(tmp_path))) == 2  # a user's own split: used, not refused
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and len(err.strip().splitlines()) == 1
+    assert os.path.join(str(tmp_path), "cb", "train.jsonl") in err and "expected 250" in err and "found 2" in err
     assert len(tasks.load_rows("cb", "train", str(tmp_path), check_count=False)) == 2
+    assert capsys.readouterr().err == ""
+    write(tmp_path / "cb" / "train.jsonl", CB_LINE % 0 + '{"premise": "p",\n')  # malformed rows still refused
+    with pytest.raises(UserError, match=r"train\.jsonl:2: malformed JSON"):
+        tasks.load_rows("cb", "train", str(tmp_path))
 
 
 def test_bad_tsv(tmp_path):
