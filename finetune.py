@@ -2,12 +2,15 @@
 
 run_superglue.py is the command line over this module."""
 import math
+import json
 import os
 import shutil
 import time
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification,
                           AutoTokenizer, get_linear_schedule_with_warmup)
@@ -122,9 +125,88 @@ def evaluate(model, loader, task, device):
     return {**metrics, "score": T.task_score(task, metrics)}
 
 
-def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller=None):
+# ------------------------------------------------------------------ per-epoch checkpoints (resume)
+CHECKPOINT = "checkpoint"
+
+
+def _sampler_generator(loader):
+    sampler = loader.batch_sampler
+    return getattr(sampler, "gen", None) or loader.generator
+
+
+def _jsonable(d):
+    out = {}
+    for k, v in d.items():
+        try:
+            json.dumps(v)
+            out[k] = v
+        except TypeError:
+            pass
+    return out
+
+
+def save_checkpoint(path, model, opt, sched, loader, epochs, identity):
+    """Everything a killed run needs to continue after the last finished epoch: model, AdamW state, scheduler,
+    the torch and batch-order RNG states (safetensors), the epochs so far and the run's identity (JSON)."""
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_sd = opt.state_dict()
+    for i, st in opt_sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt/{i}/{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    tensors["rng/torch"] = torch.get_rng_state()
+    gen = _sampler_generator(loader)
+    if gen is not None:
+        tensors["rng/sampler"] = gen.get_state()
+    meta = {"identity": identity, "epochs": epochs, "param_groups": opt_sd["param_groups"],
+            "scheduler": _jsonable(sched.state_dict())}
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_file(tensors, os.path.join(tmp, "state.safetensors"))
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump(meta, f)
+    old = path + ".old"
+    if os.path.isdir(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_checkpoint_identity(path):
+    try:
+        with open(os.path.join(path, "state.json")) as f:
+            return json.load(f)["identity"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_checkpoint(path, model, opt, sched, loader):
+    """Restore what save_checkpoint wrote; returns the epochs done so far."""
+    with open(os.path.join(path, "state.json")) as f:
+        meta = json.load(f)
+    with safe_open(os.path.join(path, "state.safetensors"), "pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")})
+    state = {}
+    for k, v in t.items():
+        if k.startswith("opt/"):
+            _, i, name = k.split("/", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict({**sched.state_dict(), **meta["scheduler"]})
+    torch.set_rng_state(t["rng/torch"])
+    gen = _sampler_generator(loader)
+    if gen is not None and "rng/sampler" in t:
+        gen.set_state(t["rng/sampler"])
+    return meta["epochs"]
+
+
+def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller=None,
+                       checkpoint_dir=None, identity=None):
     """AdamW + linear decay, evaluation after every epoch. Returns the list of per-epoch metric dicts.
-    With a distill.Distiller, the training loss is its combination of task and teacher terms."""
+    With a distill.Distiller, the training loss is its combination of task and teacher terms.
+    With checkpoint_dir, a checkpoint is written after every epoch, and one found there with the same
+    `identity` is resumed from (the same scores as an uninterrupted run, on the CPU)."""
     pad = tokenizer.pad_token_id
     train = T.encode(task, train_rows, tokenizer, args.max_length)
     dev = T.encode(task, eval_rows, tokenizer, args.max_length)
@@ -142,7 +224,14 @@ def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, devi
     steps = args.epochs * len(train_loader)
     sched = get_linear_schedule_with_warmup(opt, int(args.warmup_ratio * steps), steps)
     epochs = []
-    for epoch in range(1, args.epochs + 1):
+    if checkpoint_dir and os.path.isdir(checkpoint_dir):
+        if read_checkpoint_identity(checkpoint_dir) == identity:
+            epochs = load_checkpoint(checkpoint_dir, model, opt, sched, train_loader)
+            print(f"resuming from {checkpoint_dir} after epoch {len(epochs)}")
+        else:
+            print(f"{checkpoint_dir} belongs to a run with other settings: starting afresh")
+            shutil.rmtree(checkpoint_dir)
+    for epoch in range(len(epochs) + 1, args.epochs + 1):
         model.train()
         total, n, t0 = 0.0, 0, time.time()
         bar = tqdm(train_loader, desc=f"{task.name} epoch {epoch}/{args.epochs}", leave=False)
@@ -164,6 +253,8 @@ def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, devi
                        "seconds": round(time.time() - t0, 2)})
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         tqdm.write(f"[{task.name} seed {args.seed}] epoch {epoch}: {shown}")
+        if checkpoint_dir and epoch < args.epochs:
+            save_checkpoint(checkpoint_dir, model, opt, sched, train_loader, epochs, identity)
     return epochs
 
 

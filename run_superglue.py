@@ -6,15 +6,18 @@
     python run_superglue.py ... --compression 2 --modules_dir runs/rte/modules   # modular (trained blocks)
 """
 import argparse
+import json
 import os
+import shutil
 import time
 
 import torch
 
 import tasks as T
-from distill import Distiller
-from finetune import build_model, save_model, summarize, train_and_evaluate
-from utils import UserError, atomic_write_json, get_device, provenance, run_main, set_seed
+from distill import Distiller, weights_sha256
+from finetune import CHECKPOINT, build_model, save_model, summarize, train_and_evaluate
+from modeling_moddistilbert import resolve_model_path
+from utils import UserError, atomic_write_json, file_sha256, get_device, provenance, run_main, set_seed
 
 
 def parse_args(argv=None):
@@ -46,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--hf_model", action="store_true", help="use transformers' own class even for DistilBERT/BERT")
     p.add_argument("--no_save_model", action="store_true", help="do not save the fine-tuned model")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUTPUT_DIR")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse a finished run with the same settings and inputs (else rerun it), and continue "
+                        "an unfinished one from its last epoch checkpoint (OUTPUT_DIR/checkpoint)")
     p.add_argument("--distill_from", default=None, metavar="DIR",
                    help="distil from this fine-tuned uncompressed model of the same task (distill.py)")
     p.add_argument("--distill_alpha", type=float, default=0.5, help="weight of the task loss (rest: soft loss)")
@@ -60,10 +66,20 @@ def main(argv=None):
     args = parse_args(argv)
     task = T.get_task(args.task)
     results_path = os.path.join(args.output_dir, "results.json")
-    if os.path.exists(results_path) and not args.overwrite:
-        raise UserError(f"{results_path} holds a finished run; pass --overwrite or another --output_dir")
+    checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT)
     if args.epochs < 1:
         raise UserError("--epochs must be at least 1")
+    identity = run_identity(args)
+    if os.path.exists(results_path):
+        if args.resume and stored_identity(results_path) == identity:
+            print(f"{results_path}: finished with the same settings and inputs; nothing to do")
+            return
+        if not (args.overwrite or args.resume):
+            raise UserError(f"{results_path} holds a finished run; pass --overwrite, --resume or another --output_dir")
+        print(f"{results_path} holds a run with other settings or inputs: rerunning")
+        os.unlink(results_path)  # a stale result never stays beside a new, unfinished run
+    if not args.resume and os.path.isdir(checkpoint_dir):
+        shutil.rmtree(checkpoint_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = args.data_dir or T.default_data_dir(task)
@@ -86,7 +102,8 @@ def main(argv=None):
     print(f"{task.name}: {info['architecture']} ({variant}), {info['params']:,} parameters, "
           f"{len(train_rows)} train / {len(eval_rows)} validation rows, device {device}")
     t0 = time.time()
-    epochs = train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller)
+    epochs = train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller,
+                                checkpoint_dir, identity)
     record = {
         "task": task.name, "model": args.model_name_or_path, "base_model": info["base_model"], "variant": variant,
         "compression": args.compression, "init": args.init if args.compression else None,
@@ -97,13 +114,40 @@ def main(argv=None):
         "n_train": len(train_rows), "n_eval": len(eval_rows),
         "settings": {k: v for k, v in vars(args).items()}, "device": str(device),
         "seconds": round(time.time() - t0, 1), "epochs": epochs, **summarize(epochs),
-        "provenance": provenance(device),
+        "provenance": provenance(device), "identity": identity,
     }
     if not args.no_save_model:
         save_model(model, tokenizer, os.path.join(args.output_dir, "model"), task)
     atomic_write_json(results_path, record)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(f"{task.name} seed {args.seed}: best epoch {record['best_epoch']} score {_fmt(record['best_score'])} "
           f"(paper's selection), last epoch score {_fmt(record['last_score'])} -> {results_path}")
+
+
+VOLATILE = ("output_dir", "overwrite", "resume", "threads", "device", "no_save_model", "eval_batch_size")
+
+
+def run_identity(args):
+    """What a finished run must share with this one to be reused by --resume: every setting that changes the
+    result, and the weights it starts from (module files, a local model's and a distillation teacher's)."""
+    inputs = {}
+    if args.modules_dir and os.path.isdir(args.modules_dir):
+        inputs["modules"] = {n: file_sha256(os.path.join(args.modules_dir, n))
+                             for n in sorted(os.listdir(args.modules_dir)) if n.endswith(".safetensors")}
+    path = resolve_model_path(args.model_name_or_path)
+    if os.path.isdir(path):
+        inputs["model"] = weights_sha256(path)
+    if args.distill_from:
+        inputs["distill_from"] = weights_sha256(args.distill_from)
+    return {"settings": {k: v for k, v in vars(args).items() if k not in VOLATILE}, "inputs": inputs}
+
+
+def stored_identity(results_path):
+    try:
+        with open(results_path) as f:
+            return json.load(f).get("identity")
+    except (OSError, ValueError):
+        return None
 
 
 def _fmt(score):

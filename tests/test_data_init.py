@@ -290,3 +290,40 @@ def test_distilling_from_another_task_is_refused(tiny_bert_dir, tiny_rte_teacher
                                              "--distill_from", tiny_rte_teacher]))
     assert e.value.code == 2 and "fine-tuned on rte, not mrpc" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x" / "results.json")
+
+
+# ------------------------------------------------------------------ resuming a fine-tune
+def test_resumed_finetune_equals_an_uninterrupted_one(tiny_bert_dir, tmp_path, monkeypatch):
+    """A run killed after epoch 1 and rerun with --resume continues from its checkpoint to the same scores."""
+    import finetune as finetune_mod
+    args = ["--compression", "2", "--epochs", "2", "--lr", "1e-3", "--no_save_model"]
+    whole = finetune(tmp_path / "whole", tiny_bert_dir, "rte", *args)
+    real = finetune_eval = finetune_mod.evaluate
+    calls = []
+
+    def killed_after_epoch_1(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("pre-empted")
+        return real(*a, **kw)
+    monkeypatch.setattr(finetune_mod, "evaluate", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tmp_path / "cut", tiny_bert_dir, "rte", *args)
+    assert os.path.isfile(tmp_path / "cut" / "checkpoint" / "state.safetensors")
+    assert not os.path.exists(tmp_path / "cut" / "results.json")
+    monkeypatch.setattr(finetune_mod, "evaluate", finetune_eval)
+    resumed = finetune(tmp_path / "cut", tiny_bert_dir, "rte", *args, "--resume")
+    assert [e["score"] for e in resumed["epochs"]] == [e["score"] for e in whole["epochs"]]
+    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in whole["epochs"]]
+    assert not os.path.exists(tmp_path / "cut" / "checkpoint")  # removed once results.json is written
+
+
+def test_resume_reuses_a_finished_run_only_with_the_same_settings(tiny_bert_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    first = finetune(out, tiny_bert_dir, "rte", "--no_save_model")
+    again = finetune(out, tiny_bert_dir, "rte", "--no_save_model", "--resume")
+    assert again == first and "nothing to do" in capsys.readouterr().out
+    other = finetune(out, tiny_bert_dir, "rte", "--no_save_model", "--resume", "--lr", "3e-4")
+    assert other["settings"]["lr"] == 3e-4 and "other settings or inputs: rerunning" in capsys.readouterr().out
+    with pytest.raises(UserError, match="holds a finished run"):
+        finetune(out, tiny_bert_dir, "rte", "--no_save_model")
