@@ -237,11 +237,33 @@ def format_na(tables, tasks):
     return out
 
 
+def retention(rows):
+    """{row label: score / baseline score} for every compressed row whose model has a baseline row, each mean
+    taken over the tasks where both rows have a score (the paper's headline ratio)."""
+    base = {r["model"]: r for r in rows if r["variant"] == "baseline"}
+    out = {}
+    for r in rows:
+        b = base.get(r["model"])
+        if r["variant"] == "baseline" or b is None:
+            continue
+        both = [t for t in r["tasks"] if r["tasks"][t] and b["tasks"].get(t)
+                and r["tasks"][t]["score"] is not None and b["tasks"][t]["score"] is not None]
+        if both:
+            out[row_label(r)] = (float(np.mean([r["tasks"][t]["score"] for t in both]))
+                                 / float(np.mean([b["tasks"][t]["score"] for t in both])))
+    return out
+
+
 def render(tables, missing, tasks, fmt):
-    """Text for grid/markdown: both labelled tables, then a footnote and the missing cells."""
+    """Text for grid/markdown: both labelled tables with the retention of each compressed row, then a
+    footnote and the missing cells."""
     out = []
     for which, label in SELECTIONS:
         out += [f"== {label} ==", render_table(tables[which], tasks, fmt), ""]
+        kept = retention(tables[which])
+        if kept:
+            out += [f"retention ({label.split(' (')[0]}; compressed / baseline score, same tasks): "
+                    + "; ".join(f"{name} {v:.3f}" for name, v in kept.items()), ""]
     out.append("Cells: median over seeds, x100; cb and mrpc acc/F1, stsb Pearson/Spearman.")
     if missing:
         out.append("* Average Score over the cells present only; missing cells:")
@@ -280,7 +302,8 @@ def main(argv=None):
     seeds = None if args.seeds is None else sorted(set(args.seeds))
     tasks, tables, missing = build(load_results(args.results_dir), tasks, seeds)
     if args.format == "json":
-        obj = {"tasks": tasks, "best": tables["best"], "last": tables["last"], "missing": missing}
+        obj = {"tasks": tasks, "best": tables["best"], "last": tables["last"], "missing": missing,
+               "retention": {which: retention(tables[which]) for which, _ in SELECTIONS}}
         print(json.dumps(obj, indent=2))
         if args.output:
             atomic_write_json(args.output, obj)

@@ -76,8 +76,11 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
     if modules_dir and not compression:
         raise UserError("--modules_dir needs --compression (the modules are low-rank blocks)")
     teacher_sha = state_dict_sha256(model.base_model) if modules_dir else None  # before compressing
+    if init == "data" and not modules_dir:
+        raise UserError("--init data: the closed-form blocks come from the trainers (mha_modular.py / "
+                        "ffn_modular.py --init data --epochs 0); give their --modules_dir")
     if compression:
-        compress(model, compression, init)
+        compress(model, compression, "svd" if init == "data" else init)  # data: replaced by the modules below
     modules, missing = None, []
     if modules_dir:
         import modular  # noqa: E402  (trained low-rank blocks; only needed here)

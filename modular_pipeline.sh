@@ -17,49 +17,60 @@ usage() {
 Usage: modular_pipeline.sh [options]          (or: sbatch modular_pipeline.sh [options])
 
 Runs the staged pipeline for ONE task and ONE seed:
-  capture   capture_data.py  -> OUT_DIR/TASK/activations   (skipped when manifest.json says complete
-                                                           and was captured with the same settings)
-  mha       mha_modular.py   -> OUT_DIR/TASK/modules       (skipped when modules/.mha.done holds the same settings)
-  ffn       ffn_modular.py   -> OUT_DIR/TASK/modules       (skipped when modules/.ffn.done holds the same settings)
-  finetune  run_superglue.py -> OUT_DIR/TASK/VARIANT/seedSEED/results.json
-                                                           (skipped iff that results.json exists; it is NOT redone
-                                                           when modules change: delete it, or use another --out_dir)
-  table     consolidate.py --results_dir OUT_DIR/TASK      (always runs; prints the median-over-seeds table)
-A killed run resumes where it stopped (an interrupted capture resumes inside the stage). Changed capture
-settings recapture (and so retrain the modules); changed module settings retrain the modules.
-The capture and the modules do not depend on --seed (they use --module_seed), so all seeds share them.
+  baseline  run_superglue.py -> OUT_DIR/TASK/baseline/seedSEED (model saved)   (when the teacher is the fine-tuned
+                                                           baseline, when distilling, or for --variant baseline)
+  capture   capture_data.py  -> activations               (from MODEL with --teacher pretrained: OUT_DIR/TASK/activations;
+                                                           from this seed's baseline with --teacher finetuned:
+                                                           OUT_DIR/TASK/teacher_seedSEED/activations)
+  mha, ffn  mha_modular.py / ffn_modular.py -> modules (beside the activations)
+  finetune  run_superglue.py --resume -> OUT_DIR/TASK/LABEL/seedSEED/results.json
+  table     consolidate.py --results_dir OUT_DIR/TASK      (always runs; median-over-seeds table + retention)
+Every stage resumes: the capture by its manifest and settings marker, the modules by .mha.done/.ffn.done markers
+that hold their settings (and the trainers skip finished layers), a fine-tune by run_superglue.py --resume (a
+finished run is reused only with the same settings and input weights; an unfinished one continues from its
+last epoch checkpoint). A killed run rerun with the same command continues where it stopped.
+
+The default recipe (what measured best on this project's CPU budget, results/RESULTS.md section 7): the
+teacher is this seed's fine-tuned baseline, the low-rank blocks start from the activation-aware closed form
+(--init data) with no module training, and the compressed fine-tune is distilled from the baseline.
+The paper's recipe:  --teacher pretrained --init random --module_epochs 200 --ft_epochs 18 --distill 0
 
 Options (each also as an environment variable, in brackets; a flag wins over the variable):
-  --task T              boolq cb copa rte wic wsc stsb mrpc                   [TASK]            (copa)
+  --task T              boolq cb copa rte wic wsc stsb mrpc                   [TASK]            (stsb)
   --seed S              fine-tuning seed                                      [SEED]            (1)
-  --model M             teacher: 'minilm' (embedded MiniLM-L6), a dir or hub id [MODEL]         (minilm)
+  --model M             pretrained model: 'minilm' (embedded MiniLM-L6), a dir or hub id [MODEL] (minilm)
   --compression C       divide head_dim and FFN width by C (>= 1)             [COMPRESSION]     (2)
-  --variant V           modular (trained modules), svd / random (compressed, no module training),
-                        baseline (uncompressed)                               [VARIANT]         (modular)
-  --init I              svd|random: start of the low-rank blocks (modules and fine-tune) [INIT] (svd)
+  --variant V           modular (compressed, blocks from the module stage), svd / random (compressed, no
+                        module stage), baseline (uncompressed)                [VARIANT]         (modular)
+  --teacher T           pretrained (capture from MODEL: the paper) | finetuned (from this seed's baseline)
+                                                                              [TEACHER]         (finetuned)
+  --init I              svd|data|random: start of the low-rank blocks        [INIT]            (data)
+  --distill 0|1         distil the compressed fine-tune from this seed's baseline [DISTILL]     (1)
   --data_dir D          task files; default: the repo's data/ when it has the task (copa wsc stsb),
                         else ../shared/data when it has it, else the hub ("" = the stages' default) [DATA_DIR]
   --out_dir D           root of all outputs                                   [OUT_DIR]         (runs/modular)
   --capture_samples N   first N training examples captured (before augmentation) [CAPTURE_SAMPLES] (all)
-  --augment N           N augmented copies of each captured example           [AUGMENT]         (1)
-  --module_epochs E     epochs of mha/ffn module training (the paper: 200)    [MODULE_EPOCHS]   (2)
+  --augment N           N augmented copies of each captured example           [AUGMENT]         (0)
+  --module_epochs E     epochs of mha/ffn module training (the paper: 200)    [MODULE_EPOCHS]   (0)
   --module_seed S       seed of capture + module training                     [MODULE_SEED]     (42)
   --mixup / --no_mixup  mixup in module training                              [MIXUP=1|0]       (0)
   --ft_epochs E         fine-tuning epochs (the paper: 18)                    [FT_EPOCHS]       (3)
+  --ft_lr LR            fine-tuning learning rate (baseline and compressed)   [FT_LR]           (1e-4)
   --max_train_samples N fine-tune on the first N training rows                [MAX_TRAIN_SAMPLES] (all)
   --max_eval_samples N  evaluate on the first N validation rows               [MAX_EVAL_SAMPLES]  (all)
-  --save_model          keep the fine-tuned model (RUN/model); default: not saved [SAVE_MODEL=1|0] (0)
+  --save_model          keep the fine-tuned models (RUN/model; the baseline's is always kept when it is
+                        the teacher or distilled from)                        [SAVE_MODEL=1|0]  (0)
   --capture_args "..."  extra arguments for capture_data.py                   [CAPTURE_ARGS]
   --module_args "..."   extra arguments for mha_modular.py and ffn_modular.py [MODULE_ARGS]
-  --ft_args "..."       extra arguments for run_superglue.py (e.g. "--lr 3e-5") [FT_ARGS]
-  --stages LIST         comma list of capture,modules,finetune,table (modules = mha,ffn; also: mha, ffn,
-                        all)                                                  [STAGES]          (all)
+  --ft_args "..."       extra arguments for run_superglue.py (both fine-tunes) [FT_ARGS]
+  --stages LIST         comma list of baseline,capture,modules,finetune,table (modules = mha,ffn; also:
+                        mha, ffn, all)                                        [STAGES]          (all)
   -h, --help            this text
 Python: $PYTHON, else the repo's .venv/bin/python when it exists, else `python`.
 The script runs in the repository root (under sbatch too): relative paths are taken from there.
 
-The defaults are a quick real run (MiniLM, copa from data/, a few minutes on a laptop CPU). Paper-like:
-  sbatch modular_pipeline.sh --task rte --data_dir ../shared/data --augment 4 --module_epochs 200 --ft_epochs 18
+The row label of the compressed run says how it was made: VARIANT, then -INIT (unless svd, the original
+"modular"), -ft when the teacher was fine-tuned, +kd when distilled (e.g. modular-data-ft+kd).
 Exit status: 0, or the failing stage's (its name is printed on stderr).
 EOF
 }
@@ -91,18 +102,21 @@ if [ -n "${SLURM_CPUS_PER_TASK:-}" ] && [ -z "${OMP_NUM_THREADS:-}" ]; then expo
 if [ ! -t 1 ] && [ -z "${TQDM_MININTERVAL:-}" ]; then export TQDM_MININTERVAL=30; fi  # quieter logs
 
 # ------------------------------------------------------------------ settings: env, then flags
-TASK=${TASK:-copa}
+TASK=${TASK:-stsb}
 SEED=${SEED:-1}
 MODEL=${MODEL:-minilm}
 COMPRESSION=${COMPRESSION:-2}
 VARIANT=${VARIANT:-modular}
-INIT=${INIT:-svd}
+INIT=${INIT:-data}
+TEACHER=${TEACHER:-finetuned}
+DISTILL=${DISTILL:-1}
+FT_LR=${FT_LR:-1e-4}
 DATA_DIR_GIVEN=${DATA_DIR+1}   # DATA_DIR set, even to "": no automatic choice
 DATA_DIR=${DATA_DIR:-}
 OUT_DIR=${OUT_DIR:-runs/modular}
 CAPTURE_SAMPLES=${CAPTURE_SAMPLES:-}
-AUGMENT=${AUGMENT:-1}
-MODULE_EPOCHS=${MODULE_EPOCHS:-2}
+AUGMENT=${AUGMENT:-0}
+MODULE_EPOCHS=${MODULE_EPOCHS:-0}
 MODULE_SEED=${MODULE_SEED:-42}
 MIXUP=${MIXUP:-0}
 FT_EPOCHS=${FT_EPOCHS:-3}
@@ -129,7 +143,7 @@ while [ $# -gt 0 ]; do
         --save_model) SAVE_MODEL=1; shift; continue ;;
         --task|--seed|--model|--compression|--variant|--init|--data_dir|--out_dir|--capture_samples|--augment|\
         --module_epochs|--module_seed|--ft_epochs|--max_train_samples|--max_eval_samples|--capture_args|\
-        --module_args|--ft_args|--stages)
+        --module_args|--ft_args|--stages|--teacher|--distill|--ft_lr)
             [ $# -ge 2 ] || die "$opt needs a value"
             val=$2
             case $opt in
@@ -141,6 +155,7 @@ while [ $# -gt 0 ]; do
                 --ft_epochs) FT_EPOCHS=$val ;;  --max_train_samples) MAX_TRAIN_SAMPLES=$val ;;
                 --max_eval_samples) MAX_EVAL_SAMPLES=$val ;;  --capture_args) CAPTURE_ARGS=$val ;;
                 --module_args) MODULE_ARGS=$val ;;  --ft_args) FT_ARGS=$val ;;  --stages) STAGES=$val ;;
+                --teacher) TEACHER=$val ;;  --distill) DISTILL=$val ;;  --ft_lr) FT_LR=$val ;;
             esac
             shift 2 ;;
         *) die "unknown argument '$opt' (see --help)" ;;
@@ -148,7 +163,9 @@ while [ $# -gt 0 ]; do
 done
 
 case $VARIANT in baseline|modular|svd|random) ;; *) die "--variant must be baseline, modular, svd or random, got '$VARIANT'" ;; esac
-case $INIT in svd|random) ;; *) die "--init must be svd or random, got '$INIT'" ;; esac
+case $INIT in svd|data|random) ;; *) die "--init must be svd, data or random, got '$INIT'" ;; esac
+case $TEACHER in pretrained|finetuned) ;; *) die "--teacher must be pretrained or finetuned, got '$TEACHER'" ;; esac
+case $DISTILL in 0|1) ;; *) die "--distill must be 0 or 1, got '$DISTILL'" ;; esac
 case $MIXUP in 0|1) ;; *) die "MIXUP must be 0 or 1, got '$MIXUP'" ;; esac
 case $SAVE_MODEL in 0|1) ;; *) die "SAVE_MODEL must be 0 or 1, got '$SAVE_MODEL'" ;; esac
 [ -n "$TASK" ] || die "--task is empty"
@@ -161,43 +178,81 @@ if [ -z "$DATA_DIR_GIVEN" ] && [ ! -d "$ROOT/data/$TASK" ] && [ -d "$ROOT/../sha
 fi
 
 # which stages
-DO_CAPTURE=0 DO_MHA=0 DO_FFN=0 DO_FINETUNE=0 DO_TABLE=0
+DO_BASELINE=0 DO_CAPTURE=0 DO_MHA=0 DO_FFN=0 DO_FINETUNE=0 DO_TABLE=0
 for s in ${STAGES//,/ }; do
     case $s in
-        all) DO_CAPTURE=1 DO_MHA=1 DO_FFN=1 DO_FINETUNE=1 DO_TABLE=1 ;;
+        all) DO_BASELINE=1 DO_CAPTURE=1 DO_MHA=1 DO_FFN=1 DO_FINETUNE=1 DO_TABLE=1 ;;
+        baseline) DO_BASELINE=1 ;;
         capture) DO_CAPTURE=1 ;;
         modules) DO_MHA=1 DO_FFN=1 ;;
         mha) DO_MHA=1 ;;
         ffn) DO_FFN=1 ;;
         finetune) DO_FINETUNE=1 ;;
         table) DO_TABLE=1 ;;
-        *) die "--stages: unknown stage '$s' (capture, modules, mha, ffn, finetune, table, all)" ;;
+        *) die "--stages: unknown stage '$s' (baseline, capture, modules, mha, ffn, finetune, table, all)" ;;
     esac
 done
-# a fine-tune without modules needs neither capture nor module training
-if [ "$VARIANT" != modular ] && [ "$STAGES" = all ]; then DO_CAPTURE=0 DO_MHA=0 DO_FFN=0; fi
+# the compressed run needs this seed's fine-tuned baseline model as its teacher, or to distil from
+NEED_BASELINE_MODEL=0
+if { [ "$VARIANT" = modular ] && [ "$TEACHER" = finetuned ]; } || { [ "$VARIANT" != baseline ] && [ "$DISTILL" = 1 ]; }; then
+    NEED_BASELINE_MODEL=1
+fi
+if [ "$VARIANT" = baseline ]; then   # the uncompressed run is the baseline stage; nothing compressed
+    [ $DO_FINETUNE = 0 ] || DO_BASELINE=1
+    DO_CAPTURE=0 DO_MHA=0 DO_FFN=0 DO_FINETUNE=0
+elif [ "$STAGES" = all ]; then
+    [ $NEED_BASELINE_MODEL = 1 ] || DO_BASELINE=0
+    # a fine-tune without modules needs neither capture nor module training
+    if [ "$VARIANT" != modular ]; then DO_CAPTURE=0 DO_MHA=0 DO_FFN=0; fi
+fi
 
 TASK_DIR=$OUT_DIR/$TASK
-ACT_DIR=$TASK_DIR/activations
-MOD_DIR=$TASK_DIR/modules
-RUN_DIR=$TASK_DIR/$VARIANT/seed$SEED
+BASE_DIR=$TASK_DIR/baseline/seed$SEED
+if [ "$TEACHER" = finetuned ]; then
+    TEACHER_MODEL=$BASE_DIR/model
+    ACT_DIR=$TASK_DIR/teacher_seed$SEED/activations
+    MOD_DIR=$TASK_DIR/teacher_seed$SEED/modules
+else
+    TEACHER_MODEL=$MODEL
+    ACT_DIR=$TASK_DIR/activations
+    MOD_DIR=$TASK_DIR/modules
+fi
+LABEL=$VARIANT
+if [ "$VARIANT" = modular ]; then
+    [ "$INIT" = svd ] || LABEL=$LABEL-$INIT
+    [ "$TEACHER" = pretrained ] || LABEL=$LABEL-ft
+fi
+[ "$VARIANT" = baseline ] || [ "$DISTILL" = 0 ] || LABEL=$LABEL+kd
+RUN_DIR=$TASK_DIR/$LABEL/seed$SEED
 CAPTURE_SETTINGS_FILE=$ACT_DIR/.pipeline_settings
 
+# the weights of this seed's fine-tuned baseline (what a fine-tuned teacher's capture depends on)
+teacher_weights() {
+    if [ "$TEACHER" = finetuned ] && [ -f "$BASE_DIR/model/model.safetensors" ]; then
+        sha256sum "$BASE_DIR/model/model.safetensors" | cut -c1-64
+    fi
+}
+
 # the settings that determine each artifact (a marker holding other settings means: redo)
-CAPTURE_SETTINGS="model=$MODEL
+capture_settings() {
+    echo "model=$TEACHER_MODEL
+teacher_weights=$(teacher_weights)
 task=$TASK
 data_dir=$DATA_DIR
 max_samples=$CAPTURE_SAMPLES
 augment=$AUGMENT
 seed=$MODULE_SEED
 capture_args=$CAPTURE_ARGS"
-MODULE_SETTINGS="$CAPTURE_SETTINGS
+}
+module_settings() {
+    echo "$(capture_settings)
 compression=$COMPRESSION
 init=$INIT
 epochs=$MODULE_EPOCHS
 mixup=$MIXUP
 module_seed=$MODULE_SEED
 module_args=$MODULE_ARGS"
+}
 
 T_START=$(date +%s)
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -237,12 +292,38 @@ EOF
 log "modular pipeline: task $TASK, seed $SEED, variant $VARIANT, model $MODEL, compression $COMPRESSION," \
     "out $TASK_DIR, stages $STAGES, python $PYTHON"
 
+# finetune_args DIR: the run_superglue.py arguments both fine-tunes share
+finetune_args() {
+    local a=(--task "$TASK" --output_dir "$1" --seed "$SEED" --epochs "$FT_EPOCHS" --lr "$FT_LR" --resume)
+    [ -z "$DATA_DIR" ] || a+=(--data_dir "$DATA_DIR")
+    [ -z "$MAX_TRAIN_SAMPLES" ] || a+=(--max_train_samples "$MAX_TRAIN_SAMPLES")
+    [ -z "$MAX_EVAL_SAMPLES" ] || a+=(--max_eval_samples "$MAX_EVAL_SAMPLES")
+    printf '%s\0' "${a[@]}"
+}
+
+# ------------------------------------------------------------------ baseline (uncompressed, model kept)
+if [ $DO_BASELINE = 1 ]; then
+    mapfile -d '' args < <(finetune_args "$BASE_DIR")
+    [ $NEED_BASELINE_MODEL = 1 ] || [ "$SAVE_MODEL" = 1 ] || args+=(--no_save_model)
+    read -r -a extra <<< "$FT_ARGS"
+    run_stage baseline "$PYTHON" run_superglue.py --model_name_or_path "$MODEL" --variant baseline "${args[@]}" \
+        ${extra[@]+"${extra[@]}"}
+fi
+if [ $NEED_BASELINE_MODEL = 1 ] && [ ! -f "$BASE_DIR/model/config.json" ] && \
+   { [ $DO_CAPTURE = 1 ] || [ $DO_FINETUNE = 1 ]; }; then
+    echo "modular_pipeline.sh: no fine-tuned baseline model in $BASE_DIR/model (run the baseline stage first;" \
+         "needed by --teacher finetuned and --distill 1)" >&2
+    exit 1
+fi
+CAPTURE_SETTINGS=$(capture_settings)
+MODULE_SETTINGS=$(module_settings)
+
 # ------------------------------------------------------------------ capture
 if [ $DO_CAPTURE = 1 ]; then
     if manifest_complete && marker_matches "$CAPTURE_SETTINGS_FILE" "$CAPTURE_SETTINGS"; then
         skip "capture ($ACT_DIR/manifest.json is complete)"
     else
-        args=(--model_name_or_path "$MODEL" --task "$TASK" --output_dir "$ACT_DIR" --augment "$AUGMENT" --seed "$MODULE_SEED")
+        args=(--model_name_or_path "$TEACHER_MODEL" --task "$TASK" --output_dir "$ACT_DIR" --augment "$AUGMENT" --seed "$MODULE_SEED")
         [ -z "$DATA_DIR" ] || args+=(--data_dir "$DATA_DIR")
         [ -z "$CAPTURE_SAMPLES" ] || args+=(--max_samples "$CAPTURE_SAMPLES")
         if [ -f "$CAPTURE_SETTINGS_FILE" ] && ! marker_matches "$CAPTURE_SETTINGS_FILE" "$CAPTURE_SETTINGS"; then
@@ -282,48 +363,28 @@ train_modules() {  # train_modules mha|ffn
 [ $DO_MHA = 0 ] || train_modules mha
 [ $DO_FFN = 0 ] || train_modules ffn
 
-# ------------------------------------------------------------------ fine-tune
-if [ $DO_FINETUNE = 1 ]; then
-    if [ -f "$RUN_DIR/results.json" ]; then
-        # refuse to reuse a run made with another model/compression/variant (a stale out_dir)
-        why=$("$PYTHON" - "$RUN_DIR/results.json" "$MODEL" "$VARIANT" "$( [ "$VARIANT" = baseline ] || echo "$COMPRESSION")" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-model, variant, comp = sys.argv[2:5]
-c = r.get("compression")
-if r.get("model") != model or r.get("variant") != variant or (c is None) != (comp == "") or (c is not None and float(c) != float(comp)):
-    print(f"it holds model {r.get('model')}, variant {r.get('variant')}, compression {c}")
-EOF
-) || why="cannot read it"
-        if [ -n "$why" ]; then
-            echo "modular_pipeline.sh: stage 'finetune' failed: $RUN_DIR/results.json exists but $why;" \
-                 "delete it or use another --out_dir" >&2
-            exit 1
-        fi
-        skip "finetune ($RUN_DIR/results.json exists)"
-    else
-        args=(--model_name_or_path "$MODEL" --task "$TASK" --output_dir "$RUN_DIR" --seed "$SEED"
-              --epochs "$FT_EPOCHS" --variant "$VARIANT")
-        [ -z "$DATA_DIR" ] || args+=(--data_dir "$DATA_DIR")
-        [ -z "$MAX_TRAIN_SAMPLES" ] || args+=(--max_train_samples "$MAX_TRAIN_SAMPLES")
-        [ -z "$MAX_EVAL_SAMPLES" ] || args+=(--max_eval_samples "$MAX_EVAL_SAMPLES")
-        [ "$SAVE_MODEL" = 1 ] || args+=(--no_save_model)
-        case $VARIANT in
-            modular)
-                for kind in mha ffn; do
-                    if ! marker_matches "$MOD_DIR/.$kind.done" "$MODULE_SETTINGS"; then
-                        echo "modular_pipeline.sh: stage 'finetune' failed: no trained $kind modules with these" \
-                             "settings in $MOD_DIR (run the capture and modules stages first)" >&2
-                        exit 1
-                    fi
-                done
-                args+=(--compression "$COMPRESSION" --init "$INIT" --modules_dir "$MOD_DIR") ;;
-            svd|random) args+=(--compression "$COMPRESSION" --init "$VARIANT") ;;
-            baseline) ;;
-        esac
-        read -r -a extra <<< "$FT_ARGS"
-        run_stage finetune "$PYTHON" run_superglue.py "${args[@]}" ${extra[@]+"${extra[@]}"}
-    fi
+# ------------------------------------------------------------------ fine-tune (compressed)
+if [ $DO_FINETUNE = 1 ] && [ "$VARIANT" != baseline ]; then
+    mapfile -d '' args < <(finetune_args "$RUN_DIR")
+    args+=(--variant "$LABEL" --compression "$COMPRESSION")
+    [ "$SAVE_MODEL" = 1 ] || args+=(--no_save_model)
+    model=$MODEL
+    case $VARIANT in
+        modular)
+            for kind in mha ffn; do
+                if ! marker_matches "$MOD_DIR/.$kind.done" "$MODULE_SETTINGS"; then
+                    echo "modular_pipeline.sh: stage 'finetune' failed: no $kind modules with these" \
+                         "settings in $MOD_DIR (run the capture and modules stages first)" >&2
+                    exit 1
+                fi
+            done
+            [ "$TEACHER" = pretrained ] || model=$TEACHER_MODEL   # keeps the baseline's fine-tuned head
+            args+=(--init "$INIT" --modules_dir "$MOD_DIR") ;;
+        svd|random) args+=(--init "$VARIANT") ;;
+    esac
+    [ "$DISTILL" = 0 ] || args+=(--distill_from "$BASE_DIR/model")
+    read -r -a extra <<< "$FT_ARGS"
+    run_stage finetune "$PYTHON" run_superglue.py --model_name_or_path "$model" "${args[@]}" ${extra[@]+"${extra[@]}"}
 fi
 
 # ------------------------------------------------------------------ table

@@ -48,7 +48,7 @@ Options (also environment variables, in brackets; flags win):
   --sbatch_args "..."    [RS_SBATCH_ARGS]  extra sbatch options for every job (e.g. "-p gpu --gres=gpu:1")
   --module_sbatch_args   [RS_MODULE_SBATCH_ARGS]  extra sbatch options for the module jobs only
   --max_running N        [RS_MAX_RUNNING]  SLURM: at most N elements of each array at once (%N)
-Relative paths are taken from the repository root. Finished jobs are skipped (a fine-tune iff its results.json exists; modules by their markers), so a
+Relative paths are taken from the repository root. Finished jobs are skipped (a fine-tune when its results.json holds the same settings and inputs, else it reruns; modules by their markers), so a
 rerun of the same command only does what is missing.
 EOF
 }
@@ -171,7 +171,18 @@ array_id() {
     [ -n "${SLURM_ARRAY_TASK_ID:-}" ] || die "'array' needs SLURM_ARRAY_TASK_ID (run inside a job array)"
     echo "$SLURM_ARRAY_TASK_ID"
 }
-results_path() { echo "$OUT_DIR/$1/$3/seed$2/results.json"; }  # task seed variant
+# The sweep captures from the pretrained model (the paper's setting) and does not distil: its module stage is
+# shared by a task's seeds. (A fine-tuned teacher or distillation depends on each seed's baseline run: use
+# modular_pipeline.sh per task and seed for that recipe.) Its defaults stay the original quick ones.
+export TEACHER=${TEACHER:-pretrained} DISTILL=${DISTILL:-0} INIT=${INIT:-svd} AUGMENT=${AUGMENT:-1} \
+    MODULE_EPOCHS=${MODULE_EPOCHS:-2}
+[ "$TEACHER" = pretrained ] || die "TEACHER=$TEACHER: the sweep captures from the pretrained model (run" \
+    "modular_pipeline.sh --teacher finetuned per task and seed)"
+[ "$DISTILL" = 0 ] || die "DISTILL=$DISTILL: the sweep does not distil (run modular_pipeline.sh per task and seed)"
+label_of() {  # the row label modular_pipeline.sh gives a variant
+    if [ "$1" = modular ] && [ "$INIT" != svd ]; then echo "modular-$INIT"; else echo "$1"; fi
+}
+results_path() { echo "$OUT_DIR/$1/$(label_of "$3")/seed$2/results.json"; }  # task seed variant
 
 # ------------------------------------------------------------------ workers
 run_index() {
@@ -242,8 +253,8 @@ local_job() {
         bash "$SELF" --run-index "$arg" >> "$log" 2>&1 || rc=$?
     fi
     if [ $rc -eq 0 ]; then
-        if [ "$kind" = ft ] && tail -c +$((start + 1)) "$log" | grep -q "skip: finetune"; then
-            echo "[$(date +%H:%M:%S)] done  $name (skipped: results.json exists)"
+        if [ "$kind" = ft ] && tail -c +$((start + 1)) "$log" | grep -q "finished with the same settings and inputs; nothing to do"; then
+            echo "[$(date +%H:%M:%S)] done  $name (skipped: finished with the same settings)"
         else
             echo "[$(date +%H:%M:%S)] done  $name"
         fi

@@ -29,7 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", required=True)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--compression", type=float, default=None, help="divide head_dim and FFN width by this")
-    p.add_argument("--init", choices=["svd", "random"], default="svd", help="start of the low-rank blocks")
+    p.add_argument("--init", choices=["svd", "random", "data"], default="svd",
+                   help="start of the low-rank blocks (data: the --modules_dir were fitted with --init data)")
     p.add_argument("--modules_dir", default=None, help="trained low-rank blocks (mha_modular.py / ffn_modular.py)")
     p.add_argument("--allow_partial_modules", action="store_true",
                    help="accept a --modules_dir lacking some blocks (they keep their --init start; variant 'modular-partial')")

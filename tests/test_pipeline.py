@@ -17,11 +17,16 @@ import pytest
 from conftest import ROOT
 
 QUICK = ["--task", "copa", "--capture_samples", "16", "--max_train_samples", "16", "--max_eval_samples", "16",
-         "--module_epochs", "1", "--ft_epochs", "1", "--augment", "1"]
+         "--module_epochs", "1", "--ft_epochs", "1", "--augment", "1",
+         "--teacher", "pretrained", "--init", "svd", "--distill", "0"]   # the original recipe (paper-like)
+# the default recipe: fine-tuned teacher, closed-form start, no module training, distilled fine-tune
+QUICK_DEFAULT = ["--task", "copa", "--capture_samples", "16", "--max_train_samples", "16", "--max_eval_samples",
+                 "16", "--ft_epochs", "1"]
 # settings the scripts read from the environment: the caller's must not leak into the tests
 SETTINGS_ENV = ["TASK", "SEED", "MODEL", "COMPRESSION", "VARIANT", "INIT", "DATA_DIR", "OUT_DIR", "CAPTURE_SAMPLES",
                 "AUGMENT", "MODULE_EPOCHS", "MODULE_SEED", "MIXUP", "FT_EPOCHS", "MAX_TRAIN_SAMPLES",
                 "MAX_EVAL_SAMPLES", "SAVE_MODEL", "CAPTURE_ARGS", "MODULE_ARGS", "FT_ARGS", "STAGES", "TASKS",
+                "TEACHER", "DISTILL", "FT_LR",
                 "SEEDS", "VARIANTS", "PIPELINE_ROOT"]
 
 
@@ -58,18 +63,19 @@ def pipeline(teacher, tmp_path_factory):
 
 
 def stages_run(stdout):
-    return {s for s in ("capture", "mha", "ffn", "finetune", "table") if f"stage {s}:" in stdout}
+    return {s for s in ("baseline", "capture", "mha", "ffn", "finetune", "table") if f"stage {s}:" in stdout}
 
 
 def stages_skipped(stdout):
-    return {s for s in ("capture", "mha", "ffn", "finetune") if f"skip: {s}" in stdout}
+    return {s for s in ("capture", "mha", "ffn") if f"skip: {s}" in stdout}
 
 
 # ------------------------------------------------------------------ modular_pipeline.sh
 def test_help():
     p = run("modular_pipeline.sh", "--help")
     assert "Usage: modular_pipeline.sh" in p.stdout and "--stages" in p.stdout
-    assert "skipped iff that results.json exists" in p.stdout
+    assert "--teacher" in p.stdout and "--distill" in p.stdout and "run_superglue.py --resume" in p.stdout
+    assert "--teacher pretrained --init random --module_epochs 200 --ft_epochs 18 --distill 0" in p.stdout
     with open(os.path.join(ROOT, "modular_pipeline.sh")) as f:
         head = f.read(600)
     for directive in ("#SBATCH --job-name", "#SBATCH --nodes=1", "#SBATCH --cpus-per-task", "#SBATCH --time",
@@ -96,20 +102,49 @@ def test_pipeline_runs_every_stage(pipeline):
     assert "modular c=2" in p.stdout.split("stage table:")[1]
 
 
+def test_default_recipe_chains_baseline_teacher_and_distillation(teacher, tmp_path):
+    """No recipe flags: this seed's baseline is fine-tuned (and kept), captured as the teacher, the blocks get
+    the closed-form start without training, and the compressed fine-tune is distilled from the baseline; the
+    table shows both rows and the retention."""
+    out = str(tmp_path)
+    p = run("modular_pipeline.sh", *QUICK_DEFAULT, "--model", teacher, "--out_dir", out, "--seed", "2")
+    assert stages_run(p.stdout) == {"baseline", "capture", "mha", "ffn", "finetune", "table"}
+    task = os.path.join(out, "copa")
+    base = os.path.join(task, "baseline", "seed2")
+    assert os.path.isfile(os.path.join(base, "model", "model.safetensors"))
+    with open(os.path.join(task, "teacher_seed2", "activations", "manifest.json")) as f:
+        assert json.load(f)["model"] == os.path.join(base, "model")
+    with open(os.path.join(task, "teacher_seed2", "modules", "report.json")) as f:
+        rep = json.load(f)
+    assert all(e["history"] == [] and e["data_init_rel_error"] is not None for e in rep["layers"])
+    with open(os.path.join(task, "modular-data-ft+kd", "seed2", "results.json")) as f:
+        r = json.load(f)
+    assert r["variant"] == "modular-data-ft+kd" and r["init"] == "data" and r["base_model"] == teacher
+    assert r["model"] == os.path.join(base, "model") and r["distill"]["from"] == os.path.join(base, "model")
+    table = p.stdout.split("stage table:")[1]
+    assert "(baseline)" in table and "modular-data-ft+kd c=2" in table and "retention" in table
+    # a rerun reuses everything: both fine-tunes find their finished run with the same settings and inputs
+    p = run("modular_pipeline.sh", *QUICK_DEFAULT, "--model", teacher, "--out_dir", out, "--seed", "2")
+    assert stages_skipped(p.stdout) == {"capture", "mha", "ffn"}
+    assert p.stdout.count("finished with the same settings and inputs; nothing to do") == 2
+
+
 def test_pipeline_resume_skips_finished_stages(pipeline, teacher):
     out, _ = pipeline
     args = [*QUICK, "--model", teacher, "--out_dir", out, "--seed", "1"]
     p = run("modular_pipeline.sh", *args)
-    assert stages_skipped(p.stdout) == {"capture", "mha", "ffn", "finetune"}
-    assert stages_run(p.stdout) == {"table"}
+    assert stages_skipped(p.stdout) == {"capture", "mha", "ffn"}
+    assert "finished with the same settings and inputs; nothing to do" in p.stdout
 
-    # a removed marker reruns that stage only; the fine-tune is skipped while its results.json exists
+    # a removed marker reruns that stage only (the trainer itself skips layers saved with these settings)
     mods = os.path.join(out, "copa", "modules")
     os.remove(os.path.join(mods, ".ffn.done"))
     mha_time = os.path.getmtime(os.path.join(mods, "layer00_mha.safetensors"))
     p = run("modular_pipeline.sh", *args, "--stages", "capture,modules,finetune")
-    assert stages_run(p.stdout) == {"ffn"}
-    assert stages_skipped(p.stdout) == {"capture", "mha", "finetune"}
+    assert stages_run(p.stdout) == {"ffn", "finetune"}
+    assert stages_skipped(p.stdout) == {"capture", "mha"}
+    assert "holds these settings already, skipped" in p.stdout
+    assert "nothing to do" in p.stdout
     assert os.path.exists(os.path.join(mods, ".ffn.done"))
     assert os.path.getmtime(os.path.join(mods, "layer00_mha.safetensors")) == mha_time
 
@@ -121,6 +156,16 @@ def test_pipeline_resume_skips_finished_stages(pipeline, teacher):
     with open(os.path.join(mods, "report.json")) as f:
         epochs = {e["block"]: len(e["history"]) for e in json.load(f)["layers"] if e["layer"] == 0}
     assert epochs == {"mha": 2, "ffn": 1}
+    # the fine-tune made with the old modules is stale: rerun, not reused
+    p = run("modular_pipeline.sh", *args, "--stages", "finetune", "--module_epochs", "2", check=False)
+    assert p.returncode == 1 and "no ffn modules with these settings" in p.stderr
+    p = run("modular_pipeline.sh", *args, "--stages", "ffn,finetune", "--module_epochs", "2")
+    assert "holds a run with other settings or inputs: rerunning" in p.stdout
+    with open(os.path.join(out, "copa", "modular", "seed1", "results.json")) as f:
+        r = json.load(f)
+    with open(os.path.join(mods, "layer00_mha.safetensors"), "rb") as f:
+        import hashlib
+        assert r["modules_sha256"]["layer00_mha.safetensors"] == hashlib.sha256(f.read()).hexdigest()
 
 
 def test_failing_stage_stops_the_run(tmp_path, teacher):
@@ -190,7 +235,9 @@ def test_rs_moded_local_sweep(teacher, tmp_path):
     assert sum(log.count("stage capture:") for log in logs.values()) == 1
     assert sum(log.count("stage mha:") for log in logs.values()) == 1
     assert sum(log.count("stage ffn:") for log in logs.values()) == 1
-    assert all(log.count("stage finetune:") == 1 for name, log in logs.items() if name.startswith("ft-"))
+    assert all(log.count("stage finetune:") + log.count("stage baseline:") == 1
+               for name, log in logs.items() if name.startswith("ft-"))
+    assert all("stage baseline:" in log for name, log in logs.items() if "-baseline-" in name)
     # consolidate's table, printed and in OUT_DIR/table.txt, has the three variants
     with open(os.path.join(out, "table.txt")) as f:
         table = f.read()
@@ -201,10 +248,10 @@ def test_rs_moded_local_sweep(teacher, tmp_path):
 
     # a rerun does nothing but the table; a worker finds its job from SLURM_ARRAY_TASK_ID
     p = run("rs_moded.sh", "--local", *common)
-    assert p.stdout.count("skipped: results.json exists") == 6
+    assert p.stdout.count("skipped: finished with the same settings") == 6
     assert "skip: capture" in open(os.path.join(out, "logs", "modules-copa.log")).read()
     p = run("rs_moded.sh", "--run-index", "array", *common, env=clean_env(SLURM_ARRAY_TASK_ID="4"))
-    assert "job 4 = task copa, seed 2, variant modular" in p.stdout and "skip: finetune" in p.stdout
+    assert "job 4 = task copa, seed 2, variant modular" in p.stdout and "nothing to do" in p.stdout
 
 
 FAKE_SBATCH = """#!/bin/bash
