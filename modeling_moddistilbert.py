@@ -207,7 +207,13 @@ class ModDistilBertPreTrainedModel(PreTrainedModel):
             if getattr(tc, "compression", None):
                 raise UserError(f"{name_or_path!r} is compressed (compression {tc.compression}); "
                                 "a teacher must be an uncompressed model")
-            return cls.from_pretrained(path, ignore_mismatched_sizes=True, **config_overrides)
+            from transformers.utils import logging as hf_logging
+            level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # the base model drops the task head: expected, not worth a report
+            try:
+                return cls.from_pretrained(path, ignore_mismatched_sizes=True, **config_overrides)
+            finally:
+                hf_logging.set_verbosity(level)
         config = config_from_teacher(tc, teacher=name_or_path, **config_overrides)
         teacher = AutoModel.from_pretrained(path)
         model = cls(config)
