@@ -227,11 +227,29 @@ def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge
 
 
 # ------------------------------------------------------------------ one block
-def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6):
-    """init="data" for one block (MHA or FFN), fitted on the sequences `index` of the flat (inputs, targets)
-    only. Returns what the fit predicts (dropped spectra or kept unit energy)."""
-    from modeling_moddistilbert import MultiHeadSelfAttention
+def subsample(lengths, index, max_tokens, seed=0):
+    """A seeded random subset of the sequences `index` holding at most `max_tokens` tokens (all if None)."""
     index = torch.as_tensor(index).long()
+    if max_tokens is None or int(torch.as_tensor(lengths)[index].sum()) <= max_tokens:
+        return index
+    perm = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))]
+    keep = torch.cumsum(torch.as_tensor(lengths)[perm], 0) <= max_tokens
+    keep[0] = True
+    return perm[keep].sort().values
+
+
+def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6, max_tokens=None):
+    """init="data" for one block (MHA or FFN), fitted on the sequences `index` of the flat (inputs, targets)
+    only (a seeded subset of them holding at most `max_tokens` tokens, when given: the statistics and the
+    least-squares refits need far fewer tokens than a task has). Returns what the fit predicts (dropped
+    spectra or kept unit energy) and the number of tokens it used."""
+    from modeling_moddistilbert import MultiHeadSelfAttention
+    index = subsample(lengths, index, max_tokens)
+    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps, MultiHeadSelfAttention)
+    return {**info, "fit_tokens": int(torch.as_tensor(lengths)[index].sum())}
+
+
+def _fit(teacher, student, inputs, targets, lengths, index, device, eps, MultiHeadSelfAttention):
     student.to(device)
     if isinstance(student, MultiHeadSelfAttention):
         info = fit_mha(teacher, student, mha_statistics(teacher, inputs, lengths, index, device), eps)

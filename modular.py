@@ -181,6 +181,9 @@ def build_parser(kind, doc):
                    help="start: svd (weights only), data (activation-aware closed form, data_init.py; "
                         "fitted on the training sequences), random (the paper's)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="default: all")
+    p.add_argument("--fit_tokens", type=int, default=None,
+                   help="--init data: fit on a seeded subset of the training sequences with at most this many "
+                        "tokens (default: all)")
     p.add_argument("--epochs", type=int, default=10, help="the paper: 200; 0 saves the start as it is")
     p.add_argument("--batch_size", type=int, default=32, help="sequences per batch")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -195,7 +198,7 @@ def build_parser(kind, doc):
 
 def block_settings(args, store, teacher_sha, layer, inner):
     """What determines a block checkpoint: equal settings on a rerun mean the layer is done (skipped)."""
-    keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed")
+    keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed", "fit_tokens")
     return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k) for k in keys},
                        "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
                        "teacher_sha256": teacher_sha}, sort_keys=True)
@@ -254,7 +257,8 @@ def train_blocks(args):
         if args.init != "svd":  # the SVD error above stays the reference
             student = make_block(config, layer, kind, inner)
             if args.init == "data":  # fitted on the training sequences only, never the held-out ones
-                fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device)
+                fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device,
+                                               max_tokens=args.fit_tokens)
             else:
                 init_block(tblock, student, args.init, config.initializer_range)
             init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device) if held else None

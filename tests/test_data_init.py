@@ -327,3 +327,18 @@ def test_resume_reuses_a_finished_run_only_with_the_same_settings(tiny_bert_dir,
     assert other["settings"]["lr"] == 3e-4 and "other settings or inputs: rerunning" in capsys.readouterr().out
     with pytest.raises(UserError, match="holds a finished run"):
         finetune(out, tiny_bert_dir, "rte", "--no_save_model")
+
+
+def test_fit_on_a_token_budget_uses_a_seeded_subset():
+    torch.manual_seed(0)
+    x, lengths = anisotropic(n_seq=80)
+    idx = data_init.subsample(lengths, torch.arange(80), 200)
+    assert int(lengths[idx].sum()) <= 200 and torch.equal(idx, data_init.subsample(lengths, torch.arange(80), 200))
+    assert torch.equal(data_init.subsample(lengths, torch.arange(80), None), torch.arange(80))
+    t, s = MultiHeadSelfAttention(H, NH, H), MultiHeadSelfAttention(H, NH, H // 2)
+    y = outputs(t, x, lengths)
+    info = data_init.fit_block(t, s, x, y, lengths, torch.arange(80), "cpu", max_tokens=300)
+    assert info["fit_tokens"] <= 300
+    svd = MultiHeadSelfAttention(H, NH, H // 2)
+    init_block(t, svd, "svd")
+    assert rel_err(outputs(s, x, lengths), y) < rel_err(outputs(svd, x, lengths), y)
