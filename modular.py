@@ -150,6 +150,15 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False):
             raise UserError(f"{path}: trained against another teacher ({meta.get('teacher')!r}, weights sha256 "
                             f"{meta['teacher_sha256'][:12]}...) than the model's (sha256 {teacher_sha256[:12]}...)")
         block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
+        inner = int(meta.get("inner_size", 0))
+        if meta.get("allocated") == "True" and kind == "mha" and inner and inner != config.attn_dims[layer]:
+            # a per-layer size chosen by --allocate: this layer's block takes the module's size
+            from modeling_moddistilbert import make_block
+            block = make_block(config, layer, "mha", inner).to(next(block.parameters())).train(block.training)
+            base.layers[layer].attention = block
+            config.attn_dims[layer] = inner
+            if model.config is not config:
+                model.config.attn_dims = config.attn_dims
         own = block.state_dict()
         for k, v in own.items():
             got = state.get(k)
@@ -181,6 +190,10 @@ def build_parser(kind, doc):
                    help="start: svd (weights only), data (activation-aware closed form, data_init.py; "
                         "fitted on the training sequences), random (the paper's)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="default: all")
+    if kind == "mha":
+        p.add_argument("--allocate", action="store_true",
+                       help="--init data: spread the attention head dims over the layers by their measured "
+                            "errors, at the same total (same attention FLOPs) as uniform --compression")
     p.add_argument("--fit_tokens", type=int, default=None,
                    help="--init data: fit on a seeded subset of the training sequences with at most this many "
                         "tokens (default: all)")
@@ -198,8 +211,9 @@ def build_parser(kind, doc):
 
 def block_settings(args, store, teacher_sha, layer, inner):
     """What determines a block checkpoint: equal settings on a rerun mean the layer is done (skipped)."""
-    keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed", "fit_tokens")
-    return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k) for k in keys},
+    keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed", "fit_tokens",
+            "allocate")
+    return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k, None) for k in keys},
                        "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
                        "teacher_sha256": teacher_sha}, sort_keys=True)
 
@@ -237,9 +251,12 @@ def train_blocks(args):
             raise UserError(f"--layers: {layer} is not a layer of {store.model} (0..{config.num_hidden_layers - 1})")
     train_idx, val_idx = holdout_split(store.sequence_info()[1], args.holdout, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
+    sizes = {l: reduced_dims(config, l, args.compression)[0 if kind == "mha" else 1] for l in layers}
+    if getattr(args, "allocate", False):
+        sizes = allocate_attention(args, store, teacher, layers, train_idx, val_idx, device)
     for layer in layers:
         t0 = time.time()
-        inner = reduced_dims(config, layer, args.compression)[0 if kind == "mha" else 1]
+        inner = sizes[layer]
         path = checkpoint_path(args.output_dir, layer, kind)
         settings = block_settings(args, store, teacher_sha, layer, inner)
         if os.path.exists(path) and checkpoint_settings(path) == settings:
@@ -268,6 +285,7 @@ def train_blocks(args):
                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, mixup=args.mixup,
                               seed=args.seed + layer, device=device, desc=f"layer {layer} {kind}")
         meta = {"block": kind, "layer": layer, "hidden_size": config.hidden_size, "inner_size": inner,
+                "allocated": bool(getattr(args, "allocate", False)),
                 "num_heads": config.num_attention_heads, "compression": args.compression, "init": args.init,
                 "teacher": store.model, "teacher_sha256": teacher_sha, "task": store.manifest.get("task"),
                 "settings": settings}
@@ -282,6 +300,45 @@ def train_blocks(args):
         tqdm.write(f"layer {layer} {kind}: held-out rel. error svd-init {fmt(svd_err)}, {args.init} start "
                    f"{fmt(init_err)} -> after {args.epochs} epochs {fmt(entry['trained_rel_error'])} "
                    f"({entry['seconds']}s)")
+
+
+def allocate_attention(args, store, teacher, layers, train_idx, val_idx, device):
+    """--allocate: attention inner sizes per layer at the same total as uniform --compression (the same
+    attention FLOPs), from each layer's measured held-out error of the closed-form start at every head dim
+    (data_init.attention_error_curve), by data_init.allocate. Recorded in report.json['allocation']."""
+    if args.kind != "mha" or args.init != "data":
+        raise UserError("--allocate spreads the attention rank: mha_modular.py with --init data")
+    config, nh = teacher.config, teacher.config.num_attention_heads
+    d = config.attn_dims[0] // nh
+    step = max(1, d // 8)
+    head_dims = list(range(max(1, d // 4), d + 1, step))
+    uniform = {l: reduced_dims(config, l, args.compression)[0] // nh for l in layers}
+    curves = {}
+    for layer in layers:
+        x, lengths = store.load_layer(layer)
+        inputs, targets = block_io(teacher.layers[layer], "mha", x, lengths, device)
+        curves[layer] = data_init.attention_error_curve(teacher.layers[layer].attention, inputs, targets, lengths,
+                                                        train_idx, val_idx if len(val_idx) else train_idx,
+                                                        head_dims, device)
+        tqdm.write(f"layer {layer} mha: held-out error by head dim " +
+                   " ".join(f"{r}:{e:.4f}" for r, e in curves[layer].items()))
+    alloc = data_init.allocate(curves, sum(uniform.values()))
+    tqdm.write(f"allocated head dims {alloc} (uniform {uniform}; same total, same attention FLOPs)")
+    path = os.path.join(args.output_dir, "report.json")
+    with open(path + ".lock", "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        try:
+            report = {"layers": []}
+            if os.path.exists(path):
+                with open(path) as f:
+                    report = json.load(f)
+            report["allocation"] = {"head_dims": {str(l): r for l, r in alloc.items()},
+                                    "uniform_head_dims": {str(l): r for l, r in uniform.items()},
+                                    "curves": {str(l): {str(r): e for r, e in c.items()} for l, c in curves.items()}}
+            atomic_write_json(path, report)
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+    return {l: r * nh for l, r in alloc.items()}
 
 
 def write_report(args, store, entries):

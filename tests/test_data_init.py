@@ -342,3 +342,26 @@ def test_fit_on_a_token_budget_uses_a_seeded_subset():
     svd = MultiHeadSelfAttention(H, NH, H // 2)
     init_block(t, svd, "svd")
     assert rel_err(outputs(s, x, lengths), y) < rel_err(outputs(svd, x, lengths), y)
+
+
+@needs_shared
+def test_allocated_head_dims_keep_the_total_and_load_into_the_model(tiny_bert_dir, tmp_path):
+    """--allocate: per-layer head dims from the measured error curves, same total as uniform c=2; run_superglue
+    builds each layer at its module's size, and the saved model reloads with those sizes."""
+    cap = str(tmp_path / "cap")
+    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+                       "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
+    out = str(tmp_path / "mod")
+    common = ["--activations_dir", cap, "--output_dir", out, "--init", "data", "--epochs", "0"]
+    mha_modular.main(common + ["--allocate"])
+    ffn_modular.main(common)
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    alloc = {int(k): v for k, v in report["allocation"]["head_dims"].items()}
+    assert sum(alloc.values()) == 2 * 4 and set(report["allocation"]["curves"]["0"]) == {str(r) for r in range(2, 9)}
+    assert [e["inner_size"] for e in report["layers"] if e["block"] == "mha"] == [4 * alloc[0], 4 * alloc[1]]
+    r = finetune(tmp_path / "ft", tiny_bert_dir, "rte", "--compression", "2", "--init", "data", "--modules_dir", out)
+    model = ModDistilBertForSequenceClassification.from_pretrained(str(tmp_path / "ft" / "model"))
+    assert model.config.attn_dims == [4 * alloc[0], 4 * alloc[1]]
+    assert [l.attention.head_dim for l in model.moddistilbert.layers] == [alloc[0], alloc[1]]
+    assert r["variant"] == "modular"
