@@ -275,14 +275,15 @@ def layer_forward(layer, x, lengths, device, batch=64):
 
 
 @torch.no_grad()
-def compress_with_data(model, dims, data, sequential=False, device="cpu"):
+def compress_with_data(model, dims, data, sequential=False, device="cpu", index=None, max_tokens=None):
     """Replace the blocks of the layers in `dims` ({layer: (attention inner size, FFN width)}) by their
     closed-form start, fitted on `data` ({layer: (x, lengths)}: the teacher's captured layer inputs, all tokens).
 
     isolated (default, the paper's setting): every block is fitted on the teacher's own inputs.
     sequential: layer l is fitted on the inputs the already-compressed layers 0..l-1 produce (x_s), towards
     targets corrected for the error carried in: attention(x_s) ~ attention_t(x_t) + (x_t - x_s), and the same
-    for the FFN with its inputs h, so that the layer's LayerNorm inputs match the teacher's."""
+    for the FFN with its inputs h, so that the layer's LayerNorm inputs match the teacher's.
+    index: the sequences to fit on (default all; the others are only carried through, in sequential mode)."""
     from modeling_moddistilbert import make_block
     base = model.base_model
     config = base.config
@@ -292,19 +293,21 @@ def compress_with_data(model, dims, data, sequential=False, device="cpu"):
         x_t, lengths = data[i]
         if not sequential or x_s is None or i - 1 not in dims:
             x_s = x_t
-        index = torch.arange(len(lengths))
+        fit_idx = torch.arange(len(lengths)) if index is None else torch.as_tensor(index).long()
         mha_in, mha_out = block_io(layer, "mha", x_t, lengths, device)
         ffn_in_t, ffn_out = block_io(layer, "ffn", x_t, lengths, device)
         x_in = x_s.to(device)
         new_attn = make_block(config, i, "mha", dims[i][0])
-        fit_block(layer.attention, new_attn, x_in, mha_out + (mha_in - x_in), lengths, index, device)
+        fit_block(layer.attention, new_attn, x_in, mha_out + (mha_in - x_in), lengths, fit_idx, device,
+                  max_tokens=max_tokens)
         layer.attention = new_attn.to(mha_out.device).train(layer.attention.training)
         if sequential:
             ffn_in = block_io(layer, "ffn", x_in, lengths, device)[0]  # h_s = LN(x_s + attention_s(x_s))
         else:
             ffn_in = ffn_in_t
         new_ffn = make_block(config, i, "ffn", dims[i][1])
-        fit_block(layer.ffn, new_ffn, ffn_in, ffn_out + (ffn_in_t - ffn_in), lengths, index, device)
+        fit_block(layer.ffn, new_ffn, ffn_in, ffn_out + (ffn_in_t - ffn_in), lengths, fit_idx, device,
+                  max_tokens=max_tokens)
         layer.ffn = new_ffn.to(ffn_out.device).train(layer.ffn.training)
         config.attn_dims[i], config.ffn_dims[i] = dims[i]
         if sequential:

@@ -365,3 +365,39 @@ def test_allocated_head_dims_keep_the_total_and_load_into_the_model(tiny_bert_di
     assert model.config.attn_dims == [4 * alloc[0], 4 * alloc[1]]
     assert [l.attention.head_dim for l in model.moddistilbert.layers] == [alloc[0], alloc[1]]
     assert r["variant"] == "modular"
+
+
+@needs_shared
+@pytest.mark.parametrize("sequential", [False, True])
+def test_closed_form_script_writes_loadable_modules(tiny_bert_dir, tmp_path, sequential):
+    import closed_form
+    from modular import load_modules
+    cap = str(tmp_path / "cap")
+    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+                       "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
+    out = str(tmp_path / "cf")
+    closed_form.main(["--activations_dir", cap, "--output_dir", out, "--threads", "1"]
+                     + (["--sequential"] if sequential else []))
+    with open(os.path.join(out, "report.json")) as f:
+        rep = json.load(f)["heldout_layer_output_rel_error"]
+    assert rep["teacher_check"]["0"] < 1e-8 and 0 < rep["compressed"]["0"] < 1
+    model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=2)
+    compress(model, 2.0, "svd")
+    names, missing = load_modules(model, out)
+    assert len(names) == 4 and missing == []
+
+
+def test_sequential_fit_at_c1_is_exact(tiny_bert_dir):
+    """At c=1 the sequential fit (corrected targets, compressed inputs) reproduces the teacher."""
+    model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=2).eval()
+    ids, mask, data = layer_inputs(model)
+    with torch.no_grad():
+        ref = model(ids, mask).logits
+        seq = copy_model(model)
+        data_init.compress_with_data(seq.base_model, {0: (32, 64), 1: (32, 64)}, data, sequential=True)
+        assert torch.allclose(seq(ids, mask).logits, ref, atol=1e-4)
+
+
+def copy_model(m):
+    import copy
+    return copy.deepcopy(m)

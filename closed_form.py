@@ -1,0 +1,105 @@
+"""The closed-form start (init "data") of every block of every layer in one pass, written as module checkpoints
+(the trainers' format) for run_superglue.py --modules_dir.
+
+    python closed_form.py --activations_dir runs/stsb/activations --output_dir runs/stsb/modules --sequential
+
+--sequential fits layer l on the inputs that the already-compressed layers 0..l-1 produce, towards targets
+corrected for the error they carry in (data_init.compress_with_data), so the errors do not stack up through
+the layers; without it every block is fitted on the teacher's own inputs (isolated: what
+mha_modular.py / ffn_modular.py --init data --epochs 0 write, layer by layer in parallel jobs). Both fit on
+the training sequences only; report.json gives, per layer, the held-out relative error of the compressed
+stack's output against the teacher's (||s - t||^2 / ||t||^2 over real tokens).
+"""
+import argparse
+import copy
+import json
+import os
+import time
+
+import torch
+
+import data_init
+from activations import ActivationStore
+from modeling_moddistilbert import ModDistilBertModel, reduced_dims
+from modular import CKPT_FORMAT, checkpoint_path, holdout_split, save_block  # noqa: F401  (the module format)
+from utils import UserError, atomic_write_json, get_device, run_main, set_seed, state_dict_sha256
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--activations_dir", required=True, help="what capture_data.py wrote")
+    p.add_argument("--output_dir", required=True, help="layerNN_{mha,ffn}.safetensors + report.json")
+    p.add_argument("--compression", type=float, default=2.0)
+    p.add_argument("--sequential", action="store_true", help="fit each layer on the compressed layers' outputs")
+    p.add_argument("--fit_tokens", type=int, default=None, help="fit on a seeded subset of at most this many tokens")
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction of examples held out (as the trainers)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def stack_errors(model, data, index, device):
+    """Held-out relative error of each compressed layer's output (the stack run from the layer-0 inputs)
+    against the teacher's next-layer input, for every layer but the last (whose output is not captured)."""
+    tok = data_init.token_index(data[0][1], index)
+    x, lengths = data[0][0][tok], data[0][1][torch.as_tensor(index).long()]
+    errors = {}
+    for l in range(len(model.layers) - 1):
+        x = data_init.layer_forward(model.layers[l], x, lengths, device)
+        t = data[l + 1][0][tok].to(device)
+        errors[l] = float(((x - t) ** 2).sum() / (t ** 2).sum().clamp_min(1e-30))
+    return errors
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    device = get_device(args.device)
+    store = ActivationStore(args.activations_dir)
+    teacher = ModDistilBertModel.from_teacher(store.model).eval()
+    teacher_sha = state_dict_sha256(teacher)
+    captured = store.manifest["settings"].get("teacher_sha256")
+    if captured is not None and captured != teacher_sha:
+        raise UserError(f"{args.activations_dir} was captured from other weights than {store.model!r} has now: recapture")
+    config = teacher.config
+    if store.num_layers != config.num_hidden_layers:
+        raise UserError(f"{args.activations_dir} holds {store.num_layers} layers, the teacher has {config.num_hidden_layers}")
+    t0 = time.time()
+    data = {l: store.load_layer(l) for l in range(store.num_layers)}
+    train_idx, val_idx = holdout_split(store.sequence_info()[1], args.holdout, args.seed)
+    dims = {l: reduced_dims(config, l, args.compression) for l in range(config.num_hidden_layers)}
+    student = data_init.compress_with_data(copy.deepcopy(teacher), dims, data, sequential=args.sequential,
+                                           device=device, index=train_idx, max_tokens=args.fit_tokens)
+    fit_seconds = round(time.time() - t0, 1)
+    os.makedirs(args.output_dir, exist_ok=True)
+    settings = json.dumps({"closed_form": True, "sequential": args.sequential, "compression": args.compression,
+                           "fit_tokens": args.fit_tokens, "holdout": args.holdout, "seed": args.seed,
+                           "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
+                           "teacher_sha256": teacher_sha}, sort_keys=True)
+    for l, layer in enumerate(student.layers):
+        for kind, block in (("mha", layer.attention), ("ffn", layer.ffn)):
+            meta = {"block": kind, "layer": l, "hidden_size": config.hidden_size,
+                    "inner_size": dims[l][0 if kind == "mha" else 1], "num_heads": config.num_attention_heads,
+                    "compression": args.compression, "init": "data", "allocated": False,
+                    "sequential": args.sequential, "teacher": store.model, "teacher_sha256": teacher_sha,
+                    "task": store.manifest.get("task"), "settings": settings}
+            save_block(checkpoint_path(args.output_dir, l, kind), block, meta)
+    held = val_idx if len(val_idx) else train_idx
+    report = {"teacher": store.model, "task": store.manifest.get("task"),
+              "activations_dir": os.path.abspath(args.activations_dir), "settings": vars(args),
+              "fit_seconds": fit_seconds,
+              "heldout_layer_output_rel_error": {
+                  "compressed": stack_errors(student, data, held, device),
+                  "teacher_check": stack_errors(teacher, data, held, device)}}
+    atomic_write_json(os.path.join(args.output_dir, "report.json"), report)
+    errs = " ".join(f"{e:.4f}" for e in report["heldout_layer_output_rel_error"]["compressed"].values())
+    print(f"{'sequential' if args.sequential else 'isolated'} closed form in {fit_seconds}s; held-out layer "
+          f"output errors {errs} -> {args.output_dir}")
+
+
+if __name__ == "__main__":
+    run_main(main)
