@@ -32,7 +32,8 @@ last epoch checkpoint). A killed run rerun with the same command continues where
 
 The default recipe (what measured best on this project's CPU budget, results/RESULTS.md section 7): the
 teacher is this seed's fine-tuned baseline, the low-rank blocks start from the activation-aware closed form
-(--init data) with no module training, and the compressed fine-tune is distilled from the baseline.
+(--init data) with the attention head dims allocated per layer (same FLOPs), no module training, and the
+compressed fine-tune is distilled from the baseline.
 The paper's recipe:  --teacher pretrained --init random --module_epochs 200 --ft_epochs 18 --distill 0
 
 Options (each also as an environment variable, in brackets; a flag wins over the variable):
@@ -46,6 +47,8 @@ Options (each also as an environment variable, in brackets; a flag wins over the
                                                                               [TEACHER]         (finetuned)
   --init I              svd|data|random: start of the low-rank blocks        [INIT]            (data)
   --distill 0|1         distil the compressed fine-tune from this seed's baseline [DISTILL]     (1)
+  --allocate 0|1        --init data: spread the attention head dims over the layers by their measured
+                        errors, same total FLOPs (mha_modular.py --allocate)  [ALLOCATE]        (1)
   --data_dir D          task files; default: the repo's data/ when it has the task (copa wsc stsb),
                         else ../shared/data when it has it, else the hub ("" = the stages' default) [DATA_DIR]
   --out_dir D           root of all outputs                                   [OUT_DIR]         (runs/modular)
@@ -70,7 +73,8 @@ Python: $PYTHON, else the repo's .venv/bin/python when it exists, else `python`.
 The script runs in the repository root (under sbatch too): relative paths are taken from there.
 
 The row label of the compressed run says how it was made: VARIANT, then -INIT (unless svd, the original
-"modular"), -ft when the teacher was fine-tuned, +kd when distilled (e.g. modular-data-ft+kd).
+"modular"), -alloc when the head dims were allocated, -ft when the teacher was fine-tuned, +kd when
+distilled (e.g. modular-data-alloc-ft+kd).
 Exit status: 0, or the failing stage's (its name is printed on stderr).
 EOF
 }
@@ -110,6 +114,7 @@ VARIANT=${VARIANT:-modular}
 INIT=${INIT:-data}
 TEACHER=${TEACHER:-finetuned}
 DISTILL=${DISTILL:-1}
+ALLOCATE=${ALLOCATE:-1}
 FT_LR=${FT_LR:-1e-4}
 DATA_DIR_GIVEN=${DATA_DIR+1}   # DATA_DIR set, even to "": no automatic choice
 DATA_DIR=${DATA_DIR:-}
@@ -143,7 +148,7 @@ while [ $# -gt 0 ]; do
         --save_model) SAVE_MODEL=1; shift; continue ;;
         --task|--seed|--model|--compression|--variant|--init|--data_dir|--out_dir|--capture_samples|--augment|\
         --module_epochs|--module_seed|--ft_epochs|--max_train_samples|--max_eval_samples|--capture_args|\
-        --module_args|--ft_args|--stages|--teacher|--distill|--ft_lr)
+        --module_args|--ft_args|--stages|--teacher|--distill|--ft_lr|--allocate)
             [ $# -ge 2 ] || die "$opt needs a value"
             val=$2
             case $opt in
@@ -156,6 +161,7 @@ while [ $# -gt 0 ]; do
                 --max_eval_samples) MAX_EVAL_SAMPLES=$val ;;  --capture_args) CAPTURE_ARGS=$val ;;
                 --module_args) MODULE_ARGS=$val ;;  --ft_args) FT_ARGS=$val ;;  --stages) STAGES=$val ;;
                 --teacher) TEACHER=$val ;;  --distill) DISTILL=$val ;;  --ft_lr) FT_LR=$val ;;
+                --allocate) ALLOCATE=$val ;;
             esac
             shift 2 ;;
         *) die "unknown argument '$opt' (see --help)" ;;
@@ -166,6 +172,8 @@ case $VARIANT in baseline|modular|svd|random) ;; *) die "--variant must be basel
 case $INIT in svd|data|random) ;; *) die "--init must be svd, data or random, got '$INIT'" ;; esac
 case $TEACHER in pretrained|finetuned) ;; *) die "--teacher must be pretrained or finetuned, got '$TEACHER'" ;; esac
 case $DISTILL in 0|1) ;; *) die "--distill must be 0 or 1, got '$DISTILL'" ;; esac
+case $ALLOCATE in 0|1) ;; *) die "--allocate must be 0 or 1, got '$ALLOCATE'" ;; esac
+[ "$INIT" = data ] || ALLOCATE=0   # the allocation comes from the closed-form start's error curves
 case $MIXUP in 0|1) ;; *) die "MIXUP must be 0 or 1, got '$MIXUP'" ;; esac
 case $SAVE_MODEL in 0|1) ;; *) die "SAVE_MODEL must be 0 or 1, got '$SAVE_MODEL'" ;; esac
 [ -n "$TASK" ] || die "--task is empty"
@@ -220,6 +228,7 @@ fi
 LABEL=$VARIANT
 if [ "$VARIANT" = modular ]; then
     [ "$INIT" = svd ] || LABEL=$LABEL-$INIT
+    [ "$ALLOCATE" = 0 ] || LABEL=$LABEL-alloc
     [ "$TEACHER" = pretrained ] || LABEL=$LABEL-ft
 fi
 [ "$VARIANT" = baseline ] || [ "$DISTILL" = 0 ] || LABEL=$LABEL+kd
@@ -248,6 +257,7 @@ module_settings() {
     echo "$(capture_settings)
 compression=$COMPRESSION
 init=$INIT
+allocate=$ALLOCATE
 epochs=$MODULE_EPOCHS
 mixup=$MIXUP
 module_seed=$MODULE_SEED
@@ -355,6 +365,7 @@ train_modules() {  # train_modules mha|ffn
     local args=(--activations_dir "$ACT_DIR" --output_dir "$MOD_DIR" --compression "$COMPRESSION"
                 --init "$INIT" --epochs "$MODULE_EPOCHS" --seed "$MODULE_SEED")
     [ "$MIXUP" = 0 ] || args+=(--mixup)
+    [ "$kind" != mha ] || [ "$ALLOCATE" = 0 ] || args+=(--allocate)
     local extra
     read -r -a extra <<< "$MODULE_ARGS"
     run_stage "$kind" "$PYTHON" "${kind}_modular.py" "${args[@]}" ${extra[@]+"${extra[@]}"}

@@ -175,12 +175,17 @@ array_id() {
 # shared by a task's seeds. (A fine-tuned teacher or distillation depends on each seed's baseline run: use
 # modular_pipeline.sh per task and seed for that recipe.) Its defaults stay the original quick ones.
 export TEACHER=${TEACHER:-pretrained} DISTILL=${DISTILL:-0} INIT=${INIT:-svd} AUGMENT=${AUGMENT:-1} \
-    MODULE_EPOCHS=${MODULE_EPOCHS:-2}
+    MODULE_EPOCHS=${MODULE_EPOCHS:-2} ALLOCATE=${ALLOCATE:-0}
 [ "$TEACHER" = pretrained ] || die "TEACHER=$TEACHER: the sweep captures from the pretrained model (run" \
     "modular_pipeline.sh --teacher finetuned per task and seed)"
 [ "$DISTILL" = 0 ] || die "DISTILL=$DISTILL: the sweep does not distil (run modular_pipeline.sh per task and seed)"
 label_of() {  # the row label modular_pipeline.sh gives a variant
-    if [ "$1" = modular ] && [ "$INIT" != svd ]; then echo "modular-$INIT"; else echo "$1"; fi
+    local l=$1
+    if [ "$1" = modular ] && [ "$INIT" != svd ]; then
+        l=modular-$INIT
+        [ "$INIT" != data ] || [ "$ALLOCATE" = 0 ] || l=$l-alloc
+    fi
+    echo "$l"
 }
 results_path() { echo "$OUT_DIR/$1/$(label_of "$3")/seed$2/results.json"; }  # task seed variant
 

@@ -26,7 +26,7 @@ QUICK_DEFAULT = ["--task", "copa", "--capture_samples", "16", "--max_train_sampl
 SETTINGS_ENV = ["TASK", "SEED", "MODEL", "COMPRESSION", "VARIANT", "INIT", "DATA_DIR", "OUT_DIR", "CAPTURE_SAMPLES",
                 "AUGMENT", "MODULE_EPOCHS", "MODULE_SEED", "MIXUP", "FT_EPOCHS", "MAX_TRAIN_SAMPLES",
                 "MAX_EVAL_SAMPLES", "SAVE_MODEL", "CAPTURE_ARGS", "MODULE_ARGS", "FT_ARGS", "STAGES", "TASKS",
-                "TEACHER", "DISTILL", "FT_LR",
+                "TEACHER", "DISTILL", "FT_LR", "ALLOCATE",
                 "SEEDS", "VARIANTS", "PIPELINE_ROOT"]
 
 
@@ -117,12 +117,13 @@ def test_default_recipe_chains_baseline_teacher_and_distillation(teacher, tmp_pa
     with open(os.path.join(task, "teacher_seed2", "modules", "report.json")) as f:
         rep = json.load(f)
     assert all(e["history"] == [] and e["data_init_rel_error"] is not None for e in rep["layers"])
-    with open(os.path.join(task, "modular-data-ft+kd", "seed2", "results.json")) as f:
+    assert "allocation" in rep
+    with open(os.path.join(task, "modular-data-alloc-ft+kd", "seed2", "results.json")) as f:
         r = json.load(f)
-    assert r["variant"] == "modular-data-ft+kd" and r["init"] == "data" and r["base_model"] == teacher
+    assert r["variant"] == "modular-data-alloc-ft+kd" and r["init"] == "data" and r["base_model"] == teacher
     assert r["model"] == os.path.join(base, "model") and r["distill"]["from"] == os.path.join(base, "model")
     table = p.stdout.split("stage table:")[1]
-    assert "(baseline)" in table and "modular-data-ft+kd c=2" in table and "retention" in table
+    assert "(baseline)" in table and "modular-data-alloc-ft+kd c=2" in table and "retention" in table
     # a rerun reuses everything: both fine-tunes find their finished run with the same settings and inputs
     p = run("modular_pipeline.sh", *QUICK_DEFAULT, "--model", teacher, "--out_dir", out, "--seed", "2")
     assert stages_skipped(p.stdout) == {"capture", "mha", "ffn"}
