@@ -20,9 +20,9 @@ import torch
 
 import data_init
 from activations import ActivationStore
-from modeling_moddistilbert import ModDistilBertModel, reduced_dims
-from modular import CKPT_FORMAT, checkpoint_path, holdout_split, save_block  # noqa: F401  (the module format)
-from utils import UserError, atomic_write_json, get_device, run_main, set_seed, state_dict_sha256
+from modeling_moddistilbert import reduced_dims
+from modular import checkpoint_path, holdout_split, load_capture_teacher, save_block
+from utils import UserError, atomic_write_json, get_device, run_main, set_seed
 
 
 def parse_args(argv=None):
@@ -60,11 +60,7 @@ def main(argv=None):
     set_seed(args.seed)
     device = get_device(args.device)
     store = ActivationStore(args.activations_dir)
-    teacher = ModDistilBertModel.from_teacher(store.model).eval()
-    teacher_sha = state_dict_sha256(teacher)
-    captured = store.manifest["settings"].get("teacher_sha256")
-    if captured is not None and captured != teacher_sha:
-        raise UserError(f"{args.activations_dir} was captured from other weights than {store.model!r} has now: recapture")
+    teacher, teacher_sha = load_capture_teacher(store)
     config = teacher.config
     if store.num_layers != config.num_hidden_layers:
         raise UserError(f"{args.activations_dir} holds {store.num_layers} layers, the teacher has {config.num_hidden_layers}")

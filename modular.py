@@ -227,6 +227,18 @@ def checkpoint_settings(path):
         return None
 
 
+def load_capture_teacher(store):
+    """(frozen teacher, its weights' sha256) of a capture; refused when the weights changed since the capture
+    (an updated hub id, a relative path now pointing elsewhere)."""
+    teacher = ModDistilBertModel.from_teacher(store.model).eval()
+    teacher_sha = state_dict_sha256(teacher)
+    captured = store.manifest["settings"].get("teacher_sha256")
+    if captured is not None and captured != teacher_sha:
+        raise UserError(f"{store.dir} was captured from other weights than {store.model!r} has now "
+                        f"(teacher sha256 {captured[:12]}... vs {teacher_sha[:12]}...): recapture")
+    return teacher, teacher_sha
+
+
 def train_blocks(args):
     """Train the low-rank `args.kind` block of every chosen layer. Each layer's checkpoint and report entry are
     written as soon as it is done; a rerun skips layers whose checkpoint holds the same settings."""
@@ -238,12 +250,7 @@ def train_blocks(args):
     set_seed(args.seed)
     device = get_device(args.device)
     store = ActivationStore(args.activations_dir)
-    teacher = ModDistilBertModel.from_teacher(store.model).eval()
-    teacher_sha = state_dict_sha256(teacher)
-    captured = store.manifest["settings"].get("teacher_sha256")
-    if captured is not None and captured != teacher_sha:
-        raise UserError(f"{args.activations_dir} was captured from other weights than {store.model!r} has now "
-                        f"(teacher sha256 {captured[:12]}... vs {teacher_sha[:12]}...): recapture")
+    teacher, teacher_sha = load_capture_teacher(store)
     config = teacher.config
     layers = range(config.num_hidden_layers) if args.layers is None else args.layers
     for layer in layers:

@@ -7,7 +7,6 @@ how much of the task a compressed model keeps; used to decide which of these to 
 """
 import argparse
 import copy
-import json
 import os
 import sys
 import time

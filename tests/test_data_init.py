@@ -15,7 +15,7 @@ import ffn_modular  # noqa: E402
 import mha_modular  # noqa: E402
 import run_superglue  # noqa: E402
 import tasks as T  # noqa: E402
-from activations import ActivationStore, pad_sequences  # noqa: E402
+from activations import pad_sequences  # noqa: E402
 from distill import Distiller  # noqa: E402
 from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassification,  # noqa: E402
                                     ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d, compress,
