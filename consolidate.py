@@ -248,9 +248,9 @@ def retention(rows):
             continue
         both = [t for t in r["tasks"] if r["tasks"][t] and b["tasks"].get(t)
                 and r["tasks"][t]["score"] is not None and b["tasks"][t]["score"] is not None]
-        if both:
-            out[row_label(r)] = (float(np.mean([r["tasks"][t]["score"] for t in both]))
-                                 / float(np.mean([b["tasks"][t]["score"] for t in both])))
+        base_score = float(np.mean([b["tasks"][t]["score"] for t in both])) if both else 0.0
+        if base_score > 0:  # a ratio to a zero or negative score (e.g. a failed stsb baseline) means nothing
+            out[row_label(r)] = float(np.mean([r["tasks"][t]["score"] for t in both])) / base_score
     return out
 
 

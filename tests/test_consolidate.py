@@ -287,3 +287,13 @@ def test_json_output_has_no_nan_token(tmp_path):
     p = run_cli("--results_dir", str(tmp_path / "res"), "--format", "json", "--output", str(out))
     assert p.returncode == 0, p.stderr
     assert "NaN" not in out.read_text() and json.loads(out.read_text())["best"][0]["average"] is None
+
+
+def test_retention_is_the_ratio_of_average_scores_over_shared_tasks():
+    from consolidate import retention
+    cell = lambda s: {"score": s, "metrics": {}, "seeds": [1], "na_seeds": []}
+    rows = [{"model": "m", "variant": "baseline", "compression": None, "tasks": {"stsb": cell(80.0), "cb": cell(60.0)}},
+            {"model": "m", "variant": "x", "compression": 2.0, "tasks": {"stsb": cell(78.0), "cb": None}},
+            {"model": "n", "variant": "baseline", "compression": None, "tasks": {"stsb": cell(-5.0)}},
+            {"model": "n", "variant": "x", "compression": 2.0, "tasks": {"stsb": cell(-4.0)}}]
+    assert retention(rows) == {"m x c=2": pytest.approx(78 / 80)}   # cb missing: stsb only; n: negative baseline
