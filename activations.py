@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from utils import UserError, atomic_write_json, default_file_mode, file_sha256
+from utils import UserError, atomic_write_json, file_sha256, written_atomically
 
 FORMAT = "modular-activations/1"
 MANIFEST = "manifest.json"
@@ -169,13 +169,10 @@ class ActivationWriter:
 
     def _write_shard(self, tensors, n_seq, n_tok):
         name = shard_name(len(self.shards))
-        path, tmp = os.path.join(self.out_dir, name), os.path.join(self.out_dir, ".tmp-" + name)
-        save_file(tensors, tmp)
-        os.chmod(tmp, default_file_mode())
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        sha = file_sha256(tmp)
-        os.replace(tmp, path)
+        path = os.path.join(self.out_dir, name)
+        with written_atomically(path) as tmp:
+            save_file(tensors, tmp)
+            sha = file_sha256(tmp)
         self.shards.append({"file": name, "n_sequences": n_seq, "n_tokens": n_tok, "sha256": sha,
                             "bytes": os.path.getsize(path)})
         self.n_stored += n_seq

@@ -20,7 +20,7 @@ import tasks as T
 from distill import EXAMPLE_INDEX
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     compress, resolve_model_path)
-from utils import UserError, file_sha256, state_dict_sha256
+from utils import UserError, file_sha256, state_dict_sha256, written_atomically
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
 
@@ -162,17 +162,10 @@ def save_checkpoint(path, model, opt, sched, loader, epochs, identity):
         tensors["rng/sampler"] = gen.get_state()
     meta = {"identity": identity, "epochs": epochs, "param_groups": opt_sd["param_groups"],
             "scheduler": _jsonable(sched.state_dict())}
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file(tensors, os.path.join(tmp, "state.safetensors"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump(meta, f)
-    old = path + ".old"
-    if os.path.isdir(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    with written_atomically(path, directory=True) as tmp:
+        save_file(tensors, os.path.join(tmp, "state.safetensors"))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(meta, f)
 
 
 def read_checkpoint_identity(path):
@@ -285,9 +278,6 @@ def save_model(model, tokenizer, path, task=None):
     """Hugging Face format (safetensors + config + tokenizer), written beside then renamed."""
     if task is not None:
         label_config(model, task)
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with written_atomically(path, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

@@ -26,7 +26,7 @@ from activations import ActivationStore, pad_sequences, sequence_offsets
 from data_init import block_io
 from modeling_moddistilbert import (ModDistilBertModel, attention_mask_4d, init_block, make_block,
                                     reduced_dims)
-from utils import UserError, atomic_write_json, get_device, set_seed, state_dict_sha256
+from utils import UserError, atomic_write_json, get_device, set_seed, state_dict_sha256, written_atomically
 
 CKPT_FORMAT = "modular-block/1"
 
@@ -110,10 +110,9 @@ def checkpoint_path(out_dir, layer, kind):
 
 def save_block(path, block, meta):
     """One block: its state dict as safetensors, with string metadata (no pickles). Written then renamed."""
-    tmp = path + ".tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in block.state_dict().items()}, tmp,
-              metadata={"format": CKPT_FORMAT, **{k: str(v) for k, v in meta.items()}})
-    os.replace(tmp, path)
+    with written_atomically(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in block.state_dict().items()}, tmp,
+                  metadata={"format": CKPT_FORMAT, **{k: str(v) for k, v in meta.items()}})
 
 
 def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False):
@@ -391,7 +390,6 @@ def plot_curves(path, kind, entries):
            title=f"{kind.upper()} blocks: trained (solid) vs SVD init (dashed)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with written_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

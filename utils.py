@@ -1,10 +1,12 @@
 """Small helpers shared by every stage: errors, seeds, devices, atomic writes, provenance."""
+import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,22 +42,49 @@ def get_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def atomic_write_bytes(path: str, data: bytes):
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+@contextlib.contextmanager
+def written_atomically(path: str, directory: bool = False):
+    """Yield a temporary path beside `path` to write a file (or, with directory=True, a directory) into. When
+    the block ends without an error the file is fsynced and renamed over `path` (a directory replaces the old
+    one), so readers never see half of it; on an error the temporary is removed. The project's one
+    write-then-rename routine: JSON, activation shards, module checkpoints, plots, saved models, checkpoints."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    base = os.path.basename(os.path.normpath(path))
+    if directory:
+        tmp = tempfile.mkdtemp(dir=d, prefix=".tmp-", suffix=base)
+    else:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=base)
+        os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+        yield tmp
+        if directory:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+            old = None
+            if os.path.isdir(path):
+                old = tempfile.mkdtemp(dir=d, prefix=".old-", suffix=base)
+                os.replace(path, os.path.join(old, base))
+            os.replace(tmp, path)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the usual permissions
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str, data: bytes):
+    """Write `data` to `path` through written_atomically: readers never see half a file."""
+    with written_atomically(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def file_sha256(path: str) -> str:
@@ -74,11 +103,15 @@ def state_dict_sha256(module) -> str:
     return h.hexdigest()
 
 
-def default_file_mode() -> int:
-    """0o666 less the umask: what open() would give a new file."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def default_file_mode() -> int:
+    """0o666 less the umask: what open() would give a new file."""
+    return 0o666 & ~_umask()
 
 
 def json_safe(obj):

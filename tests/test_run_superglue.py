@@ -404,3 +404,25 @@ def test_bad_input_cli_process(bad_inputs, cli_processes, case):
     rc, stdout, stderr = cli_processes(case)
     assert "Traceback" not in stderr
     _check_error(case, rc, stderr, bad_inputs[case][1])
+
+
+def test_written_atomically_replaces_whole_or_not_at_all(tmp_path):
+    """The one write-then-rename routine: a failure leaves the old file or directory and no temporary."""
+    from utils import written_atomically
+    f = tmp_path / "x.json"
+    f.write_text("old")
+    with pytest.raises(RuntimeError):
+        with written_atomically(str(f)) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("killed")
+    assert f.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["x.json"]
+    with written_atomically(str(f)) as tmp:
+        open(tmp, "w").write("new")
+    assert f.read_text() == "new"
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "a").write_text("1")
+    with written_atomically(str(d), directory=True) as tmp:
+        open(os.path.join(tmp, "b"), "w").write("2")
+    assert sorted(os.listdir(d)) == ["b"] and sorted(os.listdir(tmp_path)) == ["model", "x.json"]
+    assert oct(os.stat(d).st_mode & 0o777) != oct(0o700)
