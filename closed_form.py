@@ -20,8 +20,8 @@ import torch
 
 import data_init
 from activations import ActivationStore
-from modeling_moddistilbert import reduced_dims
-from modular import checkpoint_path, holdout_split, load_capture_teacher, save_block
+from compression import checkpoint_path, reduced_dims, save_block
+from modular import holdout_split, load_capture_teacher
 from utils import UserError, atomic_write_json, get_device, run_main, set_seed
 
 

@@ -1,6 +1,6 @@
 """The activation-aware closed-form start of the low-rank blocks (`init="data"`).
 
-The SVD start (modeling_moddistilbert.svd_init_*) truncates each block's weight products as if every input
+The SVD start (compression.svd_init_*) truncates each block's weight products as if every input
 direction mattered equally. BERT-family hidden states are far from isotropic, so the truncation throws away
 directions the data uses and keeps ones it does not. Here every truncation is weighted by the captured
 inputs, in float64, on the training sequences only:
@@ -29,6 +29,7 @@ import math
 import torch
 
 from activations import pad_sequences, sequence_offsets
+from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d, make_block
 
 
 # ------------------------------------------------------------------ data
@@ -37,7 +38,6 @@ def block_io(layer, kind, x, lengths, device, batch=64):
     """(inputs, targets) of block `kind` of the teacher `layer` on its layer inputs x, as flat [tokens, H]
     tensors on `device`: MHA inputs = x, targets = attention(x); FFN inputs = sa_layer_norm(x + attention(x)),
     targets = ffn(FFN inputs)."""
-    from modeling_moddistilbert import attention_mask_4d
     layer = layer.to(device).eval()
     ins, outs, offsets = [], [], sequence_offsets(lengths)
     for s in range(0, len(lengths), batch):
@@ -119,7 +119,6 @@ def _heads(t, B, T, nh):
 def mha_statistics(teacher, inputs, lengths, index, device, batch=32):
     """Second moments over the real tokens of sequences `index`: C~ of [x, 1] ((H+1)^2) and, per head, of the
     attention-mixed inputs P_h X (nh x H x H), P_h the teacher's attention probabilities. float64."""
-    from modeling_moddistilbert import attention_mask_4d
     teacher = teacher.to(device).eval()
     H, nh, d = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim
     Cx = torch.zeros(H + 1, H + 1, dtype=torch.float64, device=device)
@@ -172,7 +171,6 @@ def refit_out_lin(student, inputs, targets, lengths, index, device, batch=32, ri
     """Least-squares refit of out_lin (weight and bias, all heads) on the student's own head outputs against
     `targets`; then each head's (v_lin, out_lin) pair is re-split to equal scale (the same function)."""
     student = student.to(device).eval()
-    from modeling_moddistilbert import attention_mask_4d
     inner, nh, r = student.out_lin.in_features, student.num_heads, student.head_dim
     G = torch.zeros(inner + 1, inner + 1, dtype=torch.float64, device=device)
     Bm = torch.zeros(inner + 1, student.out_lin.out_features, dtype=torch.float64, device=device)
@@ -243,13 +241,12 @@ def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-
     only (a seeded subset of them holding at most `max_tokens` tokens, when given: the statistics and the
     least-squares refits need far fewer tokens than a task has). Returns what the fit predicts (dropped
     spectra or kept unit energy) and the number of tokens it used."""
-    from modeling_moddistilbert import MultiHeadSelfAttention
     index = subsample(lengths, index, max_tokens)
-    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps, MultiHeadSelfAttention)
+    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps)
     return {**info, "fit_tokens": int(torch.as_tensor(lengths)[index].sum())}
 
 
-def _fit(teacher, student, inputs, targets, lengths, index, device, eps, MultiHeadSelfAttention):
+def _fit(teacher, student, inputs, targets, lengths, index, device, eps):
     student.to(device)
     if isinstance(student, MultiHeadSelfAttention):
         info = fit_mha(teacher, student, mha_statistics(teacher, inputs, lengths, index, device), eps)
@@ -263,7 +260,6 @@ def _fit(teacher, student, inputs, targets, lengths, index, device, eps, MultiHe
 @torch.no_grad()
 def layer_forward(layer, x, lengths, device, batch=64):
     """A whole (possibly compressed) layer on flat inputs: its flat outputs (the next layer's inputs)."""
-    from modeling_moddistilbert import attention_mask_4d
     layer = layer.to(device).eval()
     outs, offsets = [], sequence_offsets(lengths)
     for s in range(0, len(lengths), batch):
@@ -284,7 +280,6 @@ def compress_with_data(model, dims, data, sequential=False, device="cpu", index=
     targets corrected for the error carried in: attention(x_s) ~ attention_t(x_t) + (x_t - x_s), and the same
     for the FFN with its inputs h, so that the layer's LayerNorm inputs match the teacher's.
     index: the sequences to fit on (default all; the others are only carried through, in sequential mode)."""
-    from modeling_moddistilbert import make_block
     base = model.base_model
     config = base.config
     x_s = None
@@ -321,7 +316,6 @@ def compress_with_data(model, dims, data, sequential=False, device="cpu", index=
 def attention_error_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device):
     """Held-out relative error of the closed-form attention start at each head dim in `head_dims` (one set of
     statistics, one truncation + refit per head dim): what `allocate` spreads the rank with."""
-    from modeling_moddistilbert import MultiHeadSelfAttention
     stats = mha_statistics(teacher, inputs, lengths, train_idx, device)
     H, nh = teacher.q_lin.in_features, teacher.num_heads
     curve = {}
@@ -332,7 +326,6 @@ def attention_error_curve(teacher, inputs, targets, lengths, train_idx, val_idx,
         refit_out_lin(s, inputs, targets, lengths, train_idx, device)
         err = norm = 0.0
         for xb, mask, yb in _batches(inputs, lengths, val_idx, 64, device, targets):
-            from modeling_moddistilbert import attention_mask_4d
             d = (s(xb, attention_mask_4d(mask)) - yb)[mask]
             err, norm = err + float((d ** 2).sum()), norm + float((yb[mask] ** 2).sum())
         curve[r] = err / max(norm, 1e-30)

@@ -18,8 +18,9 @@ from transformers.modeling_outputs import MultipleChoiceModelOutput
 
 import tasks as T
 from distill import EXAMPLE_INDEX
+from compression import compress, load_modules
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
-                                    compress, resolve_model_path)
+                                    resolve_model_path)
 from utils import UserError, file_sha256, state_dict_sha256, written_atomically
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
@@ -83,8 +84,7 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         compress(model, compression, "svd" if init == "data" else init)  # data: replaced by the modules below
     modules, missing = None, []
     if modules_dir:
-        import modular  # noqa: E402  (trained low-rank blocks; only needed here)
-        names, missing = modular.load_modules(model, modules_dir, teacher_sha, allow_partial_modules)
+        names, missing = load_modules(model, modules_dir, teacher_sha, allow_partial_modules)
         modules = {n: file_sha256(os.path.join(modules_dir, n)) for n in names}
     if tokenizer.pad_token_id is None:
         raise UserError(f"tokenizer of {name_or_path!r} has no padding token")

@@ -1,7 +1,7 @@
 """Modular training: low-rank MHA / FFN blocks trained in isolation to imitate the frozen teacher's blocks.
 
-Shared by mha_modular.py and ffn_modular.py (one training loop, one checkpoint format) and by
-run_superglue.py --modules_dir (load_modules).
+Shared by mha_modular.py and ffn_modular.py (one training loop); the checkpoints they write are loaded by
+run_superglue.py --modules_dir (both through compression.py, where the checkpoint format lives).
 
 Data: capture_data.py stores each layer's input x (real tokens only). Per layer we rebuild, once, with the
 frozen teacher: MHA inputs = x, targets = attention(x); FFN inputs = sa_layer_norm(x + attention(x)),
@@ -10,25 +10,20 @@ targets = ffn(inputs). Loss: MSE over real tokens only. Held out: a slice of the
 """
 import argparse
 import fcntl
-import glob
 import json
 import os
-import re
 import time
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import data_init
 from activations import ActivationStore, pad_sequences, sequence_offsets
 from data_init import block_io
-from modeling_moddistilbert import (ModDistilBertModel, attention_mask_4d, init_block, make_block,
-                                    reduced_dims)
+from compression import checkpoint_path, checkpoint_settings, init_block, reduced_dims, save_block
+from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, make_block
 from utils import UserError, atomic_write_json, get_device, set_seed, state_dict_sha256, written_atomically
 
-CKPT_FORMAT = "modular-block/1"
 
 
 # ------------------------------------------------------------------ data
@@ -103,82 +98,6 @@ def train_block(student, teacher, inputs, targets, lengths, train_idx, val_idx, 
     return history
 
 
-# ------------------------------------------------------------------ checkpoints
-def checkpoint_path(out_dir, layer, kind):
-    return os.path.join(out_dir, f"layer{layer:02d}_{kind}.safetensors")
-
-
-def save_block(path, block, meta):
-    """One block: its state dict as safetensors, with string metadata (no pickles). Written then renamed."""
-    with written_atomically(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in block.state_dict().items()}, tmp,
-                  metadata={"format": CKPT_FORMAT, **{k: str(v) for k, v in meta.items()}})
-
-
-def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False):
-    """Load the layerNN_{mha,ffn}.safetensors of `modules_dir` into the (compressed) model; returns
-    (loaded names, missing (layer, block) pairs). Every layer x {mha, ffn} must be there unless allow_partial
-    (a partial dir would leave the other blocks at their SVD start under a "modular" label). Each checkpoint's
-    metadata must fit the model (layer, block, hidden size, heads) and, when `teacher_sha256` is given, name
-    the same teacher weights."""
-    files = sorted(glob.glob(os.path.join(modules_dir, "layer*_*.safetensors")))
-    if not files:
-        raise UserError(f"no module checkpoints (layerNN_mha/ffn.safetensors) in {modules_dir}")
-    base = model.base_model
-    config = base.config
-    loaded, found = [], set()
-    for path in files:
-        m = re.fullmatch(r"layer(\d+)_(mha|ffn)\.safetensors", os.path.basename(path))
-        if not m:
-            raise UserError(f"{path}: not a module checkpoint name (expected layerNN_mha or layerNN_ffn.safetensors)")
-        layer, kind = int(m.group(1)), m.group(2)
-        if layer >= len(base.layers):
-            raise UserError(f"{path}: layer {layer} but the model has {len(base.layers)} layers")
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != CKPT_FORMAT:
-                raise UserError(f"{path}: not a {CKPT_FORMAT} checkpoint")
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        expect = {"layer": str(layer), "block": kind, "hidden_size": str(config.hidden_size),
-                  "num_heads": str(config.num_attention_heads)}
-        bad = {k: (meta.get(k), v) for k, v in expect.items() if k in meta and meta[k] != v}
-        if bad:
-            raise UserError(f"{path}: metadata does not fit the model: "
-                            + ", ".join(f"{k} {got} (model: {want})" for k, (got, want) in bad.items()))
-        if teacher_sha256 and meta.get("teacher_sha256") not in (None, teacher_sha256):
-            raise UserError(f"{path}: trained against another teacher ({meta.get('teacher')!r}, weights sha256 "
-                            f"{meta['teacher_sha256'][:12]}...) than the model's (sha256 {teacher_sha256[:12]}...)")
-        block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
-        inner = int(meta.get("inner_size", 0))
-        if meta.get("allocated") == "True" and kind == "mha" and inner and inner != config.attn_dims[layer]:
-            # a per-layer size chosen by --allocate: this layer's block takes the module's size
-            from modeling_moddistilbert import make_block
-            block = make_block(config, layer, "mha", inner).to(next(block.parameters())).train(block.training)
-            base.layers[layer].attention = block
-            config.attn_dims[layer] = inner
-            if model.config is not config:
-                model.config.attn_dims = config.attn_dims
-        own = block.state_dict()
-        for k, v in own.items():
-            got = state.get(k)
-            if got is None or got.shape != v.shape:
-                shape = "missing" if got is None else tuple(got.shape)
-                raise UserError(f"{path}: layer {layer} {kind} {k} has shape {shape} in the module but "
-                                f"{tuple(v.shape)} in the model (check --compression)")
-        extra = sorted(set(state) - set(own))
-        if extra:
-            raise UserError(f"{path}: layer {layer} {kind} has tensors the model's block lacks: {extra}")
-        block.load_state_dict(state)
-        loaded.append(os.path.basename(path))
-        found.add((layer, kind))
-    missing = [(l, k) for l in range(len(base.layers)) for k in ("mha", "ffn") if (l, k) not in found]
-    if missing and not allow_partial:
-        names = ", ".join(os.path.basename(checkpoint_path("", l, k)) for l, k in missing)
-        raise UserError(f"{modules_dir} lacks {names}: those blocks would stay at their start under a 'modular' "
-                        "label (--allow_partial_modules to use it anyway; the variant then says so)")
-    return loaded, missing
-
-
 # ------------------------------------------------------------------ the command line both trainers share
 def build_parser(kind, doc):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,15 +134,6 @@ def block_settings(args, store, teacher_sha, layer, inner):
     return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k, None) for k in keys},
                        "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
                        "teacher_sha256": teacher_sha}, sort_keys=True)
-
-
-def checkpoint_settings(path):
-    """The settings recorded in a block checkpoint (None if absent or unreadable)."""
-    try:
-        with safe_open(path, "pt") as f:
-            return (f.metadata() or {}).get("settings")
-    except Exception:
-        return None
 
 
 def load_capture_teacher(store):

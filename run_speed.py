@@ -19,7 +19,8 @@ from tabulate import tabulate
 from transformers import DistilBertConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from modeling_moddistilbert import (ModDistilBertForSequenceClassification, compress, config_from_teacher)
+from compression import compress
+from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
 from utils import UserError, atomic_write_json, run_main, set_seed
 
 

@@ -18,7 +18,7 @@ import data_init  # noqa: E402
 import tasks as T  # noqa: E402
 from activations import ActivationStore  # noqa: E402
 from finetune import build_model, evaluate  # noqa: E402
-from modeling_moddistilbert import reduced_dims  # noqa: E402
+from compression import reduced_dims  # noqa: E402
 from modular import holdout_split  # noqa: E402
 from utils import atomic_write_json, run_main  # noqa: E402
 

@@ -14,7 +14,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_moddistilbert import ModDistilBertForSequenceClassification, compress, make_block  # noqa: E402
+from compression import compress  # noqa: E402
+from modeling_moddistilbert import ModDistilBertForSequenceClassification, make_block  # noqa: E402
 from run_speed import model_macs, time_variants  # noqa: E402
 from utils import atomic_write_json, run_main  # noqa: E402
 

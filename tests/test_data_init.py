@@ -17,9 +17,9 @@ import run_superglue  # noqa: E402
 import tasks as T  # noqa: E402
 from activations import pad_sequences  # noqa: E402
 from distill import Distiller  # noqa: E402
+from compression import compress, init_block  # noqa: E402
 from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassification,  # noqa: E402
-                                    ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d, compress,
-                                    init_block)
+                                    ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d)
 from utils import UserError  # noqa: E402
 
 needs_shared = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "rte")),
@@ -371,7 +371,7 @@ def test_allocated_head_dims_keep_the_total_and_load_into_the_model(tiny_bert_di
 @pytest.mark.parametrize("sequential", [False, True])
 def test_closed_form_script_writes_loadable_modules(tiny_bert_dir, tmp_path, sequential):
     import closed_form
-    from modular import load_modules
+    from compression import load_modules
     cap = str(tmp_path / "cap")
     capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
                        "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])

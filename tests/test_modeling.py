@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import compression as C  # noqa: E402
 import modeling_moddistilbert as M  # noqa: E402
+from compression import compress  # noqa: E402
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice,  # noqa: E402
-                                    ModDistilBertForSequenceClassification, ModDistilBertModel, compress,
+                                    ModDistilBertForSequenceClassification, ModDistilBertModel,
                                     config_from_teacher, resolve_model_path)
 from transformers import (AutoModel, AutoModelForMultipleChoice,  # noqa: E402
                           AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel,
@@ -243,7 +245,7 @@ def test_per_head_svd_exact_on_low_rank_heads(teachers, kind):
     # attention block alone: per-head SVD to head_dim r is exact
     teacher_block = zeroed.moddistilbert.layers[0].attention.eval()
     student = M.make_block(zeroed.config, 0, "mha", teacher_block.num_heads * r).eval()
-    M.svd_init_mha(teacher_block, student)
+    C.svd_init_mha(teacher_block, student)
     x = torch.randn(3, 9, zeroed.config.hidden_size, generator=torch.Generator().manual_seed(2))
     mask = M.attention_mask_4d(batch["attention_mask"])
     with torch.no_grad():
@@ -282,7 +284,7 @@ def test_svd_init_creates_its_tensors_on_the_teachers_device():
     for kind, teacher, inner in (("mha", mha, 16), ("ffn", ffn, 32)):
         teacher = copy.deepcopy(teacher).to("meta")
         student = M.make_block(config, 0, kind, inner).to("meta")
-        M.init_block(teacher, student, "svd")
+        C.init_block(teacher, student, "svd")
         assert all(p.device.type == "meta" for p in student.parameters())
 
 
@@ -295,7 +297,7 @@ def test_svd_init_cpu_teacher_float64_into_float32_student():
     for kind, teacher, inner in (("mha", mha, 32), ("ffn", ffn, 64)):
         teacher = copy.deepcopy(teacher).double()
         student = M.make_block(config, 0, kind, inner).eval()
-        M.init_block(teacher, student, "svd")
+        C.init_block(teacher, student, "svd")
         assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in student.parameters())
         with torch.no_grad():
             want = teacher(x.double(), mask) if kind == "mha" else teacher(x.double())
@@ -322,10 +324,10 @@ def test_compress_a_cuda_model(teachers, init):
     config, mha, ffn = _tiny_blocks()
     for kind, teacher, inner in (("mha", mha, 16), ("ffn", ffn, 32)):
         ref = M.make_block(config, 0, kind, inner)
-        M.init_block(teacher, ref, "svd")
+        C.init_block(teacher, ref, "svd")
         for t_dev, s_dev in (("cuda", "cpu"), ("cpu", "cuda")):
             student = M.make_block(config, 0, kind, inner).to(s_dev)
-            M.init_block(copy.deepcopy(teacher).to(t_dev), student, "svd")
+            C.init_block(copy.deepcopy(teacher).to(t_dev), student, "svd")
             for (n, p), q in zip(student.named_parameters(), ref.parameters()):
                 assert p.device.type == s_dev and (p.cpu() - q).abs().max() < 1e-4, n
 

@@ -14,15 +14,16 @@ from safetensors.torch import save_file
 from conftest import SHARED_DATA
 
 import capture_data  # noqa: E402
+import compression  # noqa: E402
 import ffn_modular  # noqa: E402
 import mha_modular  # noqa: E402
 import data_init  # noqa: E402
 import modular  # noqa: E402
 import run_superglue  # noqa: E402
 from activations import ActivationStore, pad_sequences, sequence_offsets  # noqa: E402
+from compression import compress, init_block  # noqa: E402
 from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassification,  # noqa: E402
-                                    ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d,
-                                    compress, init_block, make_block)
+                                    ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d, make_block)
 from utils import UserError, run_main  # noqa: E402
 
 needs_shared = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "rte")),
@@ -333,7 +334,7 @@ def test_report_merges_and_checkpoints_are_safetensors(tiny_modules):
         header = json.loads(raw[8:8 + n])  # a safetensors file: JSON header + raw tensor bytes, no pickle
         assert len(raw) == 8 + n + max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
         meta = header["__metadata__"]
-        assert meta["format"] == "modular-block/1" == modular.CKPT_FORMAT
+        assert meta["format"] == "modular-block/1" == compression.CKPT_FORMAT
         kind = "mha" if path.endswith("_mha.safetensors") else "ffn"
         assert meta["block"] == kind and meta["compression"] == "2.0" and meta["init"] == "svd"
         assert meta["inner_size"] == ("16" if kind == "mha" else "32")
@@ -381,7 +382,7 @@ def test_load_modules_plugs_the_trained_blocks(tiny_dir, tiny_modules):
     compress(m, 2.0, "svd")
     ref = ModDistilBertForSequenceClassification.from_teacher(tiny_dir, num_labels=2)
     compress(ref, 2.0, "svd")
-    names, missing = modular.load_modules(m, tiny_modules)
+    names, missing = compression.load_modules(m, tiny_modules)
     assert missing == []
     assert names == ["layer00_ffn.safetensors", "layer00_mha.safetensors", "layer01_ffn.safetensors",
                      "layer01_mha.safetensors"]
@@ -430,7 +431,7 @@ def test_modules_at_other_compression_are_refused(tiny_dir, tiny_modules):
     m = ModDistilBertForSequenceClassification.from_teacher(tiny_dir, num_labels=2)
     compress(m, 4.0, "svd")
     with pytest.raises(UserError) as e:
-        modular.load_modules(m, tiny_modules)
+        compression.load_modules(m, tiny_modules)
     msg = str(e.value)
     # first file (sorted): layer00_ffn, lin1 is 32x32 at c=2 but 16x32 at c=4
     assert "layer 0" in msg and "(32, 32)" in msg and "(16, 32)" in msg and "--compression" in msg
@@ -440,19 +441,19 @@ def test_empty_or_foreign_modules_dir_is_refused(tmp_path):
     m = ModDistilBertModel(ModDistilBertModel.config_class(vocab_size=10, hidden_size=8, num_hidden_layers=1,
                                                            num_attention_heads=2, max_position_embeddings=16))
     with pytest.raises(UserError, match="no module checkpoints"):
-        modular.load_modules(m, str(tmp_path))
+        compression.load_modules(m, str(tmp_path))
     block = m.layers[0].ffn
     save_file({k: v.contiguous() for k, v in block.state_dict().items()}, str(tmp_path / "layer00_ffn.safetensors"))
     with pytest.raises(UserError, match="not a modular-block/1 checkpoint"):
-        modular.load_modules(m, str(tmp_path))
-    modular.save_block(str(tmp_path / "layer00_ffn.safetensors"), block, {"block": "ffn"})
-    modular.save_block(str(tmp_path / "layer03_mha.safetensors"), m.layers[0].attention, {"block": "mha"})
+        compression.load_modules(m, str(tmp_path))
+    compression.save_block(str(tmp_path / "layer00_ffn.safetensors"), block, {"block": "ffn"})
+    compression.save_block(str(tmp_path / "layer03_mha.safetensors"), m.layers[0].attention, {"block": "mha"})
     with pytest.raises(UserError, match="layer 3 but the model has 1 layers"):
-        modular.load_modules(m, str(tmp_path))
+        compression.load_modules(m, str(tmp_path))
     os.unlink(tmp_path / "layer03_mha.safetensors")
-    modular.save_block(str(tmp_path / "layer00_mha.safetensors"), m.layers[0].attention, {"block": "ffn"})
+    compression.save_block(str(tmp_path / "layer00_mha.safetensors"), m.layers[0].attention, {"block": "ffn"})
     with pytest.raises(UserError, match="metadata does not fit the model: block ffn"):
-        modular.load_modules(m, str(tmp_path))
+        compression.load_modules(m, str(tmp_path))
 
 
 @needs_shared
@@ -465,8 +466,8 @@ def test_partial_modules_dir_is_refused_unless_allowed(tiny_dir, tiny_modules, t
     m = ModDistilBertForSequenceClassification.from_teacher(tiny_dir, num_labels=2)
     compress(m, 2.0, "svd")
     with pytest.raises(UserError, match="lacks layer00_ffn.safetensors, layer01_mha.safetensors, layer01_ffn"):
-        modular.load_modules(m, str(part))
-    names, missing = modular.load_modules(m, str(part), allow_partial=True)
+        compression.load_modules(m, str(part))
+    names, missing = compression.load_modules(m, str(part), allow_partial=True)
     assert names == ["layer00_mha.safetensors"] and len(missing) == 3
     argv = ["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", SHARED_DATA, "--compression", "2",
             "--modules_dir", str(part), "--epochs", "1", "--max_train_samples", "8", "--max_eval_samples", "8",
@@ -492,7 +493,7 @@ def test_modules_of_another_teacher_are_refused(tiny_modules, tmp_path):
     sha = state_dict_sha256(m.base_model)
     compress(m, 2.0, "svd")
     with pytest.raises(UserError, match="trained against another teacher"):
-        modular.load_modules(m, tiny_modules, teacher_sha256=sha)
+        compression.load_modules(m, tiny_modules, teacher_sha256=sha)
 
 
 @needs_shared

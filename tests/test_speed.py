@@ -7,7 +7,8 @@ from transformers import BertConfig, DistilBertConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 import run_speed
-from modeling_moddistilbert import ModDistilBertForSequenceClassification, compress, config_from_teacher
+from compression import compress
+from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
 
 from conftest import TINY_BERT as TINY
 from utils import UserError

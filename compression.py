@@ -1,0 +1,227 @@
+"""Compression: the low-rank blocks that replace a teacher's MHA and FFN, their starts, and their checkpoints.
+
+compress(model, c, init) replaces the blocks of a ModDistilBERT model in place (the model classes are in
+modeling_moddistilbert.py); init "svd" and "random" need only the weights, init "data" the captured layer
+inputs (data_init.py). The module checkpoint format (one safetensors file per layer and block, written by the
+trainers, loaded by run_superglue.py --modules_dir) lives here too, so every place that builds a compressed
+model finds it beside compress().
+"""
+import glob
+import math
+import os
+import re
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from modeling_moddistilbert import MultiHeadSelfAttention, make_block
+from utils import UserError, written_atomically
+
+
+# ---------------------------------------------------------------------------------------------
+# Low-rank MHA (same heads, head_dim / c) and FFN (width / c), and their starts.
+# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+def reduced_dims(config, layer, compression):
+    """(attention inner size, FFN width) of `layer` after dividing head_dim and FFN width by `compression`."""
+    if compression < 1:
+        raise UserError(f"compression must be >= 1, got {compression}")
+    heads = config.num_attention_heads
+    head_dim = max(1, round(config.attn_dims[layer] // heads / compression))
+    return heads * head_dim, max(1, round(config.ffn_dims[layer] / compression))
+
+
+def _top_r(a, b, r):
+    """Best rank-r factors of a^T b (a: d x n, b: d x m) via QR of both and an SVD of the d x d core.
+
+    Returns (L, R) with L: n x r, R: m x r and L @ R.T the truncated SVD of a^T b; singular values split evenly."""
+    qa, ra = torch.linalg.qr(a.T.double())
+    qb, rb = torch.linalg.qr(b.T.double())
+    u, s, vh = torch.linalg.svd(ra @ rb.T)
+    root = s[:r].sqrt()
+    return qa @ u[:, :r] * root, qb @ vh[:r].T * root
+
+
+@torch.no_grad()
+def svd_init_mha(teacher, student):
+    """Per head, the truncated SVD of the two products through which a head acts.
+
+    Scores: q_i.k_j = [x_i,1] [Wq|bq]^T [Wk|bk] [x_j,1]^T. Terms constant in j (those with bk) do not change
+    the softmax, so bk is dropped exactly and [Wq|bq]^T [Wk|0] (rank head_dim) is truncated to the new head_dim r;
+    the sqrt(r/d) factor keeps the 1/sqrt(head_dim) temperature. Values: sum_h Wo_h (Wv_h x + bv_h) + bo; the
+    value bias only adds the constant Wo bv (attention rows sum to 1), folded into bo exactly; Wo_h Wv_h is
+    truncated to rank r. At full rank the block is exact (up to float error).
+    Computed on the teacher's device; the result is copied into the student wherever it lives."""
+    H, nh, d, r = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim, student.head_dim
+    dev = teacher.q_lin.weight.device
+    new = {k: torch.zeros(p.shape, dtype=torch.float64, device=dev) for k, p in student.state_dict().items()}
+    for h in range(nh):
+        t, s = slice(h * d, (h + 1) * d), slice(h * r, (h + 1) * r)
+        a = torch.cat([teacher.q_lin.weight[t], teacher.q_lin.bias[t, None]], 1)
+        b = torch.cat([teacher.k_lin.weight[t], teacher.k_lin.weight.new_zeros(d, 1)], 1)
+        L, R = _top_r(a, b, r)
+        L = L * math.sqrt(r / d)
+        new["q_lin.weight"][s], new["q_lin.bias"][s] = L[:H].T, L[H]
+        new["k_lin.weight"][s] = R[:H].T
+        Lo, Rv = _top_r(teacher.out_lin.weight[:, t].T, teacher.v_lin.weight[t], r)
+        new["out_lin.weight"][:, s], new["v_lin.weight"][s] = Lo, Rv.T
+    new["out_lin.bias"] = (teacher.out_lin.bias + teacher.out_lin.weight @ teacher.v_lin.bias).double()
+    w = student.q_lin.weight
+    student.load_state_dict({k: v.to(device=w.device, dtype=w.dtype) for k, v in new.items()})
+
+
+@torch.no_grad()
+def svd_init_ffn(teacher, student):
+    """The FFN is not a product of two linear maps (GELU sits between), so its rank-reduced start keeps the
+    `width` hidden units with the largest ||w_in_i|| * ||w_out_i|| (their weights and biases), in order.
+    Selected on the teacher's device; copied into the student wherever it lives."""
+    score = teacher.lin1.weight.norm(dim=1) * teacher.lin2.weight.norm(dim=0)
+    keep = score.topk(student.lin1.out_features).indices.sort().values  # on the teacher's device
+    student.lin1.weight.copy_(teacher.lin1.weight[keep])
+    student.lin1.bias.copy_(teacher.lin1.bias[keep])
+    student.lin2.weight.copy_(teacher.lin2.weight[:, keep])
+    student.lin2.bias.copy_(teacher.lin2.bias)
+
+
+def init_block(teacher, student, init, std=0.02):
+    """Initialise `student` from `teacher` ("svd") or as the paper does ("random": normal(0, std), zero bias).
+    The activation-aware start ("data") needs the layer's inputs: data_init.fit_block, or compress(..., data=)."""
+    if init == "svd":
+        (svd_init_mha if isinstance(student, MultiHeadSelfAttention) else svd_init_ffn)(teacher, student)
+    elif init == "random":
+        for m in student.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                nn.init.zeros_(m.bias)
+    elif init == "data":
+        raise UserError("init 'data' is fitted on captured inputs: use compress(..., init='data', data=...) "
+                        "or mha_modular.py / ffn_modular.py --init data")
+    else:
+        raise UserError(f"init must be 'svd', 'random' or 'data', not {init!r}")
+
+
+def compress(model, compression=2.0, init="svd", layers=None, data=None, device="cpu"):
+    """Replace the MHA and FFN of the chosen layers (all by default) with low-rank blocks, in place.
+
+    MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`.
+    init "data" (data_init.py) needs `data`: {layer: (x [tokens, H], lengths [sequences])}, the layer's inputs
+    as captured from the teacher (activations.ActivationStore.load_layer); every token is used for the fit."""
+    base = model.base_model
+    config = base.config
+    if config.compression:
+        raise UserError(f"the model is already compressed (compression {config.compression}); "
+                        "compress the uncompressed teacher instead")
+    layers = range(config.num_hidden_layers) if layers is None else layers
+    if init == "data":
+        import data_init
+        missing = [i for i in layers if data is None or i not in data]
+        if missing:
+            raise UserError(f"init 'data' needs the inputs of layers {missing} (data={{layer: (x, lengths)}})")
+        data_init.compress_with_data(model, {i: reduced_dims(config, i, compression) for i in layers}, data,
+                                     device=device)
+    for i in layers if init != "data" else []:
+        layer = base.layers[i]
+        attn_dim, ffn_dim = reduced_dims(config, i, compression)
+        for kind, dim in (("mha", attn_dim), ("ffn", ffn_dim)):
+            old = layer.attention if kind == "mha" else layer.ffn
+            new = make_block(config, i, kind, dim).to(next(old.parameters())).train(old.training)
+            init_block(old, new, init, config.initializer_range)
+            setattr(layer, "attention" if kind == "mha" else "ffn", new)
+        config.attn_dims[i], config.ffn_dims[i] = attn_dim, ffn_dim
+    config.compression, config.init = compression, init
+    if model.config is not config:
+        model.config.attn_dims, model.config.ffn_dims = config.attn_dims, config.ffn_dims
+        model.config.compression, model.config.init = compression, init
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Module checkpoints: one block per file, safetensors + string metadata (no pickles).
+# ---------------------------------------------------------------------------------------------
+CKPT_FORMAT = "modular-block/1"
+
+
+def checkpoint_path(out_dir, layer, kind):
+    return os.path.join(out_dir, f"layer{layer:02d}_{kind}.safetensors")
+
+
+def save_block(path, block, meta):
+    """One block: its state dict as safetensors, with string metadata (no pickles). Written then renamed."""
+    with written_atomically(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in block.state_dict().items()}, tmp,
+                  metadata={"format": CKPT_FORMAT, **{k: str(v) for k, v in meta.items()}})
+
+
+def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False):
+    """Load the layerNN_{mha,ffn}.safetensors of `modules_dir` into the (compressed) model; returns
+    (loaded names, missing (layer, block) pairs). Every layer x {mha, ffn} must be there unless allow_partial
+    (a partial dir would leave the other blocks at their SVD start under a "modular" label). Each checkpoint's
+    metadata must fit the model (layer, block, hidden size, heads) and, when `teacher_sha256` is given, name
+    the same teacher weights."""
+    files = sorted(glob.glob(os.path.join(modules_dir, "layer*_*.safetensors")))
+    if not files:
+        raise UserError(f"no module checkpoints (layerNN_mha/ffn.safetensors) in {modules_dir}")
+    base = model.base_model
+    config = base.config
+    loaded, found = [], set()
+    for path in files:
+        m = re.fullmatch(r"layer(\d+)_(mha|ffn)\.safetensors", os.path.basename(path))
+        if not m:
+            raise UserError(f"{path}: not a module checkpoint name (expected layerNN_mha or layerNN_ffn.safetensors)")
+        layer, kind = int(m.group(1)), m.group(2)
+        if layer >= len(base.layers):
+            raise UserError(f"{path}: layer {layer} but the model has {len(base.layers)} layers")
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CKPT_FORMAT:
+                raise UserError(f"{path}: not a {CKPT_FORMAT} checkpoint")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        expect = {"layer": str(layer), "block": kind, "hidden_size": str(config.hidden_size),
+                  "num_heads": str(config.num_attention_heads)}
+        bad = {k: (meta.get(k), v) for k, v in expect.items() if k in meta and meta[k] != v}
+        if bad:
+            raise UserError(f"{path}: metadata does not fit the model: "
+                            + ", ".join(f"{k} {got} (model: {want})" for k, (got, want) in bad.items()))
+        if teacher_sha256 and meta.get("teacher_sha256") not in (None, teacher_sha256):
+            raise UserError(f"{path}: trained against another teacher ({meta.get('teacher')!r}, weights sha256 "
+                            f"{meta['teacher_sha256'][:12]}...) than the model's (sha256 {teacher_sha256[:12]}...)")
+        block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
+        inner = int(meta.get("inner_size", 0))
+        if meta.get("allocated") == "True" and kind == "mha" and inner and inner != config.attn_dims[layer]:
+            # a per-layer size chosen by --allocate: this layer's block takes the module's size
+            from modeling_moddistilbert import make_block
+            block = make_block(config, layer, "mha", inner).to(next(block.parameters())).train(block.training)
+            base.layers[layer].attention = block
+            config.attn_dims[layer] = inner
+            if model.config is not config:
+                model.config.attn_dims = config.attn_dims
+        own = block.state_dict()
+        for k, v in own.items():
+            got = state.get(k)
+            if got is None or got.shape != v.shape:
+                shape = "missing" if got is None else tuple(got.shape)
+                raise UserError(f"{path}: layer {layer} {kind} {k} has shape {shape} in the module but "
+                                f"{tuple(v.shape)} in the model (check --compression)")
+        extra = sorted(set(state) - set(own))
+        if extra:
+            raise UserError(f"{path}: layer {layer} {kind} has tensors the model's block lacks: {extra}")
+        block.load_state_dict(state)
+        loaded.append(os.path.basename(path))
+        found.add((layer, kind))
+    missing = [(l, k) for l in range(len(base.layers)) for k in ("mha", "ffn") if (l, k) not in found]
+    if missing and not allow_partial:
+        names = ", ".join(os.path.basename(checkpoint_path("", l, k)) for l, k in missing)
+        raise UserError(f"{modules_dir} lacks {names}: those blocks would stay at their start under a 'modular' "
+                        "label (--allow_partial_modules to use it anyway; the variant then says so)")
+    return loaded, missing
+
+
+def checkpoint_settings(path):
+    """The settings recorded in a block checkpoint (None if absent or unreadable)."""
+    try:
+        with safe_open(path, "pt") as f:
+            return (f.metadata() or {}).get("settings")
+    except Exception:
+        return None
