@@ -19,10 +19,9 @@ import time
 import torch
 
 import data_init
-from activations import ActivationStore
 from compression import checkpoint_path, reduced_dims, save_block
-from modular import holdout_split, load_capture_teacher
-from utils import UserError, atomic_write_json, get_device, run_main, set_seed
+from modular import holdout_split, open_capture
+from utils import UserError, atomic_write_json, run_main
 
 
 def parse_args(argv=None):
@@ -55,12 +54,7 @@ def stack_errors(model, data, index, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    set_seed(args.seed)
-    device = get_device(args.device)
-    store = ActivationStore(args.activations_dir)
-    teacher, teacher_sha = load_capture_teacher(store)
+    device, store, teacher, teacher_sha = open_capture(args)
     config = teacher.config
     if store.num_layers != config.num_hidden_layers:
         raise UserError(f"{args.activations_dir} holds {store.num_layers} layers, the teacher has {config.num_hidden_layers}")

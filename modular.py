@@ -148,18 +148,24 @@ def load_capture_teacher(store):
     return teacher, teacher_sha
 
 
+def open_capture(args):
+    """What every module-stage command starts with: threads, seed, device, the capture and its checked teacher.
+    Returns (device, store, teacher, teacher_sha256)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    store = ActivationStore(args.activations_dir)
+    teacher, teacher_sha = load_capture_teacher(store)
+    return get_device(args.device), store, teacher, teacher_sha
+
+
 def train_blocks(args):
     """Train the low-rank `args.kind` block of every chosen layer. Each layer's checkpoint and report entry are
     written as soon as it is done; a rerun skips layers whose checkpoint holds the same settings."""
     kind = args.kind
     if args.epochs < 0:
         raise UserError("--epochs must be >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    set_seed(args.seed)
-    device = get_device(args.device)
-    store = ActivationStore(args.activations_dir)
-    teacher, teacher_sha = load_capture_teacher(store)
+    device, store, teacher, teacher_sha = open_capture(args)
     config = teacher.config
     layers = range(config.num_hidden_layers) if args.layers is None else args.layers
     for layer in layers:
