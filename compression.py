@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from data_init import compress_with_data, top_r
 from modeling_moddistilbert import MultiHeadSelfAttention, make_block
 from utils import UserError, written_atomically
 
@@ -31,17 +32,6 @@ def reduced_dims(config, layer, compression):
     heads = config.num_attention_heads
     head_dim = max(1, round(config.attn_dims[layer] // heads / compression))
     return heads * head_dim, max(1, round(config.ffn_dims[layer] / compression))
-
-
-def _top_r(a, b, r):
-    """Best rank-r factors of a^T b (a: d x n, b: d x m) via QR of both and an SVD of the d x d core.
-
-    Returns (L, R) with L: n x r, R: m x r and L @ R.T the truncated SVD of a^T b; singular values split evenly."""
-    qa, ra = torch.linalg.qr(a.T.double())
-    qb, rb = torch.linalg.qr(b.T.double())
-    u, s, vh = torch.linalg.svd(ra @ rb.T)
-    root = s[:r].sqrt()
-    return qa @ u[:, :r] * root, qb @ vh[:r].T * root
 
 
 @torch.no_grad()
@@ -61,11 +51,11 @@ def svd_init_mha(teacher, student):
         t, s = slice(h * d, (h + 1) * d), slice(h * r, (h + 1) * r)
         a = torch.cat([teacher.q_lin.weight[t], teacher.q_lin.bias[t, None]], 1)
         b = torch.cat([teacher.k_lin.weight[t], teacher.k_lin.weight.new_zeros(d, 1)], 1)
-        L, R = _top_r(a, b, r)
+        L, R, _ = top_r(a, b, r)
         L = L * math.sqrt(r / d)
         new["q_lin.weight"][s], new["q_lin.bias"][s] = L[:H].T, L[H]
         new["k_lin.weight"][s] = R[:H].T
-        Lo, Rv = _top_r(teacher.out_lin.weight[:, t].T, teacher.v_lin.weight[t], r)
+        Lo, Rv, _ = top_r(teacher.out_lin.weight[:, t].T, teacher.v_lin.weight[t], r)
         new["out_lin.weight"][:, s], new["v_lin.weight"][s] = Lo, Rv.T
     new["out_lin.bias"] = (teacher.out_lin.bias + teacher.out_lin.weight @ teacher.v_lin.bias).double()
     w = student.q_lin.weight
@@ -115,11 +105,10 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
                         "compress the uncompressed teacher instead")
     layers = range(config.num_hidden_layers) if layers is None else layers
     if init == "data":
-        import data_init
         missing = [i for i in layers if data is None or i not in data]
         if missing:
             raise UserError(f"init 'data' needs the inputs of layers {missing} (data={{layer: (x, lengths)}})")
-        data_init.compress_with_data(model, {i: reduced_dims(config, i, compression) for i in layers}, data,
+        compress_with_data(model, {i: reduced_dims(config, i, compression) for i in layers}, data,
                                      device=device)
     for i in layers if init != "data" else []:
         layer = base.layers[i]
