@@ -401,3 +401,23 @@ def test_sequential_fit_at_c1_is_exact(tiny_bert_dir):
 def copy_model(m):
     import copy
     return copy.deepcopy(m)
+
+
+def test_an_allocated_module_resizes_its_layer(tiny_bert_dir, tmp_path):
+    """A module written with --allocate at another head dim replaces that layer's block at its own size; a
+    module of another size without the flag is still refused (a wrong --compression)."""
+    from compression import load_modules, save_block
+    from modeling_moddistilbert import make_block
+    model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=2)
+    compress(model, 2.0, "svd")
+    wide = make_block(model.config, 0, "mha", 24)
+    meta = {"block": "mha", "layer": 0, "inner_size": 24, "allocated": True}
+    save_block(str(tmp_path / "layer00_mha.safetensors"), wide, meta)
+    load_modules(model, str(tmp_path), allow_partial=True)
+    assert model.config.attn_dims[0] == 24 and model.moddistilbert.layers[0].attention.head_dim == 6
+    assert torch.equal(model.moddistilbert.layers[0].attention.q_lin.weight, wide.q_lin.weight)
+    other = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=2)
+    compress(other, 2.0, "svd")
+    save_block(str(tmp_path / "layer00_mha.safetensors"), wide, {**meta, "allocated": False})
+    with pytest.raises(UserError, match="check --compression"):
+        load_modules(other, str(tmp_path), allow_partial=True)
