@@ -95,9 +95,16 @@ def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
     return ModDistilBertConfig(**kw)
 
 
-def attention_mask_4d(attention_mask):
-    """(B, T) 1/0 mask -> (B, 1, 1, T) boolean mask for SDPA (True = attend); None stays None."""
-    return None if attention_mask is None else attention_mask[:, None, None, :].bool()
+def attention_mask_4d(attention_mask, additive_dtype=None):
+    """(B, T) 1/0 mask -> (B, 1, 1, T) boolean mask for SDPA (True = attend); None stays None.
+
+    With `additive_dtype`: the additive float mask of the eager path instead (0 where attended, the dtype's
+    lowest value elsewhere), written as BERT's `(1 - mask) * min`, the pattern ONNX Runtime fuses."""
+    if attention_mask is None:
+        return None
+    if additive_dtype is None:
+        return attention_mask[:, None, None, :].bool()
+    return (1.0 - attention_mask[:, None, None, :].to(additive_dtype)) * torch.finfo(additive_dtype).min
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,10 +126,31 @@ class MultiHeadSelfAttention(nn.Module):
         """x: (B, T, H); mask: (B, 1, 1, T) bool or None. Returns the block output (before residual + LayerNorm)."""
         B, T, _ = x.shape
         split = lambda t: t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        q, k, v = split(self.q_lin(x)), split(self.k_lin(x)), split(self.v_lin(x))
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        if hasattr(self, "qkv_lin"):  # fused for inference (fuse_qkv)
+            q, k, v = map(split, self.qkv_lin(x).chunk(3, dim=-1))
+        else:
+            q, k, v = split(self.q_lin(x)), split(self.k_lin(x)), split(self.v_lin(x))
+        if mask is not None and mask.is_floating_point():  # the eager path (ONNX export, see eager_attention)
+            scores = torch.matmul(q, k.transpose(2, 3)) / self.head_dim ** 0.5 + mask  # "/": the fused pattern
+            ctx = torch.matmul(F.dropout(F.softmax(scores, dim=-1), self.dropout, self.training), v)
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         return self.out_dropout(self.out_lin(ctx.transpose(1, 2).reshape(B, T, -1)))
+
+
+    @torch.no_grad()
+    def fuse_qkv(self):
+        """Inference only, in place: q_lin, k_lin and v_lin become one Linear `qkv_lin` (one GEMM, and under
+        dynamic INT8 one quantization of x instead of three). The same function; the state dict changes, so
+        a fused model is for running, not for saving."""
+        lins = (self.q_lin, self.k_lin, self.v_lin)
+        fused = nn.Linear(lins[0].in_features, sum(m.out_features for m in lins)).to(lins[0].weight)
+        fused.weight.copy_(torch.cat([m.weight for m in lins]))
+        fused.bias.copy_(torch.cat([m.bias for m in lins]))
+        self.qkv_lin = fused
+        del self.q_lin, self.k_lin, self.v_lin
+        return self
 
 
 class FeedForward(nn.Module):
@@ -272,6 +300,10 @@ class ModDistilBertModel(ModDistilBertPreTrainedModel):
         super().__init__(config)
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_hidden_layers))
+        # False: scaled_dot_product_attention (fastest in PyTorch). True: matmul-softmax-matmul with BERT's
+        # additive mask, the same numbers; set for ONNX export, whose graph ONNX Runtime then fuses into
+        # its Attention kernel (quantize.export_onnx).
+        self.eager_attention = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -283,7 +315,7 @@ class ModDistilBertModel(ModDistilBertPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
                 return_dict=True, **kwargs):
         x = self.embeddings(input_ids, token_type_ids)
-        mask = attention_mask_4d(attention_mask)
+        mask = attention_mask_4d(attention_mask, x.dtype if self.eager_attention else None)
         hidden = [x]
         for layer in self.layers:
             x = layer(x, mask)

@@ -1,27 +1,35 @@
-"""CPU inference benchmark: uncompressed vs compressed encoder, fp32 and dynamic INT8, one process, interleaved.
+"""CPU inference benchmark: uncompressed vs compressed encoder, fp32 and INT8, PyTorch and ONNX Runtime, in one
+process, variants interleaved in every repeat.
 
     python run_speed.py --threads 2 --json results/speed.json                 # DistilBERT shape, random weights
     python run_speed.py --model_name_or_path minilm --compression 2           # a real teacher's shape
-    python run_speed.py --checkpoint runs/rte/modular/seed1/model --task rte  # + validation accuracy, fp32 vs INT8
+    python run_speed.py --onnx_dir runs/onnx --torchscript --compile          # + ONNX Runtime, TorchScript, compile
+    python run_speed.py --checkpoint runs/ft/stsb/x/seed1/model --task stsb --accuracy_only \\
+        --int8_backends dynamic_per_channel smooth --onnx_dir runs/onnx       # validation score, fp32 vs each INT8
 
 Beside every speedup it prints the FLOP bound: the ratio of multiply-adds of the whole model (encoder, the
-[CLS] head) uncompressed vs compressed at that sequence length, and the fraction of it reached.
+[CLS] head) uncompressed vs compressed at that sequence length, and the fraction of it reached. With
+--onnx_dir, `ort-int8 c=1` is the peer row (what a user would pick instead: the uncompressed model with ONNX
+Runtime's fused graph and dynamic INT8) and every row also gets its speedup over it. The INT8 schemes are in
+quantize.py. The JSON records the CPU model and its ISA flags: INT8 speed depends on VNNI/AMX.
 """
 import argparse
 import copy
-import os
 import statistics
+import sys
 import time
-import warnings
 
 import torch
 from tabulate import tabulate
 from transformers import DistilBertConfig
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from compression import compress
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
-from utils import UserError, atomic_write_json, run_main, set_seed
+from inference import INT8_SCHEMES, Traced, choose_alpha, int8, int8_label, onnx_models, sensitivity
+from utils import UserError, atomic_write_json, cpu_info, cpu_line, run_main, set_seed
+
+PEER = "ort-int8 c=1"
+DEFAULT_SCHEMES = ["dynamic_per_channel"]
 
 
 def model_macs(config, seq_len, num_labels=2):
@@ -34,98 +42,44 @@ def model_macs(config, seq_len, num_labels=2):
     return total + H * H + H * num_labels  # pre_classifier + classifier on [CLS]
 
 
-INT8_BACKENDS = ("dynamic", "dynamic_per_channel", "torchao")
+def random_batches(vocab, n=2, batch_size=8, seq_len=128, seed=0):
+    """Calibration input for timing-only runs (random weights): random token ids, no padding."""
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(1000, vocab, (batch_size, seq_len), generator=g) for _ in range(n)]
+    return [{"input_ids": i, "attention_mask": torch.ones_like(i)} for i in ids]
 
 
-def int8(model, backend="dynamic", keep_fp32=()):
-    """Dynamic INT8 on every Linear (weights int8, activations quantized on the fly), on a copy.
-
-    keep_fp32: Linear layers whose qualified name contains any of these strings stay fp32 (e.g. "lin2",
-    the FFN output projection, whose post-GELU input has the widest range).
-
-    dynamic: torch.ao quantize_dynamic, one scale per weight tensor (the fastest here, with
-    dynamic_per_channel); dynamic_per_channel: one scale per output channel, as fast and closer to fp32 on
-    every checkpoint measured; torchao: torchao's Int8DynamicActivationInt8WeightConfig (per-token
-    activation scales: the most accurate, but slower on this CPU). Numbers: results/RESULTS.md, sections 4-5.
-    """
-    if backend not in INT8_BACKENDS:
-        raise UserError(f"unknown INT8 backend {backend!r}; choose from {', '.join(INT8_BACKENDS)}")
-    model = copy.deepcopy(model)
-    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-             and not any(k in n for k in keep_fp32)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if backend == "torchao":
-            try:
-                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-            except ImportError as e:
-                raise UserError(f"--int8_backends torchao needs torchao (pip install torchao): {e}") from e
-            quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, n: n in names)
-            return model
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig if backend == "dynamic_per_channel" \
-            else torch.ao.quantization.default_dynamic_qconfig
-        return torch.ao.quantization.quantize_dynamic(model, {n: qconfig for n in names}, dtype=torch.qint8)
-
-
-def int8_label(backend):
-    """"int8" for the default backend, "int8[backend]" for the others (variant names, accuracy keys)."""
-    return "int8" if backend == "dynamic" else f"int8[{backend}]"
-
-
-class OnnxModel:
-    """An ONNX Runtime session over an exported model, called like the PyTorch one (returns .logits)."""
-
-    def __init__(self, path, threads):
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, input_ids, attention_mask):
-        out = self.session.run(["logits"], {"input_ids": input_ids.numpy(),
-                                            "attention_mask": attention_mask.numpy()})[0]
-        return SequenceClassifierOutput(logits=torch.from_numpy(out))
-
-
-def export_onnx(model, path, seq_len=16):
-    """torch.onnx.export with dynamic batch and sequence axes; inputs input_ids, attention_mask; output logits."""
-    class Wrapped(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    ids = torch.randint(1000, model.config.vocab_size, (2, seq_len))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Wrapped(model).eval(), (ids, torch.ones_like(ids)), path, dynamo=False,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                                        "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}},
-                          opset_version=17)
-    return path
-
-
-def build_variants(base, compressions, int8_backends=("dynamic",), onnx_dir=None, keep_fp32=()):
-    """{name: model}: fp32 c=1 and each compression, each INT8 backend on all of them, ONNX of all."""
+def build_variants(base, compressions, int8_backends=tuple(DEFAULT_SCHEMES), onnx_dir=None, keep_fp32=(),
+                   calibration=None, compile_=False, torchscript=False):
+    """{name: model}: fp32 c=1 and each compression; each INT8 scheme of all of them; with onnx_dir, ONNX
+    Runtime fused fp32 (`ort`) and dynamic INT8 (`ort-int8`) of all; with torchscript / compile_, TorchScript
+    (`ts ...`) / torch.compile (`compiled ...`) of the compressed PyTorch models."""
     models = {1.0: base}
     for c in compressions:
         models[float(c)] = compress(copy.deepcopy(base), c, "svd").eval()
     variants = {f"fp32 c={c:g}": m for c, m in models.items()}
-    for backend in int8_backends:
-        variants.update({f"{int8_label(backend)} c={c:g}": int8(m, backend, keep_fp32) for c, m in models.items()})
+    for scheme in int8_backends:
+        variants.update({f"{int8_label(scheme)} c={c:g}": int8(m, scheme, keep_fp32, calibration)
+                         for c, m in models.items()})
     if onnx_dir:
-        os.makedirs(onnx_dir, exist_ok=True)
         for c, m in models.items():
-            path = export_onnx(m, os.path.join(onnx_dir, f"model_c{c:g}.onnx"))
-            variants[f"onnx c={c:g}"] = OnnxModel(path, torch.get_num_threads())
+            ort = onnx_models(m, onnx_dir, f"model_c{c:g}", torch.get_num_threads())
+            variants.update({f"ort c={c:g}": ort["fp32"], f"ort-int8 c={c:g}": ort["int8"]})
+    compressed = [n for n in variants if not n.startswith("ort") and not n.endswith("c=1")]
+    if torchscript:
+        example = torch.randint(1000, base.config.vocab_size, (1, 128))
+        variants.update({f"ts {n}": Traced(variants[n], example) for n in compressed})
+    if compile_:
+        variants.update({f"compiled {n}": torch.compile(variants[n]) for n in compressed})
     return variants
 
 
 def variant_compression(name):
     return float(name.rsplit("c=", 1)[1])
+
+
+def is_int8(name):
+    return "int8" in name
 
 
 @torch.inference_mode()
@@ -147,22 +101,51 @@ def time_variants(variants, batch_size, seq_len, vocab, repeats, warmup):
     return out
 
 
-def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=("dynamic",), keep_fp32=()):
-    """Validation score of a fine-tuned checkpoint: {"fp32": ..., "int8": ..., "int8[backend]": ...}."""
-    import tasks as T
-    from finetune import evaluate
-    from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer
-    task = T.get_task(task_name)
-    auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
-    model = auto.from_pretrained(checkpoint).eval()
-    tok = AutoTokenizer.from_pretrained(checkpoint)
-    rows = T.load_rows(task, "validation", data_dir or T.default_data_dir(task))
-    loader = T.make_loader(T.encode(task, rows, tok, 128), 64, False, tok.pad_token_id)
-    dev = torch.device("cpu")
-    out = {"fp32": evaluate(model, loader, task, dev)}
-    for backend in int8_backends:
-        out[int8_label(backend)] = evaluate(int8(model, backend, keep_fp32), loader, task, dev)
-    return out
+@torch.inference_mode()
+def profile_ops(model, vocab, seq_len=128, repeats=10, rows=20):
+    """Where one forward's time goes, by operator (batch 1): [{op, calls, self_ms per forward, share}]."""
+    ids = torch.randint(1000, vocab, (1, seq_len))
+    mask = torch.ones_like(ids)
+    for _ in range(3):
+        model(input_ids=ids, attention_mask=mask)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            model(input_ids=ids, attention_mask=mask)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "calls": e.count // repeats, "self_ms": round(e.self_cpu_time_total / repeats / 1e3, 3),
+             "share": round(e.self_cpu_time_total / total, 4)} for e in events[:rows]]
+
+
+def speed_rows(args, variants, base_config):
+    configs = {variant_compression(n): m.config for n, m in variants.items() if n.startswith("fp32")}
+    rows = []
+    for T_ in args.seq_lens:
+        bounds = {c: model_macs(base_config, T_) / model_macs(cfg, T_) for c, cfg in configs.items()}
+        for bs in args.batch_sizes:
+            res = time_variants(variants, bs, T_, base_config.vocab_size, args.repeats, args.warmup)
+            ref, peer = res["fp32 c=1"][0], res.get(PEER, (None,))[0]
+            for name, (med, p10, p90) in res.items():
+                b = bounds[variant_compression(name)]
+                rows.append({"variant": name, "compression": variant_compression(name), "batch_size": bs,
+                             "seq_len": T_, "threads": args.threads,
+                             "median_ms": round(med, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3),
+                             "speedup": round(ref / med, 3), "flop_bound": round(b, 3),
+                             "fraction_of_bound": None if is_int8(name) else round(ref / med / b, 3),
+                             "vs_peer": None if peer is None else round(peer / med, 3)})
+            print(f"bs {bs} x {T_} done", flush=True)
+    return rows
+
+
+def print_rows(rows, machine):
+    print(f"CPU: {cpu_line(machine)}")
+    peer = any(r["vs_peer"] is not None for r in rows)
+    print(tabulate([[r["variant"], r["batch_size"], r["seq_len"], r["threads"], r["median_ms"],
+                     f"{r['p10_ms']}-{r['p90_ms']}", f"{r['speedup']:.2f}x", f"{r['flop_bound']:.2f}x",
+                     "" if r["fraction_of_bound"] is None else f"{r['fraction_of_bound']:.2f}"]
+                    + ([f"{r['vs_peer']:.2f}x"] if peer else []) for r in rows],
+                   headers=["variant", "bs", "seq", "threads", "median ms", "p10-p90", "speedup",
+                            "FLOP bound", "of bound"] + (["vs peer"] if peer else []), tablefmt="github"))
 
 
 def main(argv=None):
@@ -177,16 +160,28 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no_int8", action="store_true")
-    p.add_argument("--int8_backends", nargs="+", default=["dynamic"], choices=INT8_BACKENDS,
-                   help="dynamic (default, quantize_dynamic per tensor), dynamic_per_channel, torchao")
+    p.add_argument("--int8_backends", nargs="+", default=DEFAULT_SCHEMES, choices=INT8_SCHEMES,
+                   help=f"PyTorch INT8 schemes (quantize.py; default {' '.join(DEFAULT_SCHEMES)}): dynamic "
+                   "(one scale per weight tensor), dynamic_per_channel, smooth (SmoothQuant + per channel), "
+                   "torchao (per-token activation scales)")
     p.add_argument("--int8_keep_fp32", nargs="+", default=[], metavar="NAME",
                    help="leave Linear layers whose name contains NAME in fp32 (e.g. lin2: the FFN output)")
-    p.add_argument("--onnx_dir", default=None, help="also export both models to ONNX here and time ONNX Runtime")
+    p.add_argument("--onnx_dir", default=None, help="also export to ONNX here: ONNX Runtime fused fp32 (ort) and "
+                   "dynamic INT8 (ort-int8) rows, ort-int8 c=1 being the peer row")
+    p.add_argument("--torchscript", action="store_true", help="also time TorchScript (q/k/v fused, traced, "
+                   "frozen) of the compressed models: rows 'ts ...'")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) of the compressed "
+                   "models: rows 'compiled ...'")
+    p.add_argument("--profile", default=None, metavar="JSON", help="write a by-operator profile of one batch-1 "
+                   "forward of fp32 c=1 and each compressed variant here")
     p.add_argument("--checkpoint", default=None, help="fine-tuned compressed model: also report fp32 vs INT8 "
                    "validation score on --task")
     p.add_argument("--task", default=None)
     p.add_argument("--data_dir", default=None, help="task files for --checkpoint (default: repo data/ or the hub)")
-    p.add_argument("--json", default=None, help="write the rows as a JSON list")
+    p.add_argument("--int8_fp32_most_sensitive", type=int, default=0, metavar="K",
+                   help="with --checkpoint: also score each scheme with the K Linear layers whose INT8 alone "
+                   "moves the logits most (on training rows) kept in fp32")
+    p.add_argument("--json", default=None, help="write {machine, command, rows} here")
     p.add_argument("--accuracy_json", default=None, help="with --checkpoint: write the fp32/INT8 scores here")
     p.add_argument("--accuracy_only", action="store_true", help="with --checkpoint: skip the timing")
     args = p.parse_args(argv)
@@ -198,48 +193,102 @@ def main(argv=None):
         raise UserError(f"--compression values must be > 1 (c=1 is the reference, always timed), "
                         f"got {args.compression}")
     torch.set_num_threads(args.threads)
+    machine = cpu_info()
     if args.accuracy_only:
-        return report_accuracy(args)
+        return report_accuracy(args, machine)
     set_seed(0)
     if args.model_name_or_path:
         base = ModDistilBertForSequenceClassification.from_teacher(args.model_name_or_path, num_labels=2)
     else:
         base = ModDistilBertForSequenceClassification(config_from_teacher(DistilBertConfig(), num_labels=2))
     base.eval()
-    variants = build_variants(base, args.compression, [] if args.no_int8 else args.int8_backends, args.onnx_dir,
-                              args.int8_keep_fp32)
-    configs = {variant_compression(n): m.config for n, m in variants.items() if n.startswith("fp32")}
-    rows = []
-    for T_ in args.seq_lens:
-        bounds = {c: model_macs(base.config, T_) / model_macs(cfg, T_) for c, cfg in configs.items()}
-        for bs in args.batch_sizes:
-            res = time_variants(variants, bs, T_, base.config.vocab_size, args.repeats, args.warmup)
-            ref = res["fp32 c=1"][0]
-            for name, (med, p10, p90) in res.items():
-                b = bounds[variant_compression(name)]
-                rows.append({"variant": name, "compression": variant_compression(name), "batch_size": bs,
-                             "seq_len": T_, "threads": args.threads,
-                             "median_ms": round(med, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3),
-                             "speedup": round(ref / med, 3), "flop_bound": round(b, 3),
-                             "fraction_of_bound": round(ref / med / b, 3) if not name.startswith("int8") else None})
-            print(f"bs {bs} x {T_} done", flush=True)
-    print(tabulate([[r["variant"], r["batch_size"], r["seq_len"], r["threads"], r["median_ms"],
-                     f"{r['p10_ms']}-{r['p90_ms']}", f"{r['speedup']:.2f}x", f"{r['flop_bound']:.2f}x",
-                     "" if r["fraction_of_bound"] is None else f"{r['fraction_of_bound']:.2f}"] for r in rows],
-                   headers=["variant", "bs", "seq", "threads", "median ms", "p10-p90", "speedup",
-                            "FLOP bound", "of bound"], tablefmt="github"))
+    schemes = [] if args.no_int8 else args.int8_backends
+    calibration = random_batches(base.config.vocab_size) if "smooth" in schemes else None
+    variants = build_variants(base, args.compression, schemes, args.onnx_dir, args.int8_keep_fp32, calibration,
+                              args.compile, args.torchscript)
+    rows = speed_rows(args, variants, base.config)
+    print_rows(rows, machine)
     if args.json:
-        atomic_write_json(args.json, rows)
+        atomic_write_json(args.json, {"machine": machine, "command": ["python", "run_speed.py"] + sys.argv[1:]
+                                      if argv is None else argv, "rows": rows})
+    if args.profile:
+        prof = {name: profile_ops(m, base.config.vocab_size, args.seq_lens[0]) for name, m in variants.items()
+                if not name.startswith("ort") and (name == "fp32 c=1" or not name.endswith("c=1"))}
+        atomic_write_json(args.profile, {"machine": machine, "seq_len": args.seq_lens[0], "batch_size": 1,
+                                         "threads": args.threads, "profiles": prof})
+        for name, ops in prof.items():
+            print(f"\nprofile, {name} (bs 1 x {args.seq_lens[0]}, ms per forward):")
+            print(tabulate([[o["op"], o["calls"], o["self_ms"], f"{100 * o['share']:.1f}%"] for o in ops[:12]],
+                           headers=["op", "calls", "self ms", "share"], tablefmt="github"))
     if args.checkpoint:
-        report_accuracy(args)
+        report_accuracy(args, machine)
 
 
-def report_accuracy(args):
-    acc = accuracy_rows(args.checkpoint, args.task, args.data_dir, args.int8_backends, args.int8_keep_fp32)
-    print(f"{args.task} validation score: " + ", ".join(f"{k} {v['score']:.2f}" for k, v in acc.items()))
+def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128):
+    """(model, task, validation loader, calibration batches from the training split) of a fine-tuned model."""
+    import tasks as T
+    from finetune import _model_inputs
+    from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer
+    task = T.get_task(task_name)
+    auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    data_dir = data_dir or T.default_data_dir(task)
+    loader = T.make_loader(T.encode(task, T.load_rows(task, "validation", data_dir), tok, 128), 64, False,
+                           tok.pad_token_id)
+    train = T.load_rows(task, "train", data_dir)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:calibration_rows].tolist()
+    cal_loader = T.make_loader(T.encode(task, [train[i] for i in pick], tok, 128), 32, False, tok.pad_token_id)
+    calibration = []
+    for b in cal_loader:
+        b = _model_inputs(b, torch.device("cpu"))
+        b.pop("labels")
+        calibration.append(b)
+    return model, task, loader, calibration
+
+
+def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=tuple(DEFAULT_SCHEMES), keep_fp32=(),
+                  onnx_dir=None, most_sensitive=0):
+    """Validation score of a fine-tuned checkpoint: {"fp32": ..., "int8[scheme]": ..., "ort-int8": ...,
+    "int8[scheme]+fp32 top K": ..., "details": {smooth alphas, sensitivity ranking}}."""
+    from finetune import evaluate
+    model, task, loader, calibration = checkpoint_data(checkpoint, task_name, data_dir)
+    dev = torch.device("cpu")
+    out, details = {"fp32": evaluate(model, loader, task, dev)}, {}
+    for scheme in int8_backends:
+        alpha = None
+        if scheme == "smooth":
+            alpha, errors = choose_alpha(model, calibration, keep_fp32)
+            details["smooth_alpha_errors"] = {str(a): e for a, e in errors.items()}
+            details["smooth_alpha"] = alpha
+        out[int8_label(scheme)] = evaluate(int8(model, scheme, keep_fp32, calibration, alpha), loader, task, dev)
+        if most_sensitive:
+            ranking = sensitivity(model, calibration, scheme, alpha if alpha is not None else 0.5)
+            details[f"sensitivity[{scheme}]"] = ranking
+            kept = [n for n, _ in ranking[:most_sensitive]]
+            only = [n for n, _ in ranking[most_sensitive:]]
+            out[f"{int8_label(scheme)}+fp32 top {most_sensitive}"] = {
+                **evaluate(int8(model, scheme, calibration=calibration, alpha=alpha, only=only), loader, task, dev),
+                "fp32_layers": kept}
+    if onnx_dir:
+        if task.kind == "multiple_choice":
+            raise UserError("the ONNX Runtime rows score sequence-classification tasks only")
+        ort = onnx_models(model, onnx_dir, f"{task_name}_checkpoint", torch.get_num_threads())
+        out["ort"] = evaluate(ort["fp32"], loader, task, dev)
+        out["ort-int8"] = evaluate(ort["int8"], loader, task, dev)
+    if details:
+        out["details"] = details
+    return out
+
+
+def report_accuracy(args, machine):
+    acc = accuracy_rows(args.checkpoint, args.task, args.data_dir, args.int8_backends, args.int8_keep_fp32,
+                        args.onnx_dir, args.int8_fp32_most_sensitive)
+    print(f"{args.task} validation score: " + ", ".join(f"{k} {v['score']:.2f}" for k, v in acc.items()
+                                                          if k != "details"))
     if args.accuracy_json:
         atomic_write_json(args.accuracy_json, {"checkpoint": args.checkpoint, "task": args.task,
-                                               "int8_keep_fp32": args.int8_keep_fp32, **acc})
+                                               "int8_keep_fp32": args.int8_keep_fp32, "machine": machine, **acc})
 
 
 if __name__ == "__main__":

@@ -157,3 +157,33 @@ def provenance(device) -> dict:
             pass
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "git_commit": git_commit(), "device": name}
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info(cpuinfo_path="/proc/cpuinfo") -> dict:
+    """The CPU a speed number comes from: model name, the ISA flags INT8 and fp32 kernels depend on (VNNI and
+    AMX make INT8 several times faster), core count, and the kernel level PyTorch picked."""
+    model, flags = None, set()
+    try:
+        with open(cpuinfo_path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)()
+    return {"cpu": model, "isa": [f for f in ISA_FLAGS if f in flags], "cores": os.cpu_count(),
+            "torch_cpu_capability": capability, "torch": torch.__version__}
+
+
+def cpu_line(info: dict) -> str:
+    """One line for tables: 'AMD EPYC, 2 cores, avx2 avx512f avx512_vnni (torch kernels: AVX512)'."""
+    isa = " ".join(info["isa"]) or "no AVX2"
+    return f"{info['cpu']}, {info['cores']} cores, {isa} (torch kernels: {info['torch_cpu_capability']})"

@@ -40,7 +40,8 @@ def points(results, tasks, which):
 
 
 def speedups(rows, batch_size, seq_len):
-    """{c: fp32 speedup over c=1} from run_speed.py's JSON rows."""
+    """{c: fp32 speedup over c=1} from run_speed.py's JSON ({"rows": [...]}, or the bare list older runs wrote)."""
+    rows = rows["rows"] if isinstance(rows, dict) else rows
     if any("compression" not in r for r in rows):
         raise UserError("the speed JSON has rows without 'compression' (an older run_speed.py): rerun it")
     out = {r["compression"]: r["speedup"] for r in rows if r["variant"].startswith("fp32")

@@ -76,3 +76,10 @@ def test_collect_results_copies_and_refuses_duplicates(tmp_path):
     with pytest.raises(UserError, match="two results for rte/baseline/seed1"):
         collect_results.main([str(a), str(b), "--dest", str(tmp_path / "d2")])
     assert not (tmp_path / "d2").exists()
+
+
+def test_speedups_read_both_json_layouts():
+    rows = [{"variant": "fp32 c=2", "compression": 2.0, "batch_size": 1, "seq_len": 128, "speedup": 1.9},
+            {"variant": "int8 c=2", "compression": 2.0, "batch_size": 1, "seq_len": 128, "speedup": 5.0}]
+    assert pareto.speedups(rows, 1, 128) == {2.0: 1.9}                       # older run_speed.py: a bare list
+    assert pareto.speedups({"machine": {}, "rows": rows}, 1, 128) == {2.0: 1.9}

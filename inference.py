@@ -1,0 +1,287 @@
+"""Fast CPU inference: INT8 schemes, TorchScript and ONNX Runtime (used by run_speed.py).
+
+PyTorch INT8 (`int8(model, scheme)`, always on a copy whose attention q/k/v projections are fused into one
+Linear, so that x is quantized once per layer; weights int8, activations quantized on the fly):
+  dynamic              torch.ao quantize_dynamic, one scale per weight tensor
+  dynamic_per_channel  the same with one scale per output channel
+  smooth               SmoothQuant: each Linear's input channels are divided by s_j and its weight columns
+                       multiplied by s_j (the product is unchanged), s_j = max|x_j|^a / max|W_:,j|^(1-a) from
+                       calibration batches, so the outlier channels of BERT's residual stream no longer set
+                       the activation scale; then per-channel dynamic INT8. The division is one elementwise
+                       multiply per Linear (a post-LayerNorm encoder cannot fold it into the LayerNorm: its
+                       output also feeds the residual). The strength a is chosen on the calibration batches.
+  torchao              torchao's Int8DynamicActivationInt8WeightConfig (per-token activation scales)
+`keep_fp32` leaves named Linear layers in fp32; `sensitivity` ranks them by the error each one alone adds.
+`Traced` runs a model as TorchScript (trace + freeze): the same numbers without Python's per-op overhead.
+
+ONNX Runtime: `export_onnx` (eager attention, so that ONNX Runtime's transformer optimizer fuses it into its
+Attention kernel), `optimize_onnx` (those fusions), `quantize_onnx` (ONNX Runtime's dynamic INT8, per
+channel: what Hugging Face Optimum's dynamic quantization produces), `OnnxModel` (a session called like the
+PyTorch model, worker threads not spinning between runs).
+"""
+import copy
+import os
+import warnings
+
+import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from utils import UserError
+
+INT8_SCHEMES = ("dynamic", "dynamic_per_channel", "smooth", "torchao")
+SMOOTH_ALPHAS = (0.25, 0.5, 0.75)
+
+
+def int8_label(scheme):
+    """"int8" for the default scheme, "int8[scheme]" for the others (variant names, accuracy keys)."""
+    return "int8" if scheme == "dynamic" else f"int8[{scheme}]"
+
+
+def fused_copy(model):
+    """A copy of `model` with each attention block's q/k/v fused into one Linear (same function)."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if hasattr(m, "fuse_qkv") and not hasattr(m, "qkv_lin"):
+            m.fuse_qkv()
+    return model
+
+
+def linear_names(model, keep_fp32=()):
+    """Qualified names of the Linear layers to quantize: all but those whose name contains a keep_fp32 entry."""
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and not any(k in n for k in keep_fp32)]
+
+
+class Smoothed(torch.nn.Module):
+    """x -> inner(x * inv_scale): the activation side of SmoothQuant's per-channel migration."""
+
+    def __init__(self, inner, inv_scale):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("inv_scale", inv_scale)
+
+    def forward(self, x):
+        return self.inner(x * self.inv_scale)
+
+
+@torch.inference_mode()
+def input_absmax(model, calibration, names):
+    """{Linear name: max |input| per input channel} over the calibration batches (real tokens and padding)."""
+    mods = dict(model.named_modules())
+    stats, hooks = {}, []
+    for n in names:
+        def hook(mod, args, n=n):
+            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+            stats[n] = a if n not in stats else torch.maximum(stats[n], a)
+        hooks.append(mods[n].register_forward_pre_hook(hook))
+    try:
+        for batch in calibration:
+            model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
+
+
+def _set_module(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+@torch.no_grad()
+def smooth(model, absmax, alpha):
+    """In place: every Linear named in `absmax` becomes Smoothed(Linear with columns * s, 1 / s). Returns the
+    names of the inner Linear layers (the ones to quantize)."""
+    inner = []
+    for n, a in absmax.items():
+        lin = model.get_submodule(n)
+        w = lin.weight.abs().amax(0).float().clamp_min(1e-8)
+        s = (a.clamp_min(1e-8) ** alpha / w ** (1 - alpha)).clamp(1e-4, 1e4)
+        lin.weight.mul_(s.to(lin.weight.dtype))
+        _set_module(model, n, Smoothed(lin, (1 / s).to(lin.weight.dtype)))
+        inner.append(n + ".inner")
+    return inner
+
+
+def int8(model, scheme="dynamic", keep_fp32=(), calibration=None, alpha=None, only=None):
+    """`scheme` INT8 of a copy of `model` (see the module docstring). `smooth` needs `calibration` (a list of
+    model input dicts); `alpha` None: chosen among SMOOTH_ALPHAS by the logits error on those batches.
+    `only`: quantize exactly these Linear layers (by qualified name) instead of all but `keep_fp32`."""
+    if scheme not in INT8_SCHEMES:
+        raise UserError(f"unknown INT8 scheme {scheme!r}; choose from {', '.join(INT8_SCHEMES)}")
+    if scheme == "smooth" and not calibration:
+        raise UserError("INT8 scheme 'smooth' needs calibration batches")
+    if scheme == "smooth" and alpha is None:
+        alpha = choose_alpha(model, calibration, keep_fp32, only=only)[0]
+    model = fused_copy(model)
+    names = list(only) if only is not None else linear_names(model, keep_fp32)
+    if scheme == "smooth":
+        names = smooth(model, input_absmax(model, calibration, names), alpha)
+        model.int8_alpha = alpha
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if scheme == "torchao":
+            try:
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+            except ImportError as e:
+                raise UserError(f"INT8 scheme torchao needs torchao (pip install torchao): {e}") from e
+            quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, n: n in names)
+            return model
+        qconfig = torch.ao.quantization.default_dynamic_qconfig if scheme == "dynamic" \
+            else torch.ao.quantization.per_channel_dynamic_qconfig
+        return torch.ao.quantization.quantize_dynamic(model, {n: qconfig for n in names}, dtype=torch.qint8)
+
+
+@torch.inference_mode()
+def logits(model, calibration):
+    return torch.cat([model(**b).logits.float().reshape(len(b["input_ids"]), -1) for b in calibration])
+
+
+def relative_error(out, ref):
+    return ((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-12)).item()
+
+
+def choose_alpha(model, calibration, keep_fp32=(), alphas=SMOOTH_ALPHAS, only=None):
+    """(best alpha, {alpha: relative logits error}) of the `smooth` scheme on the calibration batches."""
+    ref = logits(model, calibration)
+    errors = {a: relative_error(logits(int8(model, "smooth", keep_fp32, calibration, a, only), calibration), ref)
+              for a in alphas}
+    return min(errors, key=errors.get), errors
+
+
+def sensitivity(model, calibration, scheme="dynamic_per_channel", alpha=0.5):
+    """[(Linear name, relative logits error with only that layer in INT8)], most sensitive first."""
+    ref = logits(model, calibration)
+    errors = {n: relative_error(logits(int8(model, scheme, calibration=calibration, alpha=alpha, only=[n]),
+                                       calibration), ref)
+              for n in linear_names(fused_copy(model))}
+    return sorted(errors.items(), key=lambda kv: -kv[1])
+
+
+class Traced:
+    """TorchScript of a model (q/k/v fused, traced on one batch, frozen), called like the model (returns .logits).
+    The same numbers as the model; what it saves is the Python overhead of each op (about 2 ms of a 14 ms INT8
+    forward at batch 1). Other batch sizes and lengths run through the same graph."""
+
+    def __init__(self, model, example_ids):
+        self.with_types = bool(getattr(model.config, "type_vocab_size", 0))
+        model = model if any(hasattr(m, "qkv_lin") for m in model.modules()) else fused_copy(model)
+        example = (example_ids, torch.ones_like(example_ids)) + \
+            ((torch.zeros_like(example_ids),) if self.with_types else ())
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.graph = torch.jit.freeze(torch.jit.trace(_LogitsOnly(model).eval(), example, check_trace=False))
+            for _ in range(3):  # the profiling executor optimises the graph over its first runs
+                self.graph(*example)
+        self.config = model.config
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
+        extra = ((torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids,)
+                 if self.with_types else ())
+        return SequenceClassifierOutput(logits=self.graph(input_ids, attention_mask, *extra))
+
+    def eval(self):
+        return self
+
+
+class _LogitsOnly(torch.nn.Module):
+    """model(input_ids, attention_mask[, token_type_ids]) -> logits: the signature tracing and export need."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+# ------------------------------------------------------------------ ONNX Runtime
+def export_onnx(model, path, seq_len=16):
+    """torch.onnx.export with dynamic batch and sequence axes; inputs input_ids, attention_mask (and
+    token_type_ids when the model has segment embeddings); output logits. The attention is exported in its
+    eager form (same numbers as SDPA) so that `optimize_onnx` can fuse it."""
+    base = model.base_model
+    with_types = bool(getattr(model.config, "type_vocab_size", 0))
+    ids = torch.randint(1000, model.config.vocab_size, (2, seq_len))
+    inputs = (ids, torch.ones_like(ids)) + ((torch.zeros_like(ids),) if with_types else ())
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_types else [])
+    axes = {n: {0: "batch", 1: "seq"} for n in names}
+    previous, base.eager_attention = base.eager_attention, True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_LogitsOnly(model).eval(), inputs, path, dynamo=False, input_names=names,
+                              output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}},
+                              opset_version=17)
+    finally:
+        base.eager_attention = previous
+    return path
+
+
+def optimize_onnx(path, out_path):
+    """ONNX Runtime's transformer optimizer (BERT fusions: Attention, SkipLayerNormalization, BiasGelu).
+    Returns (out_path, {fused op: count})."""
+    import logging
+    from onnxruntime.transformers.optimizer import optimize_model
+    level = logging.getLogger("onnxruntime.transformers").level
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = optimize_model(path, model_type="bert", num_heads=0, hidden_size=0)  # 0: read from the graph
+    finally:
+        logging.getLogger("onnxruntime.transformers").setLevel(level)
+    m.save_model_to_file(out_path)
+    return out_path, {k: v for k, v in m.get_fused_operator_statistics().items() if v}
+
+
+def quantize_onnx(path, out_path, per_channel=True):
+    """ONNX Runtime dynamic INT8 (int8 weights, per output channel by default; activations on the fly)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # shape inference does not type the outputs of the fused contrib ops: say they are float
+        quantize_dynamic(path, out_path, per_channel=per_channel, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return out_path
+
+
+def onnx_models(model, directory, name, threads, fuse=True, int8=True):
+    """{"fp32": OnnxModel, "int8": OnnxModel} of `model` exported to directory/name*.onnx (fused when `fuse`)."""
+    os.makedirs(directory, exist_ok=True)
+    path = export_onnx(model, os.path.join(directory, f"{name}.onnx"))
+    if fuse:
+        path, _ = optimize_onnx(path, os.path.join(directory, f"{name}_fused.onnx"))
+    out = {"fp32": OnnxModel(path, threads)}
+    if int8:
+        out["int8"] = OnnxModel(quantize_onnx(path, path.replace(".onnx", "_int8.onnx")), threads)
+    return out
+
+
+class OnnxModel:
+    """An ONNX Runtime session over an exported model, called like the PyTorch one (returns .logits).
+
+    Worker threads do not spin after a run (`session.intra_op.allow_spinning` = 0): spinning threads would
+    slow whatever runs next on the same cores, e.g. the PyTorch model timed right after in an interleaved loop."""
+
+    SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+    def __init__(self, path, threads):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        for k in self.SPIN_KEYS:
+            opts.add_session_config_entry(k, "0")
+        self.path = path
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask,
+                "token_type_ids": torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids}
+        out = self.session.run(["logits"], {k: feed[k].cpu().numpy() for k in self.inputs})[0]
+        return SequenceClassifierOutput(logits=torch.from_numpy(out))
+
+    def eval(self):
+        return self
