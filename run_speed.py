@@ -171,7 +171,8 @@ def main(argv=None):
     p.add_argument("--torchscript", action="store_true", help="also time TorchScript (q/k/v fused, traced, "
                    "frozen) of the compressed models: rows 'ts ...'")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) of the compressed "
-                   "models: rows 'compiled ...'")
+                   "models: rows 'compiled ...'. Time it in a run of its own: after a compiled model has run, the "
+                   "other variants of the same process run up to 25%% slower (measured, results/RESULTS.md §4)")
     p.add_argument("--profile", default=None, metavar="JSON", help="write a by-operator profile of one batch-1 "
                    "forward of fp32 c=1 and each compressed variant here")
     p.add_argument("--checkpoint", default=None, help="fine-tuned compressed model: also report fp32 vs INT8 "
@@ -213,7 +214,7 @@ def main(argv=None):
                                       if argv is None else argv, "rows": rows})
     if args.profile:
         prof = {name: profile_ops(m, base.config.vocab_size, args.seq_lens[0]) for name, m in variants.items()
-                if not name.startswith("ort") and (name == "fp32 c=1" or not name.endswith("c=1"))}
+                if not name.startswith(("ort", "compiled")) and (name == "fp32 c=1" or not name.endswith("c=1"))}
         atomic_write_json(args.profile, {"machine": machine, "seq_len": args.seq_lens[0], "batch_size": 1,
                                          "threads": args.threads, "profiles": prof})
         for name, ops in prof.items():
