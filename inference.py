@@ -11,6 +11,9 @@ Linear, so that x is quantized once per layer; weights int8, activations quantiz
                        multiply per Linear (a post-LayerNorm encoder cannot fold it into the LayerNorm: its
                        output also feeds the residual). The strength a is chosen on the calibration batches.
   torchao              torchao's Int8DynamicActivationInt8WeightConfig (per-token activation scales)
+`activation_bits`: PyTorch's dynamic Linear quantizes its input to 7 bits (`reduce_range`), which keeps the
+int16 pair sums of CPUs without VNNI from saturating; with VNNI (or AMX) the products accumulate in int32, so
+8 bits (`activation_bits=8`, label suffix `,x8`) are exact there and halve the activations' rounding step.
 `keep_fp32` leaves named Linear layers in fp32; `sensitivity` ranks them by the error each one alone adds.
 `Traced` runs a model as TorchScript (trace + freeze): the same numbers without Python's per-op overhead.
 
@@ -32,9 +35,30 @@ INT8_SCHEMES = ("dynamic", "dynamic_per_channel", "smooth", "torchao")
 SMOOTH_ALPHAS = (0.25, 0.5, 0.75)
 
 
-def int8_label(scheme):
-    """"int8" for the default scheme, "int8[scheme]" for the others (variant names, accuracy keys)."""
+def int8_label(scheme, activation_bits=7):
+    """"int8" for the default scheme, "int8[scheme]" for the others, ",x8" added with 8-bit activations
+    (variant names, accuracy keys): int8_label("dynamic", 8) == "int8[dynamic,x8]"."""
+    if activation_bits == 8:
+        return f"int8[{scheme},x8]"
     return "int8" if scheme == "dynamic" else f"int8[{scheme}]"
+
+
+def has_int8_dot_product(info=None):
+    """Whether the CPU multiplies int8 into int32 directly (VNNI or AMX): 8-bit activations are safe there."""
+    from utils import cpu_info
+    isa = set((info or cpu_info())["isa"])
+    return bool(isa & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
+    """torch's dynamic INT8 Linear with 8-bit instead of 7-bit activations (reduce_range off)."""
+
+    def forward(self, x):
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params,
+                                                  reduce_range=False).to(x.dtype)
+
+    def _get_name(self):
+        return "FullRangeDynamicQuantizedLinear"
 
 
 def fused_copy(model):
@@ -103,16 +127,19 @@ def smooth(model, absmax, alpha):
     return inner
 
 
-def int8(model, scheme="dynamic", keep_fp32=(), calibration=None, alpha=None, only=None):
+def int8(model, scheme="dynamic", keep_fp32=(), calibration=None, alpha=None, only=None, activation_bits=7):
     """`scheme` INT8 of a copy of `model` (see the module docstring). `smooth` needs `calibration` (a list of
     model input dicts); `alpha` None: chosen among SMOOTH_ALPHAS by the logits error on those batches.
-    `only`: quantize exactly these Linear layers (by qualified name) instead of all but `keep_fp32`."""
+    `only`: quantize exactly these Linear layers (by qualified name) instead of all but `keep_fp32`.
+    `activation_bits` 8: full-range activations (torch.ao schemes only; see the module docstring)."""
     if scheme not in INT8_SCHEMES:
         raise UserError(f"unknown INT8 scheme {scheme!r}; choose from {', '.join(INT8_SCHEMES)}")
+    if activation_bits not in (7, 8) or (activation_bits == 8 and scheme == "torchao"):
+        raise UserError(f"activation_bits must be 7 or 8 (8 with the torch.ao schemes only), got {activation_bits}")
     if scheme == "smooth" and not calibration:
         raise UserError("INT8 scheme 'smooth' needs calibration batches")
     if scheme == "smooth" and alpha is None:
-        alpha = choose_alpha(model, calibration, keep_fp32, only=only)[0]
+        alpha = choose_alpha(model, calibration, keep_fp32, only=only, activation_bits=activation_bits)[0]
     model = fused_copy(model)
     names = list(only) if only is not None else linear_names(model, keep_fp32)
     if scheme == "smooth":
@@ -129,7 +156,12 @@ def int8(model, scheme="dynamic", keep_fp32=(), calibration=None, alpha=None, on
             return model
         qconfig = torch.ao.quantization.default_dynamic_qconfig if scheme == "dynamic" \
             else torch.ao.quantization.per_channel_dynamic_qconfig
-        return torch.ao.quantization.quantize_dynamic(model, {n: qconfig for n in names}, dtype=torch.qint8)
+        model = torch.ao.quantization.quantize_dynamic(model, {n: qconfig for n in names}, dtype=torch.qint8)
+    if activation_bits == 8:
+        for m in model.modules():
+            if type(m) is torch.ao.nn.quantized.dynamic.Linear:
+                m.__class__ = FullRangeDynamicLinear
+    return model
 
 
 @torch.inference_mode()
@@ -141,19 +173,20 @@ def relative_error(out, ref):
     return ((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-12)).item()
 
 
-def choose_alpha(model, calibration, keep_fp32=(), alphas=SMOOTH_ALPHAS, only=None):
+def choose_alpha(model, calibration, keep_fp32=(), alphas=SMOOTH_ALPHAS, only=None, activation_bits=7):
     """(best alpha, {alpha: relative logits error}) of the `smooth` scheme on the calibration batches."""
     ref = logits(model, calibration)
-    errors = {a: relative_error(logits(int8(model, "smooth", keep_fp32, calibration, a, only), calibration), ref)
+    errors = {a: relative_error(logits(int8(model, "smooth", keep_fp32, calibration, a, only, activation_bits),
+                                       calibration), ref)
               for a in alphas}
     return min(errors, key=errors.get), errors
 
 
-def sensitivity(model, calibration, scheme="dynamic_per_channel", alpha=0.5):
+def sensitivity(model, calibration, scheme="dynamic_per_channel", alpha=0.5, activation_bits=7):
     """[(Linear name, relative logits error with only that layer in INT8)], most sensitive first."""
     ref = logits(model, calibration)
-    errors = {n: relative_error(logits(int8(model, scheme, calibration=calibration, alpha=alpha, only=[n]),
-                                       calibration), ref)
+    errors = {n: relative_error(logits(int8(model, scheme, calibration=calibration, alpha=alpha, only=[n],
+                                            activation_bits=activation_bits), calibration), ref)
               for n in linear_names(fused_copy(model))}
     return sorted(errors.items(), key=lambda kv: -kv[1])
 

@@ -25,7 +25,8 @@ from transformers import DistilBertConfig
 
 from compression import compress
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
-from inference import INT8_SCHEMES, Traced, choose_alpha, int8, int8_label, onnx_models, sensitivity
+from inference import (INT8_SCHEMES, Traced, choose_alpha, has_int8_dot_product, int8, int8_label, onnx_models,
+                       sensitivity)
 from utils import UserError, atomic_write_json, cpu_info, cpu_line, run_main, set_seed
 
 PEER = "ort-int8 c=1"
@@ -50,7 +51,7 @@ def random_batches(vocab, n=2, batch_size=8, seq_len=128, seed=0):
 
 
 def build_variants(base, compressions, int8_backends=tuple(DEFAULT_SCHEMES), onnx_dir=None, keep_fp32=(),
-                   calibration=None, compile_=False, torchscript=False):
+                   calibration=None, compile_=False, torchscript=False, activation_bits=(7,)):
     """{name: model}: fp32 c=1 and each compression; each INT8 scheme of all of them; with onnx_dir, ONNX
     Runtime fused fp32 (`ort`) and dynamic INT8 (`ort-int8`) of all; with torchscript / compile_, TorchScript
     (`ts ...`) / torch.compile (`compiled ...`) of the compressed PyTorch models."""
@@ -59,8 +60,9 @@ def build_variants(base, compressions, int8_backends=tuple(DEFAULT_SCHEMES), onn
         models[float(c)] = compress(copy.deepcopy(base), c, "svd").eval()
     variants = {f"fp32 c={c:g}": m for c, m in models.items()}
     for scheme in int8_backends:
-        variants.update({f"{int8_label(scheme)} c={c:g}": int8(m, scheme, keep_fp32, calibration)
-                         for c, m in models.items()})
+        for bits in activation_bits:
+            variants.update({f"{int8_label(scheme, bits)} c={c:g}":
+                             int8(m, scheme, keep_fp32, calibration, activation_bits=bits) for c, m in models.items()})
     if onnx_dir:
         for c, m in models.items():
             ort = onnx_models(m, onnx_dir, f"model_c{c:g}", torch.get_num_threads())
@@ -164,6 +166,9 @@ def main(argv=None):
                    help=f"PyTorch INT8 schemes (quantize.py; default {' '.join(DEFAULT_SCHEMES)}): dynamic "
                    "(one scale per weight tensor), dynamic_per_channel, smooth (SmoothQuant + per channel), "
                    "torchao (per-token activation scales)")
+    p.add_argument("--int8_activation_bits", type=int, nargs="+", default=[7], choices=[7, 8],
+                   help="7 (torch's default, reduce_range) and/or 8 (full range; exact only on CPUs with VNNI or "
+                   "AMX, label suffix ',x8')")
     p.add_argument("--int8_keep_fp32", nargs="+", default=[], metavar="NAME",
                    help="leave Linear layers whose name contains NAME in fp32 (e.g. lin2: the FFN output)")
     p.add_argument("--onnx_dir", default=None, help="also export to ONNX here: ONNX Runtime fused fp32 (ort) and "
@@ -195,6 +200,9 @@ def main(argv=None):
                         f"got {args.compression}")
     torch.set_num_threads(args.threads)
     machine = cpu_info()
+    if 8 in args.int8_activation_bits and not has_int8_dot_product(machine):
+        print(f"warning: 8-bit activations on a CPU without VNNI/AMX ({cpu_line(machine)}): the int16 pair sums "
+              "can saturate, so the INT8 rows may lose accuracy here", file=sys.stderr)
     if args.accuracy_only:
         return report_accuracy(args, machine)
     set_seed(0)
@@ -206,7 +214,7 @@ def main(argv=None):
     schemes = [] if args.no_int8 else args.int8_backends
     calibration = random_batches(base.config.vocab_size) if "smooth" in schemes else None
     variants = build_variants(base, args.compression, schemes, args.onnx_dir, args.int8_keep_fp32, calibration,
-                              args.compile, args.torchscript)
+                              args.compile, args.torchscript, args.int8_activation_bits)
     rows = speed_rows(args, variants, base.config)
     print_rows(rows, machine)
     if args.json:
@@ -249,7 +257,7 @@ def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128):
 
 
 def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=tuple(DEFAULT_SCHEMES), keep_fp32=(),
-                  onnx_dir=None, most_sensitive=0):
+                  onnx_dir=None, most_sensitive=0, activation_bits=(7,)):
     """Validation score of a fine-tuned checkpoint: {"fp32": ..., "int8[scheme]": ..., "ort-int8": ...,
     "int8[scheme]+fp32 top K": ..., "details": {smooth alphas, sensitivity ranking}}."""
     from finetune import evaluate
@@ -257,20 +265,20 @@ def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=tuple(DEFA
     dev = torch.device("cpu")
     out, details = {"fp32": evaluate(model, loader, task, dev)}, {}
     for scheme in int8_backends:
-        alpha = None
-        if scheme == "smooth":
-            alpha, errors = choose_alpha(model, calibration, keep_fp32)
-            details["smooth_alpha_errors"] = {str(a): e for a, e in errors.items()}
-            details["smooth_alpha"] = alpha
-        out[int8_label(scheme)] = evaluate(int8(model, scheme, keep_fp32, calibration, alpha), loader, task, dev)
-        if most_sensitive:
-            ranking = sensitivity(model, calibration, scheme, alpha if alpha is not None else 0.5)
-            details[f"sensitivity[{scheme}]"] = ranking
-            kept = [n for n, _ in ranking[:most_sensitive]]
-            only = [n for n, _ in ranking[most_sensitive:]]
-            out[f"{int8_label(scheme)}+fp32 top {most_sensitive}"] = {
-                **evaluate(int8(model, scheme, calibration=calibration, alpha=alpha, only=only), loader, task, dev),
-                "fp32_layers": kept}
+        for bits in activation_bits:
+            label, alpha = int8_label(scheme, bits), None
+            if scheme == "smooth":
+                alpha, errors = choose_alpha(model, calibration, keep_fp32, activation_bits=bits)
+                details[f"{label} alpha errors"] = {str(a): e for a, e in errors.items()}
+                details[f"{label} alpha"] = alpha
+            out[label] = evaluate(int8(model, scheme, keep_fp32, calibration, alpha, activation_bits=bits), loader,
+                                  task, dev)
+            if most_sensitive:
+                ranking = sensitivity(model, calibration, scheme, alpha if alpha is not None else 0.5, bits)
+                details[f"{label} sensitivity"] = ranking
+                kept, only = [n for n, _ in ranking[:most_sensitive]], [n for n, _ in ranking[most_sensitive:]]
+                q = int8(model, scheme, calibration=calibration, alpha=alpha, only=only, activation_bits=bits)
+                out[f"{label}+fp32 top {most_sensitive}"] = {**evaluate(q, loader, task, dev), "fp32_layers": kept}
     if onnx_dir:
         if task.kind == "multiple_choice":
             raise UserError("the ONNX Runtime rows score sequence-classification tasks only")
@@ -284,7 +292,7 @@ def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=tuple(DEFA
 
 def report_accuracy(args, machine):
     acc = accuracy_rows(args.checkpoint, args.task, args.data_dir, args.int8_backends, args.int8_keep_fp32,
-                        args.onnx_dir, args.int8_fp32_most_sensitive)
+                        args.onnx_dir, args.int8_fp32_most_sensitive, args.int8_activation_bits)
     print(f"{args.task} validation score: " + ", ".join(f"{k} {v['score']:.2f}" for k, v in acc.items()
                                                           if k != "details"))
     if args.accuracy_json:

@@ -261,8 +261,8 @@ def test_int8_accuracy_of_a_checkpoint(tmp_path):
         assert 0.0 <= acc[k]["accuracy"] <= 1.0 and 0 <= acc[k]["score"] <= 100
     assert acc["ort"]["accuracy"] == pytest.approx(acc["fp32"]["accuracy"], abs=1 / 408)   # same model, fp32
     assert len(acc["int8+fp32 top 2"]["fp32_layers"]) == 2
-    assert acc["details"]["smooth_alpha"] in inference.SMOOTH_ALPHAS
-    assert len(acc["details"]["sensitivity[dynamic]"]) == len(inference.linear_names(inference.fused_copy(m)))
+    assert acc["details"]["int8[smooth] alpha"] in inference.SMOOTH_ALPHAS
+    assert len(acc["details"]["int8 sensitivity"]) == len(inference.linear_names(inference.fused_copy(m)))
     out = tmp_path / "acc.json"
     run_speed.main(["--checkpoint", d, "--task", "rte", "--data_dir", SHARED_DATA, "--accuracy_only",
                     "--int8_backends", "dynamic", "dynamic_per_channel", "--accuracy_json", str(out)])
@@ -328,3 +328,29 @@ def test_int8_keep_fp32_leaves_the_named_layers_alone(backend):
         assert plain == (n in kept), n
         if n in kept:
             assert torch.equal(layers[n].weight, dict(fused.named_modules())[n].weight)
+
+
+def test_eight_bit_activations_are_closer_where_the_cpu_has_int8_dot_products():
+    """torch's dynamic Linear rounds its input to 7 bits; activation_bits=8 uses all 8 (exact with VNNI/AMX)."""
+    m = tiny_model()
+    q7, q8 = inference.int8(m, "dynamic_per_channel"), inference.int8(m, "dynamic_per_channel", activation_bits=8)
+    assert {type(x).__name__ for x in q8.modules()} >= {"FullRangeDynamicLinear"}
+    assert "FullRangeDynamicLinear" not in {type(x).__name__ for x in q7.modules()}
+    assert inference.int8_label("dynamic", 8) == "int8[dynamic,x8]" and inference.int8_label("dynamic") == "int8"
+    if not inference.has_int8_dot_product():
+        pytest.skip("no VNNI/AMX here: 8-bit activations may saturate, nothing to compare")
+    cal = run_speed.random_batches(30522, n=2, batch_size=4, seq_len=16)
+    ref = inference.logits(m, cal)
+    e7 = inference.relative_error(inference.logits(q7, cal), ref)
+    e8 = inference.relative_error(inference.logits(q8, cal), ref)
+    assert e8 < e7
+    ts = inference.Traced(q8, torch.randint(1000, 30000, (1, 12)))     # the traced graph keeps the 8 bits
+    assert torch.allclose(inference.logits(ts, cal), inference.logits(q8, cal), atol=1e-5)
+    with pytest.raises(UserError, match="activation_bits"):
+        inference.int8(m, "torchao", activation_bits=8)
+
+
+def test_has_int8_dot_product_reads_the_isa_flags():
+    assert inference.has_int8_dot_product({"isa": ["avx2", "avx512f", "avx512_vnni"]})
+    assert inference.has_int8_dot_product({"isa": ["avx2", "avx_vnni"]})
+    assert not inference.has_int8_dot_product({"isa": ["avx2", "avx512f"]})
