@@ -13,7 +13,7 @@ Linear, so that x is quantized once per layer; weights int8, activations quantiz
   torchao              torchao's Int8DynamicActivationInt8WeightConfig (per-token activation scales)
 `activation_bits`: PyTorch's dynamic Linear quantizes its input to 7 bits (`reduce_range`), which keeps the
 int16 pair sums of CPUs without VNNI from saturating; with VNNI (or AMX) the products accumulate in int32, so
-8 bits (`activation_bits=8`, label suffix `,x8`) are exact there and halve the activations' rounding step.
+8 bits (`activation_bits=8`, label suffix `,x8`) cannot saturate there and halve the activations' rounding step.
 `keep_fp32` leaves named Linear layers in fp32; `sensitivity` ranks them by the error each one alone adds.
 `Traced` runs a model as TorchScript (trace + freeze): the same numbers without Python's per-op overhead.
 
@@ -29,7 +29,7 @@ import warnings
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from utils import UserError
+from utils import UserError, cpu_info
 
 INT8_SCHEMES = ("dynamic", "dynamic_per_channel", "smooth", "torchao")
 SMOOTH_ALPHAS = (0.25, 0.5, 0.75)
@@ -45,7 +45,6 @@ def int8_label(scheme, activation_bits=7):
 
 def has_int8_dot_product(info=None):
     """Whether the CPU multiplies int8 into int32 directly (VNNI or AMX): 8-bit activations are safe there."""
-    from utils import cpu_info
     isa = set((info or cpu_info())["isa"])
     return bool(isa & {"avx512_vnni", "avx_vnni", "amx_int8"})
 

@@ -56,7 +56,7 @@ def test_benchmark_rows_and_json(tiny_teacher, tmp_path):
     out = tmp_path / "speed.json"
     run_speed.main(["--model_name_or_path", tiny_teacher, "--batch_sizes", "1", "2", "--seq_lens", "8",
                     "--repeats", "2", "--warmup", "1", "--threads", "1", "--int8_backends", "dynamic",
-                    "--json", str(out)])
+                    "--int8_activation_bits", "7", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["machine"] == cpu_info() and saved["command"][-2:] == ["--json", str(out)]
     rows = saved["rows"]
@@ -79,7 +79,7 @@ def test_default_scheme_and_every_row_family(tiny_teacher, tmp_path):
                     "2", "--warmup", "1", "--threads", "1", "--onnx_dir", str(tmp_path / "onnx"), "--torchscript",
                     "--json", str(out), "--profile", str(tmp_path / "profile.json")])
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
-    q = inference.int8_label(run_speed.DEFAULT_SCHEMES[0])
+    q = inference.int8_label(run_speed.DEFAULT_SCHEMES[0], 8 if inference.has_int8_dot_product() else 7)
     assert set(rows) == {"fp32 c=1", "fp32 c=2", f"{q} c=1", f"{q} c=2", "ort c=1", "ort-int8 c=1", "ort c=2",
                          "ort-int8 c=2", "ts fp32 c=2", f"ts {q} c=2"}
     assert rows[run_speed.PEER]["vs_peer"] == 1.0 and all(r["vs_peer"] > 0 for r in rows.values())
@@ -265,7 +265,8 @@ def test_int8_accuracy_of_a_checkpoint(tmp_path):
     assert len(acc["details"]["int8 sensitivity"]) == len(inference.linear_names(inference.fused_copy(m)))
     out = tmp_path / "acc.json"
     run_speed.main(["--checkpoint", d, "--task", "rte", "--data_dir", SHARED_DATA, "--accuracy_only",
-                    "--int8_backends", "dynamic", "dynamic_per_channel", "--accuracy_json", str(out)])
+                    "--int8_backends", "dynamic", "dynamic_per_channel", "--int8_activation_bits", "7",
+                    "--accuracy_json", str(out)])
     saved = json.loads(out.read_text())
     assert set(saved) == {"checkpoint", "task", "int8_keep_fp32", "machine", "fp32", "int8",
                           "int8[dynamic_per_channel]"}
