@@ -205,6 +205,10 @@ NEED_BASELINE_MODEL=0
 if { [ "$VARIANT" = modular ] && [ "$TEACHER" = finetuned ]; } || { [ "$VARIANT" != baseline ] && [ "$DISTILL" = 1 ]; }; then
     NEED_BASELINE_MODEL=1
 fi
+# the baseline run keeps its model when this recipe's compressed runs need it (also the baseline variant's own
+# run, e.g. in rs_moded.sh's sweep, where the compressed runs of the same seed come after it)
+KEEP_BASELINE_MODEL=$NEED_BASELINE_MODEL
+[ "$VARIANT" != baseline ] || { [ "$TEACHER" = pretrained ] && [ "$DISTILL" = 0 ]; } || KEEP_BASELINE_MODEL=1
 if [ "$VARIANT" = baseline ]; then   # the uncompressed run is the baseline stage; nothing compressed
     [ $DO_FINETUNE = 0 ] || DO_BASELINE=1
     DO_CAPTURE=0 DO_MHA=0 DO_FFN=0 DO_FINETUNE=0
@@ -314,7 +318,13 @@ finetune_args() {
 # ------------------------------------------------------------------ baseline (uncompressed, model kept)
 if [ $DO_BASELINE = 1 ]; then
     mapfile -d '' args < <(finetune_args "$BASE_DIR")
-    [ $NEED_BASELINE_MODEL = 1 ] || [ "$SAVE_MODEL" = 1 ] || args+=(--no_save_model)
+    if [ $KEEP_BASELINE_MODEL = 0 ]; then
+        [ "$SAVE_MODEL" = 1 ] || args+=(--no_save_model)
+    elif [ -f "$BASE_DIR/results.json" ] && [ ! -f "$BASE_DIR/model/config.json" ]; then
+        # run_superglue.py --resume would reuse it (keeping the model is no setting of the run), still without one
+        log "baseline: $BASE_DIR finished without keeping its model, which this recipe needs: rerunning it"
+        rm -f "$BASE_DIR/results.json"
+    fi
     read -r -a extra <<< "$FT_ARGS"
     run_stage baseline "$PYTHON" run_superglue.py --model_name_or_path "$MODEL" --variant baseline "${args[@]}" \
         ${extra[@]+"${extra[@]}"}

@@ -14,42 +14,84 @@ usage() {
     cat <<'EOF'
 Usage: rs_moded.sh [mode] [options]
 
-The sweep: every (task, seed, variant) fine-tune, plus one module stage (capture + mha + ffn) per task
-that all its seeds share (only the "modular" variant needs it), then consolidate.py's table.
+The sweep: every (task, seed, variant) fine-tune, plus the module stages (capture + mha + ffn) that the
+"modular" variant needs, then consolidate.py's table.
 Variants: baseline (uncompressed), modular (compressed, trained modules), svd (compressed, SVD init,
 no module training), random (compressed, random init).
 
+Two recipes:
+  independent (the default: --teacher pretrained --distill 0, the paper's setting): one module stage per task,
+      captured from the pretrained MODEL and shared by all its seeds; no fine-tune needs another.
+  chained (--teacher finetuned and/or --distill 1; modular_pipeline.sh's default recipe): the compressed runs
+      need their seed's fine-tuned baseline model. --teacher finetuned: the module stage is per (task, seed)
+      and captures from that seed's baseline (into OUT_DIR/TASK/teacher_seedS/{activations,modules});
+      --distill 1: every compressed fine-tune is distilled from its seed's baseline. "baseline" must then be
+      in --variants (else the sweep stops with an error): its runs keep their model (baseline/seedS/model),
+      and for each (task, seed): baseline -> module stage -> compressed fine-tunes.
+
 Modes:
   (none)              submit the sweep: with SLURM (sbatch on PATH) as job arrays, else locally
-  --local             run it here, job after job (even when sbatch exists; also the default inside a
-                      SLURM allocation, i.e. `sbatch rs_moded.sh ...` runs the whole sweep in that one job)
-  --parallel N        local: N jobs at a time (xargs -P; OMP_NUM_THREADS = cores / N unless set)
+  --local             run it here (even when sbatch exists; also the default inside a SLURM allocation, i.e.
+                      `sbatch rs_moded.sh ...` runs the whole sweep in that one job), in phases: chained, the
+                      baselines first; then the module stages; then the (other) fine-tunes
+  --parallel N        local: N jobs at a time within each phase (xargs -P; OMP_NUM_THREADS = cores / N unless set)
   --wait              SLURM: wait until all jobs have ended, then print the table; exit 1 if any failed
-  --print-jobs        print the job-array mapping, one line per index: `i task seed variant`
+  --print-jobs        print the fine-tune job mapping, one line per index: `i task seed variant`
   --run-index I       worker: run fine-tune job I (I = a number, or `array` = $SLURM_ARRAY_TASK_ID)
-  --run-modules T     worker: the module stage of task T (a name, an index into TASKS, or `array`)
+  --run-variant V P   worker: run the variant-V fine-tune of (task, seed) pair P (a number, or `array`), i.e.
+                      job P*nV + (position of V in VARIANTS)
+  --run-modules T     worker: the module stage of task T (a name, an index into TASKS, or `array`);
+                      pretrained teacher only
+  --run-seed-modules P  worker: the module stage of (task, seed) pair P (a number, or `array`); --teacher
+                      finetuned only
   --consolidate       worker: consolidate.py over OUT_DIR -> OUT_DIR/table.txt (and print it)
 
-Index mapping (task-major): with nS seeds and nV variants, index i is
+Index mapping (task-major): with nS seeds and nV variants, fine-tune job i is
   task = TASKS[i / (nS*nV)], seed = SEEDS[(i / nV) % nS], variant = VARIANTS[i % nV]
 e.g. --tasks "rte cb" --seeds "1 2 3" --variants "baseline modular svd": 0 = rte 1 baseline,
-1 = rte 1 modular, ..., 17 = cb 3 svd.
+1 = rte 1 modular, ..., 17 = cb 3 svd. Job i belongs to (task, seed) pair P = i / nV, which is
+task = TASKS[P / nS], seed = SEEDS[P % nS]; i = P*nV + (position of its variant).
+
+SLURM job arrays (logs: OUT_DIR/logs/NAME-ARRAYJOB_ELEMENT.out; --kill-on-invalid-dep=yes with a dependency,
+so a job whose prerequisite failed is cancelled):
+  independent: rsm-modules (element = task index, if "modular" is swept); per task, rsm-ft-TASK (elements = job
+      indices i; a second one for the modular jobs, afterok on the task's module element); rsm-table afterany
+      on all.
+  chained: the arrays' element P is pair P, so `aftercorr` ties each element to the same (task, seed):
+      rsm-baseline (element P = job P*nV + position of baseline);
+      rsm-modules: --teacher finetuned: element P after rsm-baseline's element P (aftercorr); pretrained
+          teacher: one element per task, no dependency, as in the independent recipe;
+      rsm-ft-V for each compressed variant V (element P = job P*nV + position of V): with --distill 1 aftercorr
+          on rsm-baseline; the modular one also after its module element (aftercorr on rsm-modules; pretrained
+          teacher: one array per task, afterok on that task's module element);
+      rsm-table afterany on all.
 
 Options (also environment variables, in brackets; flags win):
   --tasks "T ..."        [TASKS]     default: cb copa rte wsc stsb mrpc
   --seeds "S ..."        [SEEDS]     default: 1 2 3 4 5
   --variants "V ..."     [VARIANTS]  default: baseline modular svd
   --data_dir D           [DATA_DIR]  default: per task, data/ or else ../shared/data (see modular_pipeline.sh)
-  --out_dir D            [OUT_DIR]   default: runs/modular; fine-tunes go to OUT_DIR/TASK/VARIANT/seedS,
-                                     modules to OUT_DIR/TASK/{activations,modules}, logs to OUT_DIR/logs
-  --model --compression --init --capture_samples --augment --module_epochs --module_seed --mixup
-  --no_mixup --ft_epochs --max_train_samples --max_eval_samples --save_model --capture_args
-  --module_args --ft_args: as in modular_pipeline.sh (same variables, same defaults)
+  --out_dir D            [OUT_DIR]   default: runs/modular; fine-tunes go to OUT_DIR/TASK/LABEL/seedS (LABEL: the
+                                     row label modular_pipeline.sh gives, e.g. svd, modular-data-alloc-ft+kd),
+                                     modules to OUT_DIR/TASK/{activations,modules} (with --teacher finetuned
+                                     OUT_DIR/TASK/teacher_seedS/{activations,modules}), logs to OUT_DIR/logs
+  --teacher T            [TEACHER]   pretrained | finetuned (each seed's baseline)   default: pretrained
+  --distill 0|1          [DISTILL]   distil the compressed fine-tunes from their seed's baseline   default: 0
+  --init I               [INIT]      svd | data | random: start of the low-rank blocks   default: svd
+  --allocate 0|1         [ALLOCATE]  with --init data: allocate the head dims per layer   default: 0
+  --augment N            [AUGMENT]   default: 1
+  --module_epochs E      [MODULE_EPOCHS]   default: 2
+  --model --compression --capture_samples --module_seed --mixup --no_mixup --ft_epochs --ft_lr
+  --max_train_samples --max_eval_samples --save_model --capture_args --module_args --ft_args: as in
+                         modular_pipeline.sh (same variables, same defaults)
   --sbatch_args "..."    [RS_SBATCH_ARGS]  extra sbatch options for every job (e.g. "-p gpu --gres=gpu:1")
   --module_sbatch_args   [RS_MODULE_SBATCH_ARGS]  extra sbatch options for the module jobs only
   --max_running N        [RS_MAX_RUNNING]  SLURM: at most N elements of each array at once (%N)
-Relative paths are taken from the repository root. Finished jobs are skipped (a fine-tune when its results.json holds the same settings and inputs, else it reruns; modules by their markers), so a
-rerun of the same command only does what is missing.
+The defaults are the sweep's original quick ones; modular_pipeline.sh's default recipe is
+  rs_moded.sh --teacher finetuned --distill 1 --init data --allocate 1 --module_epochs 0 --augment 0 ...
+Relative paths are taken from the repository root. Finished jobs are skipped (a fine-tune when its results.json
+holds the same settings and inputs, else it reruns; modules by their markers), so a rerun of the same command
+only does what is missing. Locally, a job whose prerequisite failed is not run (reported, and counted as failed).
 EOF
 }
 
@@ -107,19 +149,23 @@ while [ $# -gt 0 ]; do
         --local-job)  # internal (the local sweep's xargs): --local-job modules|ft ARG
             [ $# -ge 3 ] || die "--local-job needs KIND ARG"
             MODE=localjob; MODE_ARG="$2 $3"; shift 3 ;;
+        --run-variant)
+            [ $# -ge 3 ] || die "--run-variant needs VARIANT and a pair index (or 'array')"
+            MODE=variant; MODE_ARG="$2 $3"; shift 3 ;;
         --consolidate) MODE=consolidate; shift ;;
         --mixup) export MIXUP=1; shift ;;
         --no_mixup) export MIXUP=0; shift ;;
         --save_model) export SAVE_MODEL=1; shift ;;
-        --run-index|--run-modules|--parallel|--tasks|--seeds|--variants|--out_dir|--data_dir|--sbatch_args|\
+        --run-index|--run-modules|--run-seed-modules|--parallel|--tasks|--seeds|--variants|--out_dir|--data_dir|--sbatch_args|\
         --module_sbatch_args|--max_running|--model|--compression|--init|--capture_samples|--augment|\
         --module_epochs|--module_seed|--ft_epochs|--max_train_samples|--max_eval_samples|--capture_args|\
-        --module_args|--ft_args)
+        --module_args|--ft_args|--teacher|--distill|--allocate|--ft_lr)
             [ $# -ge 2 ] || die "$opt needs a value"
             val=$2
             case $opt in
                 --run-index) MODE=index; MODE_ARG=$val ;;
                 --run-modules) MODE=modules; MODE_ARG=$val ;;
+                --run-seed-modules) MODE=seedmodules; MODE_ARG=$val ;;
                 --parallel) PARALLEL=$val ;;
                 --tasks) TASKS=$val ;;  --seeds) SEEDS=$val ;;  --variants) VARIANTS=$val ;;
                 --out_dir) OUT_DIR=$val ;;  --data_dir) DATA_DIR=$val ;;
@@ -157,8 +203,11 @@ LOG_DIR=$OUT_DIR/logs
 
 NT=${#TASK_LIST[@]} NS=${#SEED_LIST[@]} NV=${#VARIANT_LIST[@]}
 NJOBS=$((NT * NS * NV))
-HAS_MODULAR=0
-for v in "${VARIANT_LIST[@]}"; do [ "$v" != modular ] || HAS_MODULAR=1; done
+NP=$((NT * NS))   # (task, seed) pairs: pair P = task TASK_LIST[P / NS], seed SEED_LIST[P % NS]; job i is in pair i / NV
+HAS_MODULAR=0 HAS_BASELINE=0 HAS_COMPRESSED=0
+for v in "${VARIANT_LIST[@]}"; do
+    case $v in modular) HAS_MODULAR=1 HAS_COMPRESSED=1 ;; baseline) HAS_BASELINE=1 ;; *) HAS_COMPRESSED=1 ;; esac
+done
 
 job_of() {  # job_of I -> sets J_TASK J_SEED J_VARIANT
     local i=$1
@@ -167,24 +216,52 @@ job_of() {  # job_of I -> sets J_TASK J_SEED J_VARIANT
     J_SEED=${SEED_LIST[$(((i / NV) % NS))]}
     J_VARIANT=${VARIANT_LIST[$((i % NV))]}
 }
+pair_of() {  # pair_of P -> sets P_TASK P_SEED
+    local p=$1
+    if ! [[ $p =~ ^[0-9]+$ ]] || [ "$p" -ge "$NP" ]; then die "(task, seed) pair index '$p' is not in [0, $NP)"; fi
+    P_TASK=${TASK_LIST[$((p / NS))]}
+    P_SEED=${SEED_LIST[$((p % NS))]}
+}
+variant_pos() {  # variant_pos V -> its position in VARIANTS
+    local k
+    for ((k = 0; k < NV; k++)); do [ "${VARIANT_LIST[$k]}" != "$1" ] || { echo "$k"; return 0; }; done
+    die "variant '$1' is not in --variants (${VARIANT_LIST[*]})"
+}
 array_id() {
     [ -n "${SLURM_ARRAY_TASK_ID:-}" ] || die "'array' needs SLURM_ARRAY_TASK_ID (run inside a job array)"
     echo "$SLURM_ARRAY_TASK_ID"
 }
-# The sweep captures from the pretrained model (the paper's setting) and does not distil: its module stage is
-# shared by a task's seeds. (A fine-tuned teacher or distillation depends on each seed's baseline run: use
-# modular_pipeline.sh per task and seed for that recipe.) Its defaults stay the original quick ones.
+# The recipe. The sweep's defaults stay the original quick ones: the pretrained model as the teacher (the paper's
+# setting; the module stage is shared by a task's seeds) and no distillation. With --teacher finetuned or
+# --distill 1 (modular_pipeline.sh's default recipe) the compressed runs depend on their seed's baseline model:
+# the sweep is then chained (CHAINED=1): baseline (task, seed) -> module stage (task, seed) -> compressed fine-tunes.
 export TEACHER=${TEACHER:-pretrained} DISTILL=${DISTILL:-0} INIT=${INIT:-svd} AUGMENT=${AUGMENT:-1} \
     MODULE_EPOCHS=${MODULE_EPOCHS:-2} ALLOCATE=${ALLOCATE:-0}
-[ "$TEACHER" = pretrained ] || die "TEACHER=$TEACHER: the sweep captures from the pretrained model (run" \
-    "modular_pipeline.sh --teacher finetuned per task and seed)"
-[ "$DISTILL" = 0 ] || die "DISTILL=$DISTILL: the sweep does not distil (run modular_pipeline.sh per task and seed)"
+case $TEACHER in pretrained|finetuned) ;; *) die "--teacher must be pretrained or finetuned, got '$TEACHER'" ;; esac
+case $DISTILL in 0|1) ;; *) die "--distill must be 0 or 1, got '$DISTILL'" ;; esac
+case $INIT in svd|data|random) ;; *) die "--init must be svd, data or random, got '$INIT'" ;; esac
+case $ALLOCATE in 0|1) ;; *) die "--allocate must be 0 or 1, got '$ALLOCATE'" ;; esac
+CHAINED=0   # as modular_pipeline.sh's NEED_BASELINE_MODEL, over the swept variants
+if { [ $HAS_MODULAR = 1 ] && [ "$TEACHER" = finetuned ]; } || { [ $HAS_COMPRESSED = 1 ] && [ "$DISTILL" = 1 ]; }; then
+    CHAINED=1
+fi
+SEED_MODULES=0   # the module stage is per (task, seed), after that seed's baseline
+[ $HAS_MODULAR = 0 ] || [ "$TEACHER" != finetuned ] || SEED_MODULES=1
+if [ $CHAINED = 1 ] && [ $HAS_BASELINE = 0 ]; then
+    why=
+    [ $SEED_MODULES = 0 ] || why="--teacher finetuned captures the modular variant's teacher from it"
+    [ "$DISTILL" = 0 ] || why="${why:+$why; }--distill 1 distils the compressed fine-tunes from it"
+    die "--variants '${VARIANT_LIST[*]}' has no 'baseline', but each seed's fine-tuned baseline model is needed" \
+        "($why): add baseline to --variants (its runs then come first and keep their model; finished ones are reused)"
+fi
 label_of() {  # the row label modular_pipeline.sh gives a variant
     local l=$1
-    if [ "$1" = modular ] && [ "$INIT" != svd ]; then
-        l=modular-$INIT
+    if [ "$1" = modular ]; then
+        [ "$INIT" = svd ] || l=$l-$INIT
         [ "$INIT" != data ] || [ "$ALLOCATE" = 0 ] || l=$l-alloc
+        [ "$TEACHER" = pretrained ] || l=$l-ft
     fi
+    [ "$1" = baseline ] || [ "$DISTILL" = 0 ] || l=$l+kd
     echo "$l"
 }
 results_path() { echo "$OUT_DIR/$1/$(label_of "$3")/seed$2/results.json"; }  # task seed variant
@@ -198,8 +275,17 @@ run_index() {
     exec bash "$ROOT/modular_pipeline.sh" --stages finetune --task "$J_TASK" --seed "$J_SEED" --variant "$J_VARIANT" \
         --out_dir "$OUT_DIR"
 }
+run_variant() {  # run_variant V P: the variant-V fine-tune of pair P (the chained recipe's arrays: element P = pair P)
+    local v=$1 p=$2 k
+    [ "$p" != array ] || p=$(array_id)
+    pair_of "$p"
+    k=$(variant_pos "$v")
+    run_index $((p * NV + k))
+}
 run_modules() {
     local t=$1
+    [ "$TEACHER" = pretrained ] || die "--run-modules: with --teacher $TEACHER the module stage is per (task, seed):" \
+        "--run-seed-modules PAIR"
     [ "$t" != array ] || t=$(array_id)
     if [[ $t =~ ^[0-9]+$ ]]; then
         [ "$t" -lt "$NT" ] || die "task index $t is not in [0, $NT)"
@@ -207,6 +293,17 @@ run_modules() {
     fi
     echo "rs_moded.sh: module stage of task $t (host $(hostname))"
     exec bash "$ROOT/modular_pipeline.sh" --stages capture,modules --task "$t" --variant modular --out_dir "$OUT_DIR"
+}
+run_seed_modules() {  # the module stage of pair P, from that seed's fine-tuned baseline (--teacher finetuned)
+    local p=$1
+    [ "$TEACHER" = finetuned ] || die "--run-seed-modules: with --teacher $TEACHER the module stage is per task:" \
+        "--run-modules TASK"
+    [ "$p" != array ] || p=$(array_id)
+    pair_of "$p"
+    echo "rs_moded.sh: module stage of task $P_TASK, seed $P_SEED, teacher: its fine-tuned baseline (pair $p," \
+         "host $(hostname))"
+    exec bash "$ROOT/modular_pipeline.sh" --stages capture,modules --task "$P_TASK" --seed "$P_SEED" --variant modular \
+        --out_dir "$OUT_DIR"
 }
 consolidate() {
     "$PYTHON" "$ROOT/consolidate.py" --results_dir "$OUT_DIR" --tasks "${TASK_LIST[@]}" --seeds "${SEED_LIST[@]}" \
@@ -234,29 +331,56 @@ case $MODE in
         for ((i = 0; i < NJOBS; i++)); do job_of "$i"; echo "$i $J_TASK $J_SEED $J_VARIANT"; done
         exit 0 ;;
     index) run_index "$MODE_ARG" ;;
+    variant) run_variant "${MODE_ARG% *}" "${MODE_ARG#* }" ;;
     modules) run_modules "$MODE_ARG" ;;
+    seedmodules) run_seed_modules "$MODE_ARG" ;;
     consolidate) consolidate; exit ;;
 esac
 
 # ------------------------------------------------------------------ local: one job after another (or N at a time)
+# the local log name of a job: local_name modules TASK | seedmodules PAIR | ft INDEX
+local_name() {
+    case $1 in
+        modules) echo "modules-$2" ;;
+        seedmodules) pair_of "$2"; echo "modules-$P_TASK-seed$P_SEED" ;;
+        ft) job_of "$2"; echo "ft-$J_TASK-$J_VARIANT-seed$J_SEED" ;;
+    esac
+}
+# what a job needs (the local names of the jobs that must have succeeded before it), one a line
+prerequisites() {
+    local t s
+    case $1 in
+        modules) ;;
+        seedmodules) pair_of "$2"; echo "ft-$P_TASK-baseline-seed$P_SEED" ;;
+        ft)
+            job_of "$2"
+            t=$J_TASK s=$J_SEED
+            if [ "$J_VARIANT" = modular ]; then
+                if [ $SEED_MODULES = 1 ]; then echo "modules-$t-seed$s"; else echo "modules-$t"; fi
+            fi
+            [ "$J_VARIANT" = baseline ] || [ "$DISTILL" = 0 ] || echo "ft-$t-baseline-seed$s" ;;
+    esac
+}
 # one job of the local sweep (--local-job KIND ARG), its output appended to a log
 local_job() {
-    local kind=$1 arg=$2 name log rc=0
-    if [ "$kind" = modules ]; then
-        name="modules-$arg"
-    else
-        job_of "$arg"
-        name="ft-$J_TASK-$J_VARIANT-seed$J_SEED"
-    fi
+    local kind=$1 arg=$2 name log rc=0 need
+    name=$(local_name "$kind" "$arg")
     log=$LOG_DIR/$name.log
+    while read -r need; do   # an earlier phase ran it: skip this job if it failed
+        if [ -n "$need" ] && grep -qxF "$need" "$RS_FAIL_FILE"; then
+            echo "[$(date +%H:%M:%S)] SKIPPED $name: $need failed (log $LOG_DIR/$need.log)" >&2
+            echo "$name" >> "$RS_FAIL_FILE"
+            return 0
+        fi
+    done < <(prerequisites "$kind" "$arg")
     local start
     start=$(stat -c %s "$log" 2>/dev/null || echo 0)  # the log is appended to: look at this run's part only
     echo "[$(date +%H:%M:%S)] start $name (log $log)"
-    if [ "$kind" = modules ]; then
-        bash "$SELF" --run-modules "$arg" >> "$log" 2>&1 || rc=$?
-    else
-        bash "$SELF" --run-index "$arg" >> "$log" 2>&1 || rc=$?
-    fi
+    case $kind in
+        modules) bash "$SELF" --run-modules "$arg" >> "$log" 2>&1 || rc=$? ;;
+        seedmodules) bash "$SELF" --run-seed-modules "$arg" >> "$log" 2>&1 || rc=$? ;;
+        *) bash "$SELF" --run-index "$arg" >> "$log" 2>&1 || rc=$? ;;
+    esac
     if [ $rc -eq 0 ]; then
         if [ "$kind" = ft ] && tail -c +$((start + 1)) "$log" | grep -q "finished with the same settings and inputs; nothing to do"; then
             echo "[$(date +%H:%M:%S)] done  $name (skipped: finished with the same settings)"
@@ -271,6 +395,7 @@ local_job() {
     return 0
 }
 if [ $MODE = localjob ]; then
+    case ${MODE_ARG% *} in modules|seedmodules|ft) ;; *) die "--local-job: unknown kind '${MODE_ARG% *}'" ;; esac
     local_job "${MODE_ARG% *}" "${MODE_ARG#* }"
     exit 0
 fi
@@ -286,14 +411,27 @@ run_local() {
         OMP_NUM_THREADS=$((cores / PARALLEL)); [ "$OMP_NUM_THREADS" -ge 1 ] || OMP_NUM_THREADS=1
         export OMP_NUM_THREADS
     fi
-    local t0 n_failed
+    local t0 n_failed i base_idx=() rest_idx=()
     t0=$(date +%s)
     echo "rs_moded.sh: local sweep: $NT task(s) x $NS seed(s) x $NV variant(s) = $NJOBS fine-tunes," \
          "$PARALLEL at a time; out $OUT_DIR"
-    if [ $HAS_MODULAR = 1 ]; then
+    for ((i = 0; i < NJOBS; i++)); do
+        job_of "$i"
+        if [ $CHAINED = 1 ] && [ "$J_VARIANT" = baseline ]; then base_idx+=("$i"); else rest_idx+=("$i"); fi
+    done
+    # phases, each N at a time: (chained) the baselines, then the module stages, then the other fine-tunes
+    if [ ${#base_idx[@]} -gt 0 ]; then
+        echo "rs_moded.sh: the baselines first (teacher: $TEACHER, distill: $DISTILL)"
+        printf '%s\n' "${base_idx[@]}" | xargs -P "$PARALLEL" -n 1 bash "$SELF" --local-job ft
+    fi
+    if [ $SEED_MODULES = 1 ]; then
+        seq 0 $((NP - 1)) | xargs -P "$PARALLEL" -n 1 bash "$SELF" --local-job seedmodules
+    elif [ $HAS_MODULAR = 1 ]; then
         printf '%s\n' "${TASK_LIST[@]}" | xargs -P "$PARALLEL" -n 1 bash "$SELF" --local-job modules
     fi
-    seq 0 $((NJOBS - 1)) | xargs -P "$PARALLEL" -n 1 bash "$SELF" --local-job ft
+    if [ ${#rest_idx[@]} -gt 0 ]; then
+        printf '%s\n' "${rest_idx[@]}" | xargs -P "$PARALLEL" -n 1 bash "$SELF" --local-job ft
+    fi
     echo "rs_moded.sh: consolidate -> $OUT_DIR/table.txt"
     consolidate || echo "rs_moded.sh: consolidate failed" >&2
     n_failed=$(wc -l < "$RS_FAIL_FILE")
@@ -312,14 +450,10 @@ submit() {  # submit SBATCH_ARGS... -> prints the job id
     out=$(sbatch --parsable "$@") || { echo "rs_moded.sh: error: sbatch $* failed" >&2; exit 1; }
     echo "${out%%;*}"
 }
-run_slurm() {
-    mkdir -p "$LOG_DIR"
-    rm -f "$OUT_DIR/table.txt"  # the consolidate job writes it anew
-    local common sb mb throttle="" ids=() modjob="" t ti i mod_idx other_idx j
-    read -r -a sb <<< "$RS_SBATCH_ARGS"
-    read -r -a mb <<< "$RS_MODULE_SBATCH_ARGS"
-    [ -z "$RS_MAX_RUNNING" ] || throttle="%$RS_MAX_RUNNING"
-    common=(--export=ALL --chdir="$ROOT" ${sb[@]+"${sb[@]}"})
+# the independent recipe: the fine-tunes of a task as arrays of job indices; the modular ones after their task's
+# module element
+submit_independent() {
+    local t ti i mod_idx other_idx j
     if [ $HAS_MODULAR = 1 ]; then
         modjob=$(submit "${common[@]}" ${mb[@]+"${mb[@]}"} --job-name=rsm-modules --array="0-$((NT - 1))$throttle" \
                  --output="$LOG_DIR/%x-%A_%a.out" "$SELF" --run-modules array)
@@ -347,6 +481,63 @@ run_slurm() {
             ids+=("$j")
         fi
     done
+}
+# the chained recipe: every array's element P is (task, seed) pair P, so `aftercorr` chains the same pair:
+# rsm-baseline -> rsm-modules (--teacher finetuned) -> rsm-ft-VARIANT
+submit_chained() {
+    local basejob v k p ti pairs="" deps base_dep="" j after
+    for ((p = 0; p < NP; p++)); do pair_of "$p"; pairs+="${pairs:+ }$p=$P_TASK/$P_SEED"; done
+    basejob=$(submit "${common[@]}" --job-name=rsm-baseline --array="0-$((NP - 1))$throttle" \
+              --output="$LOG_DIR/%x-%A_%a.out" "$SELF" --run-variant baseline array)
+    echo "baselines (models kept): job array $basejob (element P = (task, seed) pair P: $pairs)"
+    ids+=("$basejob")
+    [ "$DISTILL" = 0 ] || base_dep="aftercorr:$basejob"
+    if [ $SEED_MODULES = 1 ]; then
+        modjob=$(submit "${common[@]}" ${mb[@]+"${mb[@]}"} --job-name=rsm-modules --array="0-$((NP - 1))$throttle" \
+                 --dependency="aftercorr:$basejob" --kill-on-invalid-dep=yes \
+                 --output="$LOG_DIR/%x-%A_%a.out" "$SELF" --run-seed-modules array)
+        echo "modules: job array $modjob (element P: pair P's module stage, teacher its baseline; after" \
+             "${basejob}_P: aftercorr)"
+        ids+=("$modjob")
+    elif [ $HAS_MODULAR = 1 ]; then
+        modjob=$(submit "${common[@]}" ${mb[@]+"${mb[@]}"} --job-name=rsm-modules --array="0-$((NT - 1))$throttle" \
+                 --output="$LOG_DIR/%x-%A_%a.out" "$SELF" --run-modules array)
+        echo "modules: job array $modjob (one element per task: ${TASK_LIST[*]})"
+        ids+=("$modjob")
+    fi
+    for v in "${VARIANT_LIST[@]}"; do
+        [ "$v" != baseline ] || continue
+        k=$(variant_pos "$v")
+        if [ "$v" = modular ] && [ $SEED_MODULES = 0 ]; then   # after its task's module element: an array per task
+            for ((ti = 0; ti < NT; ti++)); do
+                deps="afterok:${modjob}_${ti}${base_dep:+,$base_dep}"
+                j=$(submit "${common[@]}" --job-name="rsm-ft-$v" --array="$((ti * NS))-$(((ti + 1) * NS - 1))$throttle" \
+                    --dependency="$deps" --kill-on-invalid-dep=yes \
+                    --output="$LOG_DIR/%x-%A_%a.out" "$SELF" --run-variant "$v" array)
+                echo "fine-tunes $v, task ${TASK_LIST[$ti]}: job array $j (element P = job P*$NV+$k; $deps)"
+                ids+=("$j")
+            done
+            continue
+        fi
+        deps=$base_dep
+        [ "$v" != modular ] || deps="aftercorr:$modjob${base_dep:+,$base_dep}"
+        after=()
+        [ -z "$deps" ] || after=(--dependency="$deps" --kill-on-invalid-dep=yes)
+        j=$(submit "${common[@]}" --job-name="rsm-ft-$v" --array="0-$((NP - 1))$throttle" ${after[@]+"${after[@]}"} \
+            --output="$LOG_DIR/%x-%A_%a.out" "$SELF" --run-variant "$v" array)
+        echo "fine-tunes $v: job array $j (element P = job P*$NV+$k; ${deps:-no dependency})"
+        ids+=("$j")
+    done
+}
+run_slurm() {
+    mkdir -p "$LOG_DIR"
+    rm -f "$OUT_DIR/table.txt"  # the consolidate job writes it anew
+    local common sb mb throttle="" ids=() modjob="" j
+    read -r -a sb <<< "$RS_SBATCH_ARGS"
+    read -r -a mb <<< "$RS_MODULE_SBATCH_ARGS"
+    [ -z "$RS_MAX_RUNNING" ] || throttle="%$RS_MAX_RUNNING"
+    common=(--export=ALL --chdir="$ROOT" ${sb[@]+"${sb[@]}"})
+    if [ $CHAINED = 1 ]; then submit_chained; else submit_independent; fi
     j=$(submit "${common[@]}" --job-name=rsm-table --dependency="afterany:$(IFS=:; echo "${ids[*]}")" \
         --output="$LOG_DIR/%x-%j.out" "$SELF" --consolidate)
     echo "consolidate: job $j (afterany) -> $OUT_DIR/table.txt"

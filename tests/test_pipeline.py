@@ -290,3 +290,199 @@ def test_rs_moded_submits_slurm_arrays_with_dependencies(tmp_path):
     assert f"--dependency=afterany:{':'.join(ids[:5])}" in table and table.endswith("--consolidate")
     for i in ids:
         assert i in p.stdout
+
+
+# ------------------------------------------------------------------ rs_moded.sh: the chained recipe
+def tiny_sweep_args(teacher, out):
+    return ["--tasks", "copa", "--model", teacher, "--data_dir", os.path.join(ROOT, "data"), "--out_dir", out,
+            "--capture_samples", "16", "--ft_epochs", "1", "--max_train_samples", "16", "--max_eval_samples", "16"]
+
+
+def test_rs_moded_local_chained_recipe(teacher, tmp_path):
+    """--teacher finetuned --distill 1 (modular_pipeline.sh's default recipe): each seed's baseline runs first and
+    keeps its model, the module stage of each (task, seed) captures from that seed's baseline, and the compressed
+    fine-tune is distilled from it. A baseline finished earlier without its model (the default, independent
+    recipe) is rerun to keep it."""
+    out = str(tmp_path / "sweep")
+    common = tiny_sweep_args(teacher, out)
+    run("rs_moded.sh", "--local", *common, "--seeds", "1", "--variants", "baseline")
+    base1 = os.path.join(out, "copa", "baseline", "seed1")
+    assert os.path.isfile(os.path.join(base1, "results.json")) and not os.path.exists(os.path.join(base1, "model"))
+
+    recipe = ["--teacher", "finetuned", "--distill", "1", "--init", "data", "--allocate", "1", "--module_epochs", "0",
+              "--augment", "0"]
+    p = run("rs_moded.sh", "--local", "--parallel", "2", *common, "--seeds", "1 2", "--variants", "baseline modular",
+            *recipe)
+    label = "modular-data-alloc-ft+kd"
+    for seed in (1, 2):
+        base = os.path.join(out, "copa", "baseline", f"seed{seed}")
+        model = os.path.join(base, "model")
+        assert os.path.isfile(os.path.join(model, "model.safetensors"))
+        with open(os.path.join(base, "results.json")) as f:
+            r = json.load(f)
+        assert (r["variant"], r["seed"], r["compression"]) == ("baseline", seed, None)
+        with open(os.path.join(out, "copa", label, f"seed{seed}", "results.json")) as f:
+            r = json.load(f)
+        assert (r["variant"], r["seed"], r["compression"], r["init"]) == (label, seed, 2, "data")
+        assert r["model"] == model and r["distill"]["from"] == model
+        assert r["modules_dir"] == os.path.join(out, "copa", f"teacher_seed{seed}", "modules")
+        with open(os.path.join(out, "copa", f"teacher_seed{seed}", "activations", "manifest.json")) as f:
+            assert json.load(f)["model"] == model
+    assert not os.path.exists(os.path.join(out, "copa", "activations"))   # no per-task (pretrained) capture
+    logs = {os.path.basename(q): open(q).read() for q in glob.glob(os.path.join(out, "logs", "*.log"))}
+    assert sorted(logs) == sorted([f"{k}-seed{s}.log" for s in (1, 2)
+                                   for k in ("modules-copa", "ft-copa-baseline", "ft-copa-modular")])
+    assert "finished without keeping its model, which this recipe needs: rerunning it" in logs[
+        "ft-copa-baseline-seed1.log"]
+    for s in (1, 2):
+        assert {"capture", "mha", "ffn"} <= stages_run(logs[f"modules-copa-seed{s}.log"])
+        assert "stage baseline:" not in logs[f"modules-copa-seed{s}.log"]
+        assert stages_run(logs[f"ft-copa-modular-seed{s}.log"]) == {"finetune"}
+    # the phases: both baselines done before a module stage starts, both module stages before a modular fine-tune
+    lines = p.stdout.splitlines()
+    at = {(w, n): i for i, line in enumerate(lines) for w in ("start", "done ") if f"] {w} " in line
+          for n in [line.split(f"] {w} ")[1].split()[0]]}
+    assert max(at["done ", f"ft-copa-baseline-seed{s}"] for s in (1, 2)) < \
+        min(at["start", f"modules-copa-seed{s}"] for s in (1, 2))
+    assert max(at["done ", f"modules-copa-seed{s}"] for s in (1, 2)) < \
+        min(at["start", f"ft-copa-modular-seed{s}"] for s in (1, 2))
+    assert "all 4 fine-tunes have results" in p.stdout
+    with open(os.path.join(out, "table.txt")) as f:
+        table = f.read()
+    assert "(baseline)" in table and f"{label} c=2" in table and "All (task, seed) cells present." in table
+
+
+def test_rs_moded_local_chained_skips_jobs_after_a_failed_baseline(teacher, tmp_path):
+    out = str(tmp_path / "sweep")
+    args = [*tiny_sweep_args(teacher, out), "--tasks", "nosuchtask", "--seeds", "1", "--variants", "baseline modular",
+            "--teacher", "finetuned", "--distill", "1"]
+    p = run("rs_moded.sh", "--local", *args, check=False)
+    assert p.returncode == 1
+    assert "FAILED ft-nosuchtask-baseline-seed1" in p.stderr
+    assert "SKIPPED modules-nosuchtask-seed1: ft-nosuchtask-baseline-seed1 failed" in p.stderr
+    assert "SKIPPED ft-nosuchtask-modular-seed1: modules-nosuchtask-seed1 failed" in p.stderr
+    assert "3 job(s) failed" in p.stderr
+    assert sorted(os.listdir(os.path.join(out, "logs"))) == ["ft-nosuchtask-baseline-seed1.log"]
+
+
+def fake_slurm_env(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", "#!/bin/bash\nexit 0\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    return clean_env(FAKE_DIR=str(tmp_path), PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+def sbatch_calls(tmp_path):
+    """The fake sbatch's calls since the last one: [(id, {option: value}, command)]."""
+    log = tmp_path / "sbatch.log"
+    calls = []
+    for line in log.read_text().splitlines():
+        words = line.split()
+        cut = next(i for i, w in enumerate(words) if w.endswith("/rs_moded.sh"))
+        opts = dict(w.split("=", 1) if "=" in w else (w, True) for w in words[1:cut])
+        calls.append((words[0], opts, " ".join(words[cut + 1:])))
+    log.unlink()
+    return calls
+
+
+def test_rs_moded_submits_the_chained_recipe(tmp_path):
+    """--teacher finetuned --distill 1 on SLURM (fake sbatch): arrays indexed by (task, seed) pair, chained with
+    aftercorr: baseline element P -> module element P -> the compressed fine-tunes' element P; consolidate
+    afterany on all. Each worker element runs the same pair (checked against a fake modular_pipeline.sh)."""
+    env = fake_slurm_env(tmp_path)
+    out = str(tmp_path / "out")
+    sweep = ["--tasks", "rte cb", "--seeds", "1 2", "--variants", "baseline modular svd", "--out_dir", out]
+    p = run("rs_moded.sh", *sweep, "--teacher", "finetuned", "--distill", "1", "--module_sbatch_args", "--mem=1G",
+            env=env)
+    (base, bo, bc), (mod, mo, mc), (ftm, fo, fc), (fts, so, sc), (tab, to, tc) = sbatch_calls(tmp_path)
+    assert (bo["--job-name"], bo["--array"], bc) == ("rsm-baseline", "0-3", "--run-variant baseline array")
+    assert "--dependency" not in bo and "--mem" not in bo
+    assert (mo["--job-name"], mo["--array"], mc) == ("rsm-modules", "0-3", "--run-seed-modules array")
+    assert mo["--dependency"] == f"aftercorr:{base}" and mo["--mem"] == "1G"
+    assert (fo["--job-name"], fo["--array"], fc) == ("rsm-ft-modular", "0-3", "--run-variant modular array")
+    assert sorted(fo["--dependency"].split(",")) == sorted([f"aftercorr:{mod}", f"aftercorr:{base}"])
+    assert (so["--job-name"], so["--array"], sc) == ("rsm-ft-svd", "0-3", "--run-variant svd array")
+    assert so["--dependency"] == f"aftercorr:{base}"
+    for o in (mo, fo, so):
+        assert o["--kill-on-invalid-dep"] == "yes" and o["--export"] == "ALL"
+    assert to["--dependency"] == f"afterany:{base}:{mod}:{ftm}:{fts}" and tc == "--consolidate"
+    for i in (base, mod, ftm, fts, tab):
+        assert i in p.stdout
+
+    # aftercorr pairs equal element numbers: element P of every array is (task, seed) pair P, and the fine-tune
+    # element P of variant V is the job --print-jobs lists at P*nV + (position of V)
+    jobs = run("rs_moded.sh", "--print-jobs", *sweep, "--teacher", "finetuned", "--distill", "1").stdout.splitlines()
+    assert jobs[0] == "0 rte 1 baseline" and jobs[11] == "11 cb 2 svd"
+    root = tmp_path / "root"   # this rs_moded.sh, with a modular_pipeline.sh that prints what it was asked
+    root.mkdir()
+    shutil.copy(os.path.join(ROOT, "rs_moded.sh"), root)
+    (root / "modular_pipeline.sh").write_text('#!/bin/bash\necho "PIPELINE $* teacher=$TEACHER distill=$DISTILL"\n')
+    for pair in range(4):
+        _, task, seed, _ = jobs[pair * 3].split()
+        for k, worker in enumerate((["--run-variant", "baseline"], ["--run-variant", "modular"],
+                                    ["--run-variant", "svd"])):
+            q = run(str(root / "rs_moded.sh"), *worker, "array", *sweep, "--teacher", "finetuned", "--distill", "1",
+                    env=clean_env(SLURM_ARRAY_TASK_ID=str(pair)))
+            _, t, s, v = jobs[pair * 3 + k].split()
+            assert f"job {pair * 3 + k} = task {t}, seed {s}, variant {v}" in q.stdout
+            assert (t, s) == (task, seed)
+            assert (f"PIPELINE --stages finetune --task {task} --seed {seed} --variant {v} --out_dir {out} "
+                    "teacher=finetuned distill=1") in q.stdout
+        q = run(str(root / "rs_moded.sh"), "--run-seed-modules", "array", *sweep, "--teacher", "finetuned",
+                env=clean_env(SLURM_ARRAY_TASK_ID=str(pair)))
+        assert (f"PIPELINE --stages capture,modules --task {task} --seed {seed} --variant modular --out_dir {out} "
+                "teacher=finetuned distill=0") in q.stdout
+
+    # pretrained teacher with distillation: the module stage stays per task (no dependency); the modular
+    # fine-tunes, one array per task, wait for their task's module element and their seed's baseline element
+    run("rs_moded.sh", *sweep, "--distill", "1", "--max_running", "2", env=env)
+    (base, bo, _), (mod, mo, mc), (_, ro, rc), (_, co, cc), (_, so, _), (_, to, _) = sbatch_calls(tmp_path)
+    assert bo["--array"] == "0-3%2" and "--dependency" not in bo
+    assert mo["--array"] == "0-1%2" and "--dependency" not in mo and mc == "--run-modules array"
+    assert ro["--array"] == "0-1%2" and ro["--dependency"] == f"afterok:{mod}_0,aftercorr:{base}"
+    assert co["--array"] == "2-3%2" and co["--dependency"] == f"afterok:{mod}_1,aftercorr:{base}"
+    assert rc == cc == "--run-variant modular array"
+    assert so["--array"] == "0-3%2" and so["--dependency"] == f"aftercorr:{base}"
+    assert len(to["--dependency"].split(":")) == 6
+
+    # finetuned teacher without distillation: svd needs nothing, modular only its module element
+    run("rs_moded.sh", *sweep, "--teacher", "finetuned", env=env)
+    (base, _, _), (mod, mo, _), (_, fo, _), (_, so, _), _ = sbatch_calls(tmp_path)
+    assert mo["--dependency"] == f"aftercorr:{base}" and fo["--dependency"] == f"aftercorr:{mod}"
+    assert "--dependency" not in so and "--kill-on-invalid-dep" not in so
+
+
+def test_rs_moded_recipe_checks():
+    """The sweep runs either recipe; the chained one needs the baseline among the variants."""
+    p = run("rs_moded.sh", "--print-jobs", "--tasks", "rte", "--seeds", "1", "--variants", "modular svd",
+            "--teacher", "finetuned", check=False)
+    assert p.returncode == 2
+    assert "has no 'baseline', but each seed's fine-tuned baseline model is needed" in p.stderr
+    assert "--teacher finetuned captures" in p.stderr and "add baseline to --variants" in p.stderr
+    p = run("rs_moded.sh", "--print-jobs", "--variants", "svd", check=False, env=clean_env(DISTILL="1"))
+    assert p.returncode == 2 and "--distill 1 distils the compressed fine-tunes from it" in p.stderr
+    for bad, msg in ((["--teacher", "teacherless"], "--teacher must be pretrained or finetuned"),
+                     (["--distill", "2"], "--distill must be 0 or 1"),
+                     (["--allocate", "yes"], "--allocate must be 0 or 1"),
+                     (["--init", "zeros"], "--init must be svd, data or random")):
+        p = run("rs_moded.sh", "--print-jobs", *bad, check=False)
+        assert p.returncode == 2 and msg in p.stderr
+    # no longer refused: the old messages are gone
+    for recipe in (["--teacher", "finetuned"], ["--distill", "1"], ["--teacher", "finetuned", "--distill", "1"]):
+        p = run("rs_moded.sh", "--print-jobs", "--tasks", "rte", "--seeds", "1 2", "--variants", "baseline modular",
+                *recipe)
+        assert p.stdout.splitlines() == ["0 rte 1 baseline", "1 rte 1 modular", "2 rte 2 baseline", "3 rte 2 modular"]
+    # nothing needs a baseline model: no baseline needed either
+    run("rs_moded.sh", "--print-jobs", "--variants", "svd", "--teacher", "finetuned")
+    # the workers of one recipe refuse the other's module stage
+    p = run("rs_moded.sh", "--run-modules", "0", "--teacher", "finetuned", "--variants", "baseline modular",
+            check=False)
+    assert p.returncode == 2 and "--run-seed-modules" in p.stderr
+    p = run("rs_moded.sh", "--run-seed-modules", "0", check=False)
+    assert p.returncode == 2 and "the module stage is per task" in p.stderr
+    h = run("rs_moded.sh", "--help").stdout
+    for flag in ("--teacher", "--distill", "--allocate", "--ft_lr", "--run-variant", "--run-seed-modules",
+                 "aftercorr", "--teacher finetuned --distill 1 --init data --allocate 1 --module_epochs 0"):
+        assert flag in h
