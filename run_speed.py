@@ -165,7 +165,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no_int8", action="store_true")
     p.add_argument("--int8_backends", nargs="+", default=DEFAULT_SCHEMES, choices=INT8_SCHEMES,
-                   help=f"PyTorch INT8 schemes (quantize.py; default {' '.join(DEFAULT_SCHEMES)}): dynamic "
+                   help=f"PyTorch INT8 schemes (inference.py; default {' '.join(DEFAULT_SCHEMES)}): dynamic "
                    "(one scale per weight tensor), dynamic_per_channel, smooth (SmoothQuant + per channel), "
                    "torchao (per-token activation scales)")
     p.add_argument("--int8_activation_bits", type=int, nargs="+", default=None, choices=[7, 8],
@@ -222,8 +222,8 @@ def main(argv=None):
     rows = speed_rows(args, variants, base.config)
     print_rows(rows, machine)
     if args.json:
-        atomic_write_json(args.json, {"machine": machine, "command": ["python", "run_speed.py"] + sys.argv[1:]
-                                      if argv is None else argv, "rows": rows})
+        command = ["python", "run_speed.py"] + (sys.argv[1:] if argv is None else list(argv))
+        atomic_write_json(args.json, {"machine": machine, "command": command, "rows": rows})
     if args.profile:
         prof = {name: profile_ops(m, base.config.vocab_size, args.seq_lens[0]) for name, m in variants.items()
                 if not name.startswith(("ort", "compiled")) and (name == "fp32 c=1" or not name.endswith("c=1"))}
