@@ -421,3 +421,28 @@ def test_an_allocated_module_resizes_its_layer(tiny_bert_dir, tmp_path):
     save_block(str(tmp_path / "layer00_mha.safetensors"), wide, {**meta, "allocated": False})
     with pytest.raises(UserError, match="check --compression"):
         load_modules(other, str(tmp_path), allow_partial=True)
+
+
+@needs_shared
+def test_allocate_fits_its_curves_on_a_token_subsample(tiny_bert_dir, tmp_path, monkeypatch):
+    """The error curves are fitted on at most modular.ALLOCATE_TOKENS training tokens per layer (the blocks
+    themselves on all of them); the cap is recorded in the report."""
+    import modular
+    cap = str(tmp_path / "cap")
+    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+                       "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
+    seen, real = [], data_init.attention_error_curve
+
+    def spy(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device):
+        seen.append(int(torch.as_tensor(lengths)[train_idx].sum()))
+        return real(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device)
+
+    monkeypatch.setattr(modular, "ALLOCATE_TOKENS", 400)
+    monkeypatch.setattr(data_init, "attention_error_curve", spy)
+    out = str(tmp_path / "mod")
+    mha_modular.main(["--activations_dir", cap, "--output_dir", out, "--init", "data", "--epochs", "0", "--allocate"])
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert len(seen) == 2 and all(0 < n <= 400 for n in seen)
+    assert report["allocation"]["curve_max_tokens"] == 400
+    assert all(e["fit"]["fit_tokens"] > 400 for e in report["layers"])     # the fit itself used every token
