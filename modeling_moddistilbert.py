@@ -138,7 +138,6 @@ class MultiHeadSelfAttention(nn.Module):
                                                  dropout_p=self.dropout if self.training else 0.0)
         return self.out_dropout(self.out_lin(ctx.transpose(1, 2).reshape(B, T, -1)))
 
-
     @torch.no_grad()
     def fuse_qkv(self):
         """Inference only, in place: q_lin, k_lin and v_lin become one Linear `qkv_lin` (one GEMM, and under
@@ -302,7 +301,7 @@ class ModDistilBertModel(ModDistilBertPreTrainedModel):
         self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_hidden_layers))
         # False: scaled_dot_product_attention (fastest in PyTorch). True: matmul-softmax-matmul with BERT's
         # additive mask, the same numbers; set for ONNX export, whose graph ONNX Runtime then fuses into
-        # its Attention kernel (quantize.export_onnx).
+        # its Attention kernel (inference.export_onnx).
         self.eager_attention = False
         self.post_init()
 
