@@ -265,18 +265,47 @@ def sequence_offsets(lengths):
     return torch.cumsum(lengths, 0) - lengths
 
 
+def _token_grid(lengths, index, offsets):
+    """(start + position grid [b, Tmax], mask [b, Tmax]) of the sequences `index` in the flat token tensor."""
+    lengths = torch.as_tensor(lengths).long()
+    offsets = sequence_offsets(lengths) if offsets is None else offsets
+    index = torch.as_tensor(index).long().to(lengths.device)
+    L, start = lengths[index], offsets.to(lengths.device)[index]
+    pos = torch.arange(int(L.max()) if len(L) else 0, device=lengths.device)
+    return start[:, None] + pos[None, :], pos[None, :] < L[:, None]
+
+
+def flat_positions(lengths, index, offsets=None):
+    """Positions in the flat token tensor of the real tokens of sequences `index`, in the order
+    pad_sequences(...)[0][mask] lists them."""
+    grid, mask = _token_grid(lengths, index, offsets)
+    return grid[mask]
+
+
+def select_sequences(x, lengths, index):
+    """(flat tokens, lengths) of the sequences `index` only, in that order."""
+    lengths = torch.as_tensor(lengths).long()
+    index = torch.as_tensor(index).long()
+    return x[flat_positions(lengths, index).to(x.device)], lengths[index]
+
+
 def pad_sequences(x, lengths, index, offsets=None):
     """Gather sequences `index` from the flat [total_tokens, H] x and right-pad them.
 
     Returns (batch (b, Tmax, H) with zeros at padding, mask (b, Tmax) bool, True = real token).
     Pass offsets = sequence_offsets(lengths) to avoid recomputing the cumsum per batch."""
-    lengths = torch.as_tensor(lengths).long()
-    offsets = sequence_offsets(lengths) if offsets is None else offsets
-    index = torch.as_tensor(index).long().to(lengths.device)
-    L, start = lengths[index], offsets.to(lengths.device)[index]
-    T = int(L.max()) if len(L) else 0
-    pos = torch.arange(T, device=lengths.device)
-    mask = pos[None, :] < L[:, None]
-    batch = x.new_zeros(len(index), T, x.shape[-1])
-    batch[mask.to(x.device)] = x[(start[:, None] + pos[None, :])[mask].to(x.device)]
+    grid, mask = _token_grid(lengths, index, offsets)
+    batch = x.new_zeros(mask.shape[0], mask.shape[1], x.shape[-1])
+    batch[mask.to(x.device)] = x[grid[mask].to(x.device)]
     return batch, mask.to(x.device)
+
+
+def subsample(lengths, index, max_tokens, seed=0):
+    """A seeded random subset of the sequences `index` holding at most `max_tokens` tokens (all if None)."""
+    index = torch.as_tensor(index).long()
+    if max_tokens is None or int(torch.as_tensor(lengths)[index].sum()) <= max_tokens:
+        return index
+    perm = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))]
+    keep = torch.cumsum(torch.as_tensor(lengths)[perm], 0) <= max_tokens
+    keep[0] = True
+    return perm[keep].sort().values

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 import tasks
-from activations import ActivationWriter
+from activations import ActivationWriter, subsample
 from modeling_moddistilbert import ModDistilBertModel, resolve_model_path
 from utils import UserError, get_device, provenance, run_main, set_seed, state_dict_sha256
 
@@ -38,11 +38,16 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="storage dtype")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_samples", type=int, default=None, help="first N original rows (before augmentation)")
+    p.add_argument("--max_tokens", type=int, default=None,
+                   help="a seeded random subset of the (first --max_samples) rows holding at most N tokens before "
+                        "augmentation, kept in dataset order: what a closed-form start without module training "
+                        "needs (modular_pipeline.sh --fit_tokens)")
     p.add_argument("--shard_sequences", type=int, default=2048)
     p.add_argument("--overwrite", action="store_true", help="discard whatever capture is in --output_dir")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
-    for name, lo in (("max_length", 2), ("augment", 0), ("batch_size", 1), ("max_samples", 1), ("shard_sequences", 1)):
+    for name, lo in (("max_length", 2), ("augment", 0), ("batch_size", 1), ("max_samples", 1), ("max_tokens", 1),
+                     ("shard_sequences", 1)):
         v = getattr(a, name)
         if v is not None and v < lo:
             raise UserError(f"--{name} must be >= {lo}, got {v}")
@@ -59,17 +64,21 @@ def main(argv=None):
     task = tasks.get_task(a.task)
     data_dir = a.data_dir or tasks.default_data_dir(task)
     rows = tasks.load_rows(task, a.split, data_dir)[:a.max_samples]
-    n_examples = len(rows)
-    if a.augment:
-        from augment import augment_examples, neighbours_for
-        rows = augment_examples(rows, a.augment, neighbours_for(a.model_name_or_path, a.glove), a.seed, p=a.aug_p)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(a.model_name_or_path))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the tokenizer of {a.model_name_or_path!r}: {str(e).splitlines()[0]}") from None
-    enc = tasks.encode(task, rows, tokenizer, a.max_length)
     c = task.num_choices or 1
     flat = (lambda v: [s for ex in v for s in ex]) if task.num_choices else (lambda v: v)
+    if a.max_tokens is not None:
+        ids = tasks.encode(task, rows, tokenizer, a.max_length)["input_ids"]
+        per_row = [sum(map(len, x)) if task.num_choices else len(x) for x in ids]
+        rows = [rows[i] for i in subsample(per_row, torch.arange(len(rows)), a.max_tokens, a.seed).tolist()]
+    n_examples = len(rows)
+    if a.augment:
+        from augment import augment_examples, neighbours_for
+        rows = augment_examples(rows, a.augment, neighbours_for(a.model_name_or_path, a.glove), a.seed, p=a.aug_p)
+    enc = tasks.encode(task, rows, tokenizer, a.max_length)
     ids = flat(enc["input_ids"])
     types = flat(enc["token_type_ids"]) if "token_type_ids" in enc else None
     example_ids = [r["idx"] for r in rows for _ in range(c)]
@@ -82,7 +91,7 @@ def main(argv=None):
     settings = {"model": a.model_name_or_path, "task": task.name, "split": a.split, "max_length": a.max_length,
                 "augment": a.augment, "aug_p": a.aug_p if a.augment else None,
                 "glove": a.glove if a.augment else None, "seed": a.seed, "dtype": a.dtype,
-                "max_samples": a.max_samples, "shard_sequences": a.shard_sequences, "inputs_sha256": digest,
+                "max_samples": a.max_samples, "max_tokens": a.max_tokens, "shard_sequences": a.shard_sequences, "inputs_sha256": digest,
                 "teacher_sha256": state_dict_sha256(model)}  # the trainers check it: no targets from another teacher
     fields = {"model": a.model_name_or_path, "task": task.name, "split": a.split,
               "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "max_length": a.max_length,

@@ -19,6 +19,7 @@ import time
 import torch
 
 import data_init
+from activations import flat_positions
 from compression import checkpoint_path, reduced_dims, save_block
 from modular import holdout_split, open_capture
 from utils import UserError, atomic_write_json, run_main
@@ -42,7 +43,7 @@ def parse_args(argv=None):
 def stack_errors(model, data, index, device):
     """Held-out relative error of each compressed layer's output (the stack run from the layer-0 inputs)
     against the teacher's next-layer input, for every layer but the last (whose output is not captured)."""
-    tok = data_init.token_index(data[0][1], index)
+    tok = flat_positions(data[0][1], index)
     x, lengths = data[0][0][tok], data[0][1][torch.as_tensor(index).long()]
     errors = {}
     for l in range(len(model.layers) - 1):

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from activations import pad_sequences, sequence_offsets
+from activations import flat_positions, pad_sequences, sequence_offsets, subsample
 from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d, make_block
 
 
@@ -36,34 +36,38 @@ from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d, ma
 @torch.no_grad()
 def block_io(layer, kind, x, lengths, device, batch=64):
     """(inputs, targets) of block `kind` of the teacher `layer` on its layer inputs x, as flat [tokens, H]
-    tensors on `device`: MHA inputs = x, targets = attention(x); FFN inputs = sa_layer_norm(x + attention(x)),
-    targets = ffn(FFN inputs)."""
+    tensors on `device`, in the order of x: MHA inputs = x, targets = attention(x); FFN inputs =
+    sa_layer_norm(x + attention(x)), targets = ffn(FFN inputs). Computed in batches of sequences of similar
+    length (little padding); the per-token parts (LayerNorm, FFN) run on the real tokens only."""
     layer = layer.to(device).eval()
-    ins, outs, offsets = [], [], sequence_offsets(lengths)
-    for s in range(0, len(lengths), batch):
-        idx = torch.arange(s, min(s + batch, len(lengths)))
-        xb, mask = pad_sequences(x, lengths, idx, offsets)
-        xb, mask = xb.to(device).float(), mask.to(device)
-        m4 = attention_mask_4d(mask)
-        if kind == "ffn":
-            xb = layer.sa_layer_norm(xb + layer.attention(xb, m4))
-        yb = (layer.attention if kind == "mha" else layer.ffn)(xb, m4)
-        ins.append(xb[mask])
-        outs.append(yb[mask])
-    return torch.cat(ins), torch.cat(outs)
-
-
-def token_index(lengths, index):
-    """Flat token positions of the sequences `index` (for per-token blocks and statistics)."""
     lengths = torch.as_tensor(lengths).long()
     offsets = sequence_offsets(lengths)
+    x = x.to(device).float()
+    ins = x if kind == "mha" else torch.empty_like(x)
+    outs = torch.empty_like(x)
+    order = by_length(lengths, torch.arange(len(lengths)))
+    for s in range(0, len(order), batch):
+        idx = order[s:s + batch]
+        xb, mask = pad_sequences(x, lengths, idx, offsets)
+        pos = flat_positions(lengths, idx, offsets).to(device)
+        a = layer.attention(xb, attention_mask_4d(mask))[mask]
+        if kind == "mha":
+            outs[pos] = a
+        else:
+            h = layer.sa_layer_norm(xb[mask] + a)
+            ins[pos], outs[pos] = h, layer.ffn(h)
+    return ins, outs
+
+
+def by_length(lengths, index):
+    """The sequences `index` ordered by length, longest first: batches of neighbours pad little. (For sums over
+    sequences, which do not depend on the order; training batches stay shuffled.)"""
     index = torch.as_tensor(index).long()
-    return torch.cat([torch.arange(offsets[i], offsets[i] + lengths[i]) for i in index.tolist()]) \
-        if len(index) else torch.zeros(0, dtype=torch.long)
+    return index[torch.argsort(torch.as_tensor(lengths)[index], descending=True, stable=True)]
 
 
 def _batches(inputs, lengths, index, batch, device, targets=None):
-    offsets = sequence_offsets(lengths)
+    offsets, index = sequence_offsets(lengths), by_length(lengths, index)
     for s in range(0, len(index), batch):
         idx = index[s:s + batch]
         xb, mask = pad_sequences(inputs, lengths, idx, offsets)
@@ -138,11 +142,17 @@ def mha_statistics(teacher, inputs, lengths, index, device, batch=32):
 @torch.no_grad()
 def fit_mha(teacher, student, stats, eps=1e-6):
     """Closed-form per-head start of a low-rank attention block from `mha_statistics`. Returns per-head
-    predicted errors (dropped share of the whitened spectra) of the scores and of the value path."""
+    predicted errors (dropped share of the whitened spectra) of the scores and of the value path. The score
+    rank is the student's head_dim, the value rank its v_lin size per head (the same in our model; a student
+    whose value heads differ in size gets its own rank there, as scripts/qk_vo_split.py measures)."""
     H, nh, d, r = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim, student.head_dim
+    rv = student.v_lin.out_features // nh
     dev = stats["Cx1"].device
-    R1, R1inv = whitener(stats["Cx1"], eps)
-    R, Rinv = whitener(stats["Cx1"][:H, :H], eps)
+    white = stats.setdefault("whiteners", {})  # they do not depend on r: once per statistics (allocate's curves)
+    if eps not in white:
+        white[eps] = (whitener(stats["Cx1"], eps), whitener(stats["Cx1"][:H, :H], eps),
+                      [whitener(stats["Cz"][h], eps) for h in range(nh)])
+    (R1, R1inv), (R, Rinv), Z = white[eps]
     W = {n: getattr(teacher, n).weight.detach().to(dev).double() for n in ("q_lin", "k_lin", "v_lin", "out_lin")}
     bq, bv = teacher.q_lin.bias.detach().to(dev).double(), teacher.v_lin.bias.detach().to(dev).double()
     new = {k: torch.zeros_like(p, dtype=torch.float64, device=dev) for k, p in student.state_dict().items()}
@@ -155,11 +165,12 @@ def fit_mha(teacher, student, stats, eps=1e-6):
         L = L * math.sqrt(r / d)                                        # keep the 1/sqrt(head_dim) temperature
         new["q_lin.weight"][s], new["q_lin.bias"][s], new["k_lin.weight"][s] = L[:H].T, L[H], Rk.T
         score_err.append(dropped_share(sv, r))
-        Rz, Rzinv = whitener(stats["Cz"][h], eps)
-        Lv, Ro, sz = top_r(W["v_lin"][t] @ Rz.T, W["out_lin"][:, t].T, r)  # Rz Wv^T Wo^T, truncated
+        Rz, Rzinv = Z[h]
+        Lv, Ro, sz = top_r(W["v_lin"][t] @ Rz.T, W["out_lin"][:, t].T, rv)  # Rz Wv^T Wo^T, truncated
         Lv, Ro = balance(Rzinv @ Lv, Ro)
-        new["v_lin.weight"][s], new["out_lin.weight"][:, s] = Lv.T, Ro
-        value_err.append(dropped_share(sz, r))
+        sv_ = slice(h * rv, (h + 1) * rv)
+        new["v_lin.weight"][sv_], new["out_lin.weight"][:, sv_] = Lv.T, Ro
+        value_err.append(dropped_share(sz, rv))
     new["out_lin.bias"] = teacher.out_lin.bias.detach().to(dev).double() + W["out_lin"] @ bv
     dtype = student.q_lin.weight.dtype
     student.load_state_dict({k: v.to(dtype).cpu() for k, v in new.items()})
@@ -171,7 +182,8 @@ def refit_out_lin(student, inputs, targets, lengths, index, device, batch=32, ri
     """Least-squares refit of out_lin (weight and bias, all heads) on the student's own head outputs against
     `targets`; then each head's (v_lin, out_lin) pair is re-split to equal scale (the same function)."""
     student = student.to(device).eval()
-    inner, nh, r = student.out_lin.in_features, student.num_heads, student.head_dim
+    inner, nh = student.out_lin.in_features, student.num_heads
+    r = inner // nh  # the value heads' size
     G = torch.zeros(inner + 1, inner + 1, dtype=torch.float64, device=device)
     Bm = torch.zeros(inner + 1, student.out_lin.out_features, dtype=torch.float64, device=device)
     for xb, mask, yb in _batches(inputs, lengths, index, batch, device, targets):
@@ -199,25 +211,30 @@ def refit_out_lin(student, inputs, targets, lengths, index, device, batch=32, ri
 @torch.no_grad()
 def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge=1e-6):
     """Keep the units with the largest sum h_j^2 ||W2[:, j]||^2 on the tokens `tokens` of the flat inputs,
-    copy their lin1 rows, refit lin2 and its bias by ridge least squares against `targets`."""
+    copy their lin1 rows, refit lin2 and its bias by ridge least squares against `targets`. Two passes: the
+    unit scores need only sum h_j^2; the least-squares Gram matrix is then built for the kept units alone
+    (a quarter of the full one's cost at c=2)."""
     teacher = teacher.to(device).eval()
     F = teacher.lin1.out_features
-    G = torch.zeros(F + 1, F + 1, dtype=torch.float64, device=device)
-    Bm = torch.zeros(F + 1, teacher.lin2.out_features, dtype=torch.float64, device=device)
+    sq = torch.zeros(F, dtype=torch.float64, device=device)
+    for s in range(0, len(tokens), chunk):
+        h = teacher.act(teacher.lin1(inputs[tokens[s:s + chunk]].to(device).float()))
+        sq += (h * h).sum(0).double()
+    score = sq * (teacher.lin2.weight.detach().to(device).double() ** 2).sum(0)
+    keep = score.topk(student.lin1.out_features).indices.sort().values
+    n = len(keep)
+    w1, b1 = teacher.lin1.weight[keep].to(device), teacher.lin1.bias[keep].to(device)
+    G = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=device)
+    Bm = torch.zeros(n + 1, teacher.lin2.out_features, dtype=torch.float64, device=device)
     for s in range(0, len(tokens), chunk):
         t = tokens[s:s + chunk]
-        h = teacher.act(teacher.lin1(inputs[t].to(device).float()))
+        h = teacher.act(torch.nn.functional.linear(inputs[t].to(device).float(), w1, b1))
         h = torch.cat([h, torch.ones(len(h), 1, device=device)], 1)
         G += (h.T @ h).double()
         Bm += (h.T @ targets[t].to(device).float()).double()
-    w2 = teacher.lin2.weight.detach().to(device).double()
-    score = G.diagonal()[:F] * (w2 ** 2).sum(0)
-    keep = score.topk(student.lin1.out_features).indices.sort().values
-    sel = torch.cat([keep, torch.tensor([F], device=device)])
-    Wt = ridge_solve(G[sel][:, sel], Bm[sel], ridge)
-    n = len(keep)
-    student.lin1.weight.copy_(teacher.lin1.weight[keep.cpu()])
-    student.lin1.bias.copy_(teacher.lin1.bias[keep.cpu()])
+    Wt = ridge_solve(G, Bm, ridge)
+    student.lin1.weight.copy_(w1)
+    student.lin1.bias.copy_(b1)
     student.lin2.weight.copy_(Wt[:n].T.to(student.lin2.weight.dtype))
     student.lin2.bias.copy_(Wt[n].to(student.lin2.bias.dtype))
     kept = float(score[keep].sum() / score.sum().clamp_min(1e-300))
@@ -225,17 +242,6 @@ def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge
 
 
 # ------------------------------------------------------------------ one block
-def subsample(lengths, index, max_tokens, seed=0):
-    """A seeded random subset of the sequences `index` holding at most `max_tokens` tokens (all if None)."""
-    index = torch.as_tensor(index).long()
-    if max_tokens is None or int(torch.as_tensor(lengths)[index].sum()) <= max_tokens:
-        return index
-    perm = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))]
-    keep = torch.cumsum(torch.as_tensor(lengths)[perm], 0) <= max_tokens
-    keep[0] = True
-    return perm[keep].sort().values
-
-
 def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6, max_tokens=None):
     """init="data" for one block (MHA or FFN), fitted on the sequences `index` of the flat (inputs, targets)
     only (a seeded subset of them holding at most `max_tokens` tokens, when given: the statistics and the
@@ -253,7 +259,7 @@ def _fit(teacher, student, inputs, targets, lengths, index, device, eps):
         student.to(device)
         refit_out_lin(student, inputs, targets, lengths, index, device)
         return info
-    return fit_ffn(teacher, student, inputs, targets, token_index(lengths, index), device)
+    return fit_ffn(teacher, student, inputs, targets, flat_positions(lengths, index), device)
 
 
 # ------------------------------------------------------------------ a whole model
@@ -313,17 +319,21 @@ def compress_with_data(model, dims, data, sequential=False, device="cpu", index=
 
 
 @torch.no_grad()
-def attention_error_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device):
+def attention_error_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, blocks=None):
     """Held-out relative error of the closed-form attention start at each head dim in `head_dims` (one set of
-    statistics, one truncation + refit per head dim): what `allocate` spreads the rank with."""
+    statistics, one truncation + refit per head dim): what `allocate` spreads the rank with. Pass a dict as
+    `blocks` to keep each fitted block and its fit info there ({head_dim: (block, info)}): they are the blocks
+    fit_block would fit on `train_idx`."""
     stats = mha_statistics(teacher, inputs, lengths, train_idx, device)
     H, nh = teacher.q_lin.in_features, teacher.num_heads
     curve = {}
     for r in head_dims:
         s = MultiHeadSelfAttention(H, nh, nh * r).to(device)
-        fit_mha(teacher, s, stats)
+        info = fit_mha(teacher, s, stats)
         s.to(device)
         refit_out_lin(s, inputs, targets, lengths, train_idx, device)
+        if blocks is not None:
+            blocks[r] = (s, {**info, "fit_tokens": int(torch.as_tensor(lengths)[train_idx].sum())})
         err = norm = 0.0
         for xb, mask, yb in _batches(inputs, lengths, val_idx, 64, device, targets):
             d = (s(xb, attention_mask_4d(mask)) - yb)[mask]

@@ -243,7 +243,7 @@ def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, devi
             opt.step()
             sched.step()
             total, n = total + loss.item(), n + 1
-            bar.set_postfix(loss=f"{total / n:.4f}")
+            bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)  # refresh=True would show a stale count
         metrics = evaluate(model, eval_loader, task, device)
         epochs.append({"epoch": epoch, "train_loss": total / max(n, 1), **metrics,
                        "seconds": round(time.time() - t0, 2)})

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 import data_init
-from activations import ActivationStore, pad_sequences, sequence_offsets
+from activations import ActivationStore, pad_sequences, select_sequences, sequence_offsets, subsample
 from data_init import block_io
 from compression import checkpoint_path, checkpoint_settings, init_block, reduced_dims, save_block
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, make_block
@@ -56,7 +56,7 @@ def relative_error(block, inputs, targets, lengths, index, device, batch=64):
     was = block.training
     block.eval()
     err = norm = 0.0
-    offsets = sequence_offsets(lengths)
+    offsets, index = sequence_offsets(lengths), data_init.by_length(lengths, index)
     for s in range(0, len(index), batch):
         idx = index[s:s + batch]
         xb, mask = pad_sequences(inputs, lengths, idx, offsets)
@@ -175,11 +175,18 @@ def train_blocks(args):
     for layer in layers:
         if not 0 <= layer < config.num_hidden_layers:
             raise UserError(f"--layers: {layer} is not a layer of {store.model} (0..{config.num_hidden_layers - 1})")
-    train_idx, val_idx = holdout_split(store.sequence_info()[1], args.holdout, args.seed)
+    seq_lengths, example_ids, _ = store.sequence_info()
+    train_idx, val_idx = holdout_split(example_ids, args.holdout, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     sizes = {l: reduced_dims(config, l, args.compression)[0 if kind == "mha" else 1] for l in layers}
+    prepared = {}  # {layer: (block, fit info)} already fitted by --allocate on the very sequences of the fit
     if getattr(args, "allocate", False):
-        sizes = allocate_attention(args, store, teacher, layers, train_idx, val_idx, device)
+        sizes, prepared = allocate_attention(args, store, teacher, layers, seq_lengths, train_idx, val_idx, device)
+    keep = None
+    if args.epochs == 0:  # nothing trained: only the sequences the start is fitted on and the held-out ones are read
+        fit_idx = subsample(seq_lengths, train_idx, args.fit_tokens) if args.init == "data" and not prepared \
+            else train_idx[:0]
+        keep, (train_idx, val_idx) = restrict(fit_idx, val_idx)
     for layer in layers:
         t0 = time.time()
         inner = sizes[layer]
@@ -189,6 +196,8 @@ def train_blocks(args):
             tqdm.write(f"layer {layer} {kind}: {path} holds these settings already, skipped")
             continue
         x, lengths = store.load_layer(layer)
+        if keep is not None:
+            x, lengths = select_sequences(x, lengths, keep)
         tblock = teacher.layers[layer].attention if kind == "mha" else teacher.layers[layer].ffn
         inputs, targets = block_io(teacher.layers[layer], kind, x, lengths, device)
         del x
@@ -199,7 +208,10 @@ def train_blocks(args):
         student, init_err, data_err, fit_info = svd_block, svd_err, None, None
         if args.init != "svd":  # the SVD error above stays the reference
             student = make_block(config, layer, kind, inner)
-            if args.init == "data":  # fitted on the training sequences only, never the held-out ones
+            if layer in prepared:
+                block, fit_info = prepared.pop(layer)
+                student.load_state_dict(block.state_dict())
+            elif args.init == "data":  # fitted on the training sequences only, never the held-out ones
                 fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device,
                                                max_tokens=args.fit_tokens)
             else:
@@ -228,10 +240,19 @@ def train_blocks(args):
                    f"({entry['seconds']}s)")
 
 
-def allocate_attention(args, store, teacher, layers, train_idx, val_idx, device):
+def restrict(*indices):
+    """(the sorted union of the sequence index sets, each set's positions in it): to load only those sequences."""
+    keep = torch.unique(torch.cat([torch.as_tensor(i).long() for i in indices]))
+    return keep, tuple(torch.searchsorted(keep, torch.as_tensor(i).long()) for i in indices)
+
+
+def allocate_attention(args, store, teacher, layers, seq_lengths, train_idx, val_idx, device):
     """--allocate: attention inner sizes per layer at the same total as uniform --compression (the same
     attention FLOPs), from each layer's measured held-out error of the closed-form start at every head dim
-    (data_init.attention_error_curve), by data_init.allocate. Recorded in report.json['allocation']."""
+    (data_init.attention_error_curve), by data_init.allocate. Recorded in report.json['allocation'].
+    The curves are fitted on at most ALLOCATE_TOKENS (or --fit_tokens, if fewer) training tokens; when that is
+    the very subset the blocks are fitted on, the curves' blocks at the chosen head dims are the fit, returned
+    as `prepared` ({layer: (block, fit info)}). Returns ({layer: inner size}, prepared)."""
     if args.kind != "mha" or args.init != "data":
         raise UserError("--allocate spreads the attention rank: mha_modular.py with --init data")
     config, nh = teacher.config, teacher.config.num_attention_heads
@@ -239,14 +260,18 @@ def allocate_attention(args, store, teacher, layers, train_idx, val_idx, device)
     step = max(1, d // 8)
     head_dims = list(range(max(1, d // 4), d + 1, step))
     uniform = {l: reduced_dims(config, l, args.compression)[0] // nh for l in layers}
-    curves = {}
+    curves, blocks = {}, {}
+    curve_tokens = min(ALLOCATE_TOKENS, args.fit_tokens or ALLOCATE_TOKENS)
+    subset = subsample(seq_lengths, train_idx, curve_tokens)
+    reuse = torch.equal(subset, subsample(seq_lengths, train_idx, args.fit_tokens))
+    keep, (curve_idx, val_idx) = restrict(subset, val_idx)
     for layer in layers:
-        x, lengths = store.load_layer(layer)
+        x, lengths = select_sequences(*store.load_layer(layer), keep)
         inputs, targets = block_io(teacher.layers[layer], "mha", x, lengths, device)
-        curve_idx = data_init.subsample(lengths, train_idx, ALLOCATE_TOKENS)
+        blocks[layer] = {} if reuse else None
         curves[layer] = data_init.attention_error_curve(teacher.layers[layer].attention, inputs, targets, lengths,
                                                         curve_idx, val_idx if len(val_idx) else curve_idx,
-                                                        head_dims, device)
+                                                        head_dims, device, blocks=blocks[layer])
         tqdm.write(f"layer {layer} mha: held-out error by head dim " +
                    " ".join(f"{r}:{e:.4f}" for r, e in curves[layer].items()))
     alloc = data_init.allocate(curves, sum(uniform.values()))
@@ -260,13 +285,14 @@ def allocate_attention(args, store, teacher, layers, train_idx, val_idx, device)
                 with open(path) as f:
                     report = json.load(f)
             report["allocation"] = {"head_dims": {str(l): r for l, r in alloc.items()},
-                                    "curve_max_tokens": ALLOCATE_TOKENS,
+                                    "curve_max_tokens": curve_tokens, "curves_are_the_fit": reuse,
                                     "uniform_head_dims": {str(l): r for l, r in uniform.items()},
                                     "curves": {str(l): {str(r): e for r, e in c.items()} for l, c in curves.items()}}
             atomic_write_json(path, report)
         finally:
             fcntl.lockf(lock, fcntl.LOCK_UN)
-    return {l: r * nh for l, r in alloc.items()}
+    prepared = {l: blocks[l][r] for l, r in alloc.items()} if reuse else {}
+    return {l: r * nh for l, r in alloc.items()}, prepared
 
 
 def write_report(args, store, entries):

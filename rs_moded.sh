@@ -81,7 +81,7 @@ Options (also environment variables, in brackets; flags win):
   --allocate 0|1         [ALLOCATE]  with --init data: allocate the head dims per layer   default: 0
   --augment N            [AUGMENT]   default: 1
   --module_epochs E      [MODULE_EPOCHS]   default: 2
-  --model --compression --capture_samples --module_seed --mixup --no_mixup --ft_epochs --ft_lr
+  --model --compression --capture_samples --fit_tokens --module_seed --mixup --no_mixup --ft_epochs --ft_lr
   --max_train_samples --max_eval_samples --save_model --capture_args --module_args --ft_args: as in
                          modular_pipeline.sh (same variables, same defaults)
   --sbatch_args "..."    [RS_SBATCH_ARGS]  extra sbatch options for every job (e.g. "-p gpu --gres=gpu:1")
@@ -159,7 +159,7 @@ while [ $# -gt 0 ]; do
         --run-index|--run-modules|--run-seed-modules|--parallel|--tasks|--seeds|--variants|--out_dir|--data_dir|--sbatch_args|\
         --module_sbatch_args|--max_running|--model|--compression|--init|--capture_samples|--augment|\
         --module_epochs|--module_seed|--ft_epochs|--max_train_samples|--max_eval_samples|--capture_args|\
-        --module_args|--ft_args|--teacher|--distill|--allocate|--ft_lr)
+        --module_args|--ft_args|--teacher|--distill|--allocate|--ft_lr|--fit_tokens)
             [ $# -ge 2 ] || die "$opt needs a value"
             val=$2
             case $opt in

@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_init  # noqa: E402
-from activations import ActivationStore  # noqa: E402
+from activations import ActivationStore, subsample  # noqa: E402
 from compression import reduced_dims  # noqa: E402
 from modular import holdout_split, load_capture_teacher  # noqa: E402
 from utils import run_main  # noqa: E402
@@ -37,7 +37,7 @@ def main(argv=None):
     for layer in range(config.num_hidden_layers):
         x, lengths = store.load_layer(layer)
         inputs, targets = data_init.block_io(teacher.layers[layer], "mha", x, lengths, "cpu")
-        idx = data_init.subsample(lengths, train_idx, args.max_tokens)
+        idx = subsample(lengths, train_idx, args.max_tokens)
         curves[layer] = data_init.attention_error_curve(teacher.layers[layer].attention, inputs, targets, lengths,
                                                         idx, val_idx, head_dims, "cpu")
         print(layer, int(torch.as_tensor(lengths)[idx].sum()),

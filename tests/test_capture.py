@@ -273,6 +273,7 @@ def run_cli(*args):
     (["--task", "nope"], "unknown task 'nope'"),
     (["--task", "rte", "--data_dir", "/nonexistent/data"], "/nonexistent/data: directory not found"),
     (["--task", "rte", "--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--task", "rte", "--max_tokens", "0"], "--max_tokens must be >= 1"),
 ])
 def test_bad_inputs_exit_2(tmp_path, args, msg):
     r = run_cli(*args, "--output_dir", str(tmp_path / "c"))
@@ -287,3 +288,28 @@ def test_missing_split_file(teacher_dir, tmp_path):
     os.makedirs(tmp_path / "data" / "rte")
     with pytest.raises(UserError, match="file not found"):
         capture(teacher_dir, tmp_path / "c", data_dir=str(tmp_path / "data"))
+
+
+def test_max_tokens_captures_a_seeded_subset_of_whole_examples(teacher_dir, tmp_path):
+    """--max_tokens: a seeded random subset of the rows, at most N tokens in all, whole examples (both COPA
+    choices), in dataset order; the same with the same seed, another with another; recorded in the settings."""
+    data_dir = SHARED if os.path.isdir(os.path.join(SHARED, "copa")) else tasks.default_data_dir("copa")
+    full = capture(teacher_dir, tmp_path / "full", task="copa", n=40, data_dir=data_dir)
+    lengths_all, ex_all, _ = A.ActivationStore(full).sequence_info()
+    tokens_of = {}
+    for e, n in zip(ex_all.tolist(), lengths_all.tolist()):
+        tokens_of[e] = tokens_of.get(e, 0) + n
+    budget = sum(tokens_of.values()) // 3
+    runs = [capture(teacher_dir, tmp_path / name, "--max_tokens", budget, "--seed", seed, task="copa", n=40,
+                    data_dir=data_dir) for name, seed in (("a", 1), ("b", 1), ("c", 2))]
+    seen = []
+    for d in runs:
+        m = json.load(open(os.path.join(d, "manifest.json")))
+        lengths, ex, _ = A.ActivationStore(d).sequence_info()
+        assert m["settings"]["max_tokens"] == budget and m["n_tokens"] == int(lengths.sum()) <= budget
+        assert ex[0::2].tolist() == ex[1::2].tolist()                       # both choices of every example
+        order = [ex_all.tolist().index(e) for e in ex[0::2].tolist()]
+        assert order == sorted(order) and 0 < m["n_examples"] < 40           # dataset order, a strict subset
+        assert sum(tokens_of[e] for e in set(ex.tolist())) == int(lengths.sum())
+        seen.append(ex.tolist())
+    assert seen[0] == seen[1] and seen[0] != seen[2]

@@ -15,7 +15,7 @@ import ffn_modular  # noqa: E402
 import mha_modular  # noqa: E402
 import run_superglue  # noqa: E402
 import tasks as T  # noqa: E402
-from activations import pad_sequences  # noqa: E402
+from activations import pad_sequences, subsample  # noqa: E402
 from distill import Distiller  # noqa: E402
 from compression import compress, init_block  # noqa: E402
 from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassification,  # noqa: E402
@@ -332,9 +332,9 @@ def test_resume_reuses_a_finished_run_only_with_the_same_settings(tiny_bert_dir,
 def test_fit_on_a_token_budget_uses_a_seeded_subset():
     torch.manual_seed(0)
     x, lengths = anisotropic(n_seq=80)
-    idx = data_init.subsample(lengths, torch.arange(80), 200)
-    assert int(lengths[idx].sum()) <= 200 and torch.equal(idx, data_init.subsample(lengths, torch.arange(80), 200))
-    assert torch.equal(data_init.subsample(lengths, torch.arange(80), None), torch.arange(80))
+    idx = subsample(lengths, torch.arange(80), 200)
+    assert int(lengths[idx].sum()) <= 200 and torch.equal(idx, subsample(lengths, torch.arange(80), 200))
+    assert torch.equal(subsample(lengths, torch.arange(80), None), torch.arange(80))
     t, s = MultiHeadSelfAttention(H, NH, H), MultiHeadSelfAttention(H, NH, H // 2)
     y = outputs(t, x, lengths)
     info = data_init.fit_block(t, s, x, y, lengths, torch.arange(80), "cpu", max_tokens=300)
@@ -433,9 +433,9 @@ def test_allocate_fits_its_curves_on_a_token_subsample(tiny_bert_dir, tmp_path, 
                        "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
     seen, real = [], data_init.attention_error_curve
 
-    def spy(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device):
+    def spy(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, blocks=None):
         seen.append(int(torch.as_tensor(lengths)[train_idx].sum()))
-        return real(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device)
+        return real(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, blocks)
 
     monkeypatch.setattr(modular, "ALLOCATE_TOKENS", 400)
     monkeypatch.setattr(data_init, "attention_error_curve", spy)
@@ -444,5 +444,99 @@ def test_allocate_fits_its_curves_on_a_token_subsample(tiny_bert_dir, tmp_path, 
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     assert len(seen) == 2 and all(0 < n <= 400 for n in seen)
-    assert report["allocation"]["curve_max_tokens"] == 400
+    assert report["allocation"]["curve_max_tokens"] == 400 and not report["allocation"]["curves_are_the_fit"]
     assert all(e["fit"]["fit_tokens"] > 400 for e in report["layers"])     # the fit itself used every token
+
+
+@needs_shared
+def test_allocate_reuses_its_curve_blocks_when_they_are_the_fit(tiny_bert_dir, tmp_path, monkeypatch):
+    """With --fit_tokens at most the curve cap, the curves are fitted on the fit's own subset, and the blocks the
+    stage writes are the curves' blocks at the chosen head dims: equal to fitting them afresh, with no second fit."""
+    cap = str(tmp_path / "cap")
+    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+                       "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
+    common = ["--activations_dir", cap, "--init", "data", "--epochs", "0", "--allocate", "--fit_tokens", "1000"]
+    mha_modular.main(common + ["--output_dir", str(tmp_path / "ref")])         # curves on 1000: reused
+    calls, real = [], data_init.fit_block
+    monkeypatch.setattr(data_init, "fit_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mha_modular.main(common + ["--output_dir", str(tmp_path / "again")])
+    assert calls == []
+    import modular
+    monkeypatch.setattr(modular, "ALLOCATE_TOKENS", 500)                         # curves on 500 tokens: refitted
+    mha_modular.main(common + ["--output_dir", str(tmp_path / "fresh")])
+    assert len(calls) == 2
+    from compression import checkpoint_path
+    from safetensors.torch import load_file
+    reports = [json.load(open(tmp_path / d / "report.json")) for d in ("ref", "fresh")]
+    assert reports[0]["allocation"]["curves_are_the_fit"] and not reports[1]["allocation"]["curves_are_the_fit"]
+    import modular as M
+    store = M.ActivationStore(cap)
+    lengths, example_ids, _ = store.sequence_info()
+    train_idx, _ = M.holdout_split(example_ids, 0.1, 42)
+    teacher = ModDistilBertModel.from_teacher(tiny_bert_dir).eval()
+    for layer in (0, 1):
+        saved = load_file(checkpoint_path(str(tmp_path / "ref"), layer, "mha"))
+        x, lens = store.load_layer(layer)
+        inputs, targets = data_init.block_io(teacher.layers[layer], "mha", x, lens, "cpu")
+        ref = MultiHeadSelfAttention(H, NH, saved["q_lin.weight"].shape[0])
+        real(teacher.layers[layer].attention, ref, inputs, targets, lens, train_idx, "cpu", max_tokens=1000)
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(saved[k], v, atol=1e-4, rtol=1e-3)
+
+
+def test_ffn_fit_in_two_passes_equals_the_full_gram_fit():
+    """fit_ffn scores the units from sum h^2 alone and builds the least-squares Gram matrix for the kept units
+    only: the same units and the same lin2 as selecting from the full Gram matrix."""
+    torch.manual_seed(0)
+    x, lengths = anisotropic(n_seq=50)
+    t, s = FeedForward(H, 4 * H), FeedForward(H, 2 * H)
+    y = outputs(t, x, lengths)
+    data_init.fit_block(t, s, x, y, lengths, torch.arange(50), "cpu")
+    with torch.no_grad():
+        h = t.act(t.lin1(x)).double()
+        keep = ((h ** 2).sum(0) * (t.lin2.weight.double() ** 2).sum(0)).topk(2 * H).indices.sort().values
+        a = torch.cat([h[:, keep], torch.ones(len(h), 1, dtype=torch.float64)], 1)
+        G = a.T @ a
+        w = torch.linalg.solve(G + 1e-6 * G.diagonal().mean() * torch.eye(len(G), dtype=G.dtype), a.T @ y.double())
+    assert torch.equal(s.lin1.weight, t.lin1.weight[keep])
+    torch.testing.assert_close(s.lin2.weight.double(), w[:-1].T, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s.lin2.bias.double(), w[-1], atol=1e-5, rtol=1e-4)
+
+
+@needs_shared
+@pytest.mark.parametrize("kind", ["mha", "ffn"])
+def test_a_stage_without_training_reads_only_the_fitted_and_held_out_sequences(tiny_bert_dir, tmp_path, kind,
+                                                                              monkeypatch):
+    """With --epochs 0 a module stage runs the teacher only on the --fit_tokens subset and the held-out
+    sequences; its blocks equal a fit on the whole capture with the same subset, with the same held-out errors."""
+    import modular
+    from compression import checkpoint_path
+    from safetensors.torch import load_file
+    cap = str(tmp_path / "cap")
+    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+                       "--output_dir", cap, "--max_samples", "40", "--dtype", "fp32"])
+    out = str(tmp_path / "mod")
+    seen, real = [], modular.block_io
+    monkeypatch.setattr(modular, "block_io", lambda *a, **k: seen.append(len(a[3])) or real(*a, **k))
+    (mha_modular if kind == "mha" else ffn_modular).main(
+        ["--activations_dir", cap, "--output_dir", out, "--init", "data", "--epochs", "0", "--fit_tokens", "900"])
+    store = modular.ActivationStore(cap)
+    lengths, example_ids, _ = store.sequence_info()
+    train_idx, val_idx = modular.holdout_split(example_ids, 0.1, 42)
+    teacher = ModDistilBertModel.from_teacher(tiny_bert_dir).eval()
+    with open(os.path.join(out, "report.json")) as f:
+        report = {e["layer"]: e for e in json.load(f)["layers"]}
+    assert len(seen) == 2 and all(n < len(lengths) for n in seen)
+    for layer in (0, 1):
+        x, lens = store.load_layer(layer)
+        inputs, targets = data_init.block_io(teacher.layers[layer], kind, x, lens, "cpu")
+        tblock = getattr(teacher.layers[layer], "attention" if kind == "mha" else "ffn")
+        ref = (MultiHeadSelfAttention(H, NH, H // 2) if kind == "mha" else FeedForward(H, 32))
+        info = data_init.fit_block(tblock, ref, inputs, targets, lens, train_idx, "cpu", max_tokens=900)
+        assert report[layer]["fit"]["fit_tokens"] == info["fit_tokens"] < int(lens[train_idx].sum())
+        saved = load_file(checkpoint_path(out, layer, kind))
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(saved[k], v, atol=1e-5, rtol=1e-4)
+        from modular import relative_error
+        assert report[layer]["data_init_rel_error"] == pytest.approx(
+            relative_error(ref, inputs, targets, lens, val_idx, "cpu"), rel=1e-4)
