@@ -49,6 +49,10 @@ Options (each also as an environment variable, in brackets; a flag wins over the
   --distill 0|1         distil the compressed fine-tune from this seed's baseline [DISTILL]     (1)
   --allocate 0|1        --init data: spread the attention head dims over the layers by their measured
                         errors, same total FLOPs (mha_modular.py --allocate)  [ALLOCATE]        (1)
+  --fit_tokens N|all    --init data: fit the closed-form start (and --allocate's error curves) on a seeded
+                        subset of at most N training tokens per layer; with --module_epochs 0 the capture then
+                        stores only a seeded subset of about N/0.9 tokens of examples (0.1 of them held out
+                        for the reported errors)                              [FIT_TOKENS]      (32768)
   --data_dir D          task files; default: the repo's data/ when it has the task (copa wsc stsb),
                         else ../shared/data when it has it, else the hub ("" = the stages' default) [DATA_DIR]
   --out_dir D           root of all outputs                                   [OUT_DIR]         (runs/modular)
@@ -115,6 +119,7 @@ INIT=${INIT:-data}
 TEACHER=${TEACHER:-finetuned}
 DISTILL=${DISTILL:-1}
 ALLOCATE=${ALLOCATE:-1}
+FIT_TOKENS=${FIT_TOKENS:-32768}
 FT_LR=${FT_LR:-1e-4}
 DATA_DIR_GIVEN=${DATA_DIR+1}   # DATA_DIR set, even to "": no automatic choice
 DATA_DIR=${DATA_DIR:-}
@@ -148,7 +153,7 @@ while [ $# -gt 0 ]; do
         --save_model) SAVE_MODEL=1; shift; continue ;;
         --task|--seed|--model|--compression|--variant|--init|--data_dir|--out_dir|--capture_samples|--augment|\
         --module_epochs|--module_seed|--ft_epochs|--max_train_samples|--max_eval_samples|--capture_args|\
-        --module_args|--ft_args|--stages|--teacher|--distill|--ft_lr|--allocate)
+        --module_args|--ft_args|--stages|--teacher|--distill|--ft_lr|--allocate|--fit_tokens)
             [ $# -ge 2 ] || die "$opt needs a value"
             val=$2
             case $opt in
@@ -161,7 +166,7 @@ while [ $# -gt 0 ]; do
                 --max_eval_samples) MAX_EVAL_SAMPLES=$val ;;  --capture_args) CAPTURE_ARGS=$val ;;
                 --module_args) MODULE_ARGS=$val ;;  --ft_args) FT_ARGS=$val ;;  --stages) STAGES=$val ;;
                 --teacher) TEACHER=$val ;;  --distill) DISTILL=$val ;;  --ft_lr) FT_LR=$val ;;
-                --allocate) ALLOCATE=$val ;;
+                --allocate) ALLOCATE=$val ;;  --fit_tokens) FIT_TOKENS=$val ;;
             esac
             shift 2 ;;
         *) die "unknown argument '$opt' (see --help)" ;;
@@ -174,6 +179,11 @@ case $TEACHER in pretrained|finetuned) ;; *) die "--teacher must be pretrained o
 case $DISTILL in 0|1) ;; *) die "--distill must be 0 or 1, got '$DISTILL'" ;; esac
 case $ALLOCATE in 0|1) ;; *) die "--allocate must be 0 or 1, got '$ALLOCATE'" ;; esac
 [ "$INIT" = data ] || ALLOCATE=0   # the allocation comes from the closed-form start's error curves
+case $FIT_TOKENS in all) ;; ''|*[!0-9]*|0) die "--fit_tokens must be a positive integer or 'all', got '$FIT_TOKENS'" ;; esac
+[ "$INIT" = data ] || FIT_TOKENS=all
+# with no module training the capture need only hold what the closed form is fitted on, plus the held-out tenth
+CAPTURE_TOKENS=
+if [ "$FIT_TOKENS" != all ] && [ "$MODULE_EPOCHS" = 0 ]; then CAPTURE_TOKENS=$(( (10#$FIT_TOKENS * 10 + 8) / 9 )); fi
 case $MIXUP in 0|1) ;; *) die "MIXUP must be 0 or 1, got '$MIXUP'" ;; esac
 case $SAVE_MODEL in 0|1) ;; *) die "SAVE_MODEL must be 0 or 1, got '$SAVE_MODEL'" ;; esac
 [ -n "$TASK" ] || die "--task is empty"
@@ -253,6 +263,7 @@ teacher_weights=$(teacher_weights)
 task=$TASK
 data_dir=$DATA_DIR
 max_samples=$CAPTURE_SAMPLES
+max_tokens=$CAPTURE_TOKENS
 augment=$AUGMENT
 seed=$MODULE_SEED
 capture_args=$CAPTURE_ARGS"
@@ -262,6 +273,7 @@ module_settings() {
 compression=$COMPRESSION
 init=$INIT
 allocate=$ALLOCATE
+fit_tokens=$FIT_TOKENS
 epochs=$MODULE_EPOCHS
 mixup=$MIXUP
 module_seed=$MODULE_SEED
@@ -346,6 +358,7 @@ if [ $DO_CAPTURE = 1 ]; then
         args=(--model_name_or_path "$TEACHER_MODEL" --task "$TASK" --output_dir "$ACT_DIR" --augment "$AUGMENT" --seed "$MODULE_SEED")
         [ -z "$DATA_DIR" ] || args+=(--data_dir "$DATA_DIR")
         [ -z "$CAPTURE_SAMPLES" ] || args+=(--max_samples "$CAPTURE_SAMPLES")
+        [ -z "$CAPTURE_TOKENS" ] || args+=(--max_tokens "$CAPTURE_TOKENS")
         if [ -f "$CAPTURE_SETTINGS_FILE" ] && ! marker_matches "$CAPTURE_SETTINGS_FILE" "$CAPTURE_SETTINGS"; then
             log "capture settings changed: recapturing (and retraining the modules)"
             args+=(--overwrite)
@@ -376,6 +389,7 @@ train_modules() {  # train_modules mha|ffn
                 --init "$INIT" --epochs "$MODULE_EPOCHS" --seed "$MODULE_SEED")
     [ "$MIXUP" = 0 ] || args+=(--mixup)
     [ "$kind" != mha ] || [ "$ALLOCATE" = 0 ] || args+=(--allocate)
+    [ "$FIT_TOKENS" = all ] || args+=(--fit_tokens "$FIT_TOKENS")
     local extra
     read -r -a extra <<< "$MODULE_ARGS"
     run_stage "$kind" "$PYTHON" "${kind}_modular.py" "${args[@]}" ${extra[@]+"${extra[@]}"}

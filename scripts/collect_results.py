@@ -5,7 +5,10 @@
 Every results.json under the sources (read and checked by consolidate.load_results) is copied to
 DEST/TASK/VARIANT[_cC]/seedS/results.json (C only for compressed runs); only the JSON, not the models.
 Two sources with the same (task, variant, compression, seed) are an error, and so is a DEST that exists.
+--relabel OLD=NEW gives the runs labelled OLD the label NEW (the same recipe run stage by stage and through
+modular_pipeline.sh carries two labels); the copy then records `relabelled_from: OLD`.
 """
+import json
 import argparse
 import os
 import shutil
@@ -28,7 +31,14 @@ def main(argv=None):
     p.add_argument("--dest", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds")
     p.add_argument("--tasks", nargs="+", default=None, help="only these tasks")
+    p.add_argument("--relabel", nargs="+", default=[], metavar="OLD=NEW", help="rename a variant label")
     args = p.parse_args(argv)
+    relabel = {}
+    for item in args.relabel:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise UserError(f"--relabel {item!r}: expected OLD=NEW")
+        relabel[old] = new
     if os.path.exists(args.dest):
         raise UserError(f"--dest exists: {args.dest} (remove it first)")
     plan = {}
@@ -36,17 +46,26 @@ def main(argv=None):
         for r in load_results(src):
             if (args.seeds and r["seed"] not in args.seeds) or (args.tasks and r["task"] not in args.tasks):
                 continue
+            if r["variant"] in relabel:
+                r = {**r, "variant": relabel[r["variant"]], "relabelled_from": r["variant"]}
             t = target(r)
             if t in plan:
-                raise UserError(f"two results for {t}: {plan[t]} and {r['_path']}")
-            plan[t] = r["_path"]
+                raise UserError(f"two results for {t}: {plan[t][0]} and {r['_path']}")
+            plan[t] = (r["_path"], r.get("relabelled_from"))
     if not plan:
         raise UserError("nothing to copy")
     tmp = args.dest.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    for t, src in sorted(plan.items()):
+    for t, (src, old) in sorted(plan.items()):
         os.makedirs(os.path.dirname(os.path.join(tmp, t)), exist_ok=True)
-        shutil.copyfile(src, os.path.join(tmp, t))
+        if old is None:
+            shutil.copyfile(src, os.path.join(tmp, t))
+        else:
+            with open(src) as f:
+                r = json.load(f)
+            r["variant"], r["relabelled_from"] = relabel[old], old
+            with open(os.path.join(tmp, t), "w") as f:
+                json.dump(r, f, indent=2)
     os.rename(tmp, args.dest)  # all or nothing
     print(f"copied {len(plan)} results.json to {args.dest}")
 

@@ -83,3 +83,19 @@ def test_speedups_read_both_json_layouts():
             {"variant": "int8 c=2", "compression": 2.0, "batch_size": 1, "seq_len": 128, "speedup": 5.0}]
     assert pareto.speedups(rows, 1, 128) == {2.0: 1.9}                       # older run_speed.py: a bare list
     assert pareto.speedups({"machine": {}, "rows": rows}, 1, 128) == {2.0: 1.9}
+
+
+def test_collect_results_relabels_and_records_the_old_label(tmp_path):
+    import collect_results
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_result(a, "rte", 1, [0.6], variant="ft-data-alloc+kd", compression=2.0)
+    write_result(b, "rte", 2, [0.7], variant="modular-data-alloc-ft+kd", compression=2.0)
+    dest = tmp_path / "dest"
+    collect_results.main([str(a), str(b), "--dest", str(dest), "--relabel", "ft-data-alloc+kd=modular-data-alloc-ft+kd"])
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("results.json"))
+    assert got == ["rte/modular-data-alloc-ft+kd_c2/seed1/results.json", "rte/modular-data-alloc-ft+kd_c2/seed2/results.json"]
+    r1, r2 = (json.loads((dest / g).read_text()) for g in got)
+    assert r1["variant"] == r2["variant"] == "modular-data-alloc-ft+kd"
+    assert r1["relabelled_from"] == "ft-data-alloc+kd" and "relabelled_from" not in r2
+    with pytest.raises(UserError, match="expected OLD=NEW"):
+        collect_results.main([str(a), "--dest", str(tmp_path / "d3"), "--relabel", "nolabel"])

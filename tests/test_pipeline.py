@@ -26,7 +26,7 @@ QUICK_DEFAULT = ["--task", "copa", "--capture_samples", "16", "--max_train_sampl
 SETTINGS_ENV = ["TASK", "SEED", "MODEL", "COMPRESSION", "VARIANT", "INIT", "DATA_DIR", "OUT_DIR", "CAPTURE_SAMPLES",
                 "AUGMENT", "MODULE_EPOCHS", "MODULE_SEED", "MIXUP", "FT_EPOCHS", "MAX_TRAIN_SAMPLES",
                 "MAX_EVAL_SAMPLES", "SAVE_MODEL", "CAPTURE_ARGS", "MODULE_ARGS", "FT_ARGS", "STAGES", "TASKS",
-                "TEACHER", "DISTILL", "FT_LR", "ALLOCATE",
+                "TEACHER", "DISTILL", "FT_LR", "ALLOCATE", "FIT_TOKENS",
                 "SEEDS", "VARIANTS", "PIPELINE_ROOT"]
 
 
@@ -128,6 +128,31 @@ def test_default_recipe_chains_baseline_teacher_and_distillation(teacher, tmp_pa
     p = run("modular_pipeline.sh", *QUICK_DEFAULT, "--model", teacher, "--out_dir", out, "--seed", "2")
     assert stages_skipped(p.stdout) == {"capture", "mha", "ffn"}
     assert p.stdout.count("finished with the same settings and inputs; nothing to do") == 2
+
+
+def test_fit_tokens_bound_the_capture_and_the_fit(teacher, tmp_path):
+    """--fit_tokens N (default 32768): the closed form is fitted on at most N training tokens per layer, and
+    with no module training the capture stores a seeded subset of about N/0.9 tokens only; with module training
+    the capture keeps every example. A bad value is refused."""
+    out = str(tmp_path / "a")
+    run("modular_pipeline.sh", *QUICK_DEFAULT, "--capture_samples", "40", "--model", teacher, "--out_dir", out,
+        "--fit_tokens", "600", "--stages", "baseline,capture,modules")
+    cap = os.path.join(out, "copa", "teacher_seed1", "activations")
+    with open(os.path.join(cap, "manifest.json")) as f:
+        m = json.load(f)
+    assert m["settings"]["max_tokens"] == 667 and m["n_tokens"] <= 667 and m["n_examples"] < 40
+    with open(os.path.join(out, "copa", "teacher_seed1", "modules", "report.json")) as f:
+        rep = json.load(f)
+    assert all(e["fit"]["fit_tokens"] <= 600 for e in rep["layers"])
+    assert rep["settings"]["mha"]["fit_tokens"] == rep["settings"]["ffn"]["fit_tokens"] == 600
+    out = str(tmp_path / "b")
+    run("modular_pipeline.sh", *QUICK_DEFAULT, "--capture_samples", "40", "--model", teacher, "--out_dir", out,
+        "--fit_tokens", "600", "--module_epochs", "1", "--stages", "baseline,capture")
+    with open(os.path.join(out, "copa", "teacher_seed1", "activations", "manifest.json")) as f:
+        m = json.load(f)
+    assert m["settings"]["max_tokens"] is None and m["n_examples"] == 40
+    p = run("modular_pipeline.sh", "--fit_tokens", "lots", check=False)
+    assert p.returncode == 2 and "--fit_tokens must be a positive integer or 'all'" in p.stderr
 
 
 def test_pipeline_resume_skips_finished_stages(pipeline, teacher):
