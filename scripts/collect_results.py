@@ -1,6 +1,7 @@
 """Copy the results.json files of several run trees into one small tree to commit and consolidate.
 
-    python scripts/collect_results.py runs/base runs/final6 --dest results/six_tasks [--seeds 1 2 3]
+    python scripts/collect_results.py runs/base runs/final6 --dest results/six_tasks [--seeds 1 2 3] [--tasks ...]
+        [--variants ...] [--relabel OLD=NEW ...]
 
 Every results.json under the sources (read and checked by consolidate.load_results) is copied to
 DEST/TASK/VARIANT[_cC]/seedS/results.json (C only for compressed runs); only the JSON, not the models.
@@ -32,6 +33,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds")
     p.add_argument("--tasks", nargs="+", default=None, help="only these tasks")
     p.add_argument("--relabel", nargs="+", default=[], metavar="OLD=NEW", help="rename a variant label")
+    p.add_argument("--variants", nargs="+", default=None, help="only these variant labels (after --relabel)")
     args = p.parse_args(argv)
     relabel = {}
     for item in args.relabel:
@@ -48,6 +50,8 @@ def main(argv=None):
                 continue
             if r["variant"] in relabel:
                 r = {**r, "variant": relabel[r["variant"]], "relabelled_from": r["variant"]}
+            if args.variants and r["variant"] not in args.variants:
+                continue
             t = target(r)
             if t in plan:
                 raise UserError(f"two results for {t}: {plan[t][0]} and {r['_path']}")

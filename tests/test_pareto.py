@@ -97,5 +97,8 @@ def test_collect_results_relabels_and_records_the_old_label(tmp_path):
     r1, r2 = (json.loads((dest / g).read_text()) for g in got)
     assert r1["variant"] == r2["variant"] == "modular-data-alloc-ft+kd"
     assert r1["relabelled_from"] == "ft-data-alloc+kd" and "relabelled_from" not in r2
+    only = tmp_path / "only"
+    collect_results.main([str(a), str(b), "--dest", str(only), "--variants", "ft-data-alloc+kd"])
+    assert [str(p.relative_to(only)) for p in only.rglob("results.json")] == ["rte/ft-data-alloc+kd_c2/seed1/results.json"]
     with pytest.raises(UserError, match="expected OLD=NEW"):
         collect_results.main([str(a), "--dest", str(tmp_path / "d3"), "--relabel", "nolabel"])
