@@ -309,3 +309,10 @@ def subsample(lengths, index, max_tokens, seed=0):
     keep = torch.cumsum(torch.as_tensor(lengths)[perm], 0) <= max_tokens
     keep[0] = True
     return perm[keep].sort().values
+
+
+def by_length(lengths, index):
+    """The sequences `index` ordered by length, longest first: batches of neighbours pad little. (For sums over
+    sequences, which do not depend on the order; training batches stay shuffled.)"""
+    index = torch.as_tensor(index).long()
+    return index[torch.argsort(torch.as_tensor(lengths)[index], descending=True, stable=True)]

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from activations import flat_positions, pad_sequences, sequence_offsets, subsample
+from activations import by_length, flat_positions, pad_sequences, sequence_offsets, subsample
 from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d, make_block
 
 
@@ -57,13 +57,6 @@ def block_io(layer, kind, x, lengths, device, batch=64):
             h = layer.sa_layer_norm(xb[mask] + a)
             ins[pos], outs[pos] = h, layer.ffn(h)
     return ins, outs
-
-
-def by_length(lengths, index):
-    """The sequences `index` ordered by length, longest first: batches of neighbours pad little. (For sums over
-    sequences, which do not depend on the order; training batches stay shuffled.)"""
-    index = torch.as_tensor(index).long()
-    return index[torch.argsort(torch.as_tensor(lengths)[index], descending=True, stable=True)]
 
 
 def _batches(inputs, lengths, index, batch, device, targets=None):

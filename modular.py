@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 import data_init
-from activations import ActivationStore, pad_sequences, select_sequences, sequence_offsets, subsample
+from activations import ActivationStore, by_length, pad_sequences, select_sequences, sequence_offsets, subsample
 from data_init import block_io
 from compression import checkpoint_path, checkpoint_settings, init_block, reduced_dims, save_block
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, make_block
@@ -56,7 +56,7 @@ def relative_error(block, inputs, targets, lengths, index, device, batch=64):
     was = block.training
     block.eval()
     err = norm = 0.0
-    offsets, index = sequence_offsets(lengths), data_init.by_length(lengths, index)
+    offsets, index = sequence_offsets(lengths), by_length(lengths, index)
     for s in range(0, len(index), batch):
         idx = index[s:s + batch]
         xb, mask = pad_sequences(inputs, lengths, idx, offsets)

@@ -10,12 +10,10 @@ from the query/key one).
     python scripts/qk_vo_split.py --activations_dir runs/stsb/act_ft1 --max_tokens 32768
 """
 import argparse
-import json
 import os
 import sys
 import time
 
-import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

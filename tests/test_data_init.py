@@ -540,3 +540,26 @@ def test_a_stage_without_training_reads_only_the_fitted_and_held_out_sequences(t
         from modular import relative_error
         assert report[layer]["data_init_rel_error"] == pytest.approx(
             relative_error(ref, inputs, targets, lens, val_idx, "cpu"), rel=1e-4)
+
+
+def test_split_student_takes_its_value_rank_from_v_lin():
+    """scripts/qk_vo_split.py's student (value heads of another size): at equal sizes it gets exactly our
+    block's fit, and at full score and value rank the fit is exact (c=1)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("qk_vo_split", os.path.join(os.path.dirname(__file__), "..",
+                                                                              "scripts", "qk_vo_split.py"))
+    qk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qk)
+    torch.manual_seed(0)
+    x, lengths = anisotropic()
+    t = MultiHeadSelfAttention(H, NH, H)
+    ours, split = MultiHeadSelfAttention(H, NH, H // 2), qk.SplitAttention(H, NH, H // NH // 2, H // NH // 2)
+    y = fit(t, ours, x, lengths)
+    fit(t, split, x, lengths)
+    torch.testing.assert_close(outputs(split, x, lengths), outputs(ours, x, lengths), atol=1e-5, rtol=1e-4)
+    full = qk.SplitAttention(H, NH, H // NH, H // NH)
+    fit(t, full, x, lengths)
+    assert rel_err(outputs(full, x, lengths), y) < 1e-8
+    uneven = qk.SplitAttention(H, NH, 2, 6)
+    fit(t, uneven, x, lengths)
+    assert uneven.v_lin.out_features == NH * 6 and 0 < rel_err(outputs(uneven, x, lengths), y) < 1
