@@ -22,8 +22,7 @@ Runs the staged pipeline for ONE task and ONE seed:
   capture   capture_data.py  -> activations               (from MODEL with --teacher pretrained: OUT_DIR/TASK/activations;
                                                            from this seed's baseline with --teacher finetuned:
                                                            OUT_DIR/TASK/teacher_seedSEED/activations)
-  mha, ffn  mha_modular.py / ffn_modular.py -> modules (beside the activations; side by side when both run,
-                                                           each on half the threads)
+  mha, ffn  mha_modular.py / ffn_modular.py -> modules (beside the activations)
   finetune  run_superglue.py --resume -> OUT_DIR/TASK/LABEL/seedSEED/results.json
   table     consolidate.py --results_dir OUT_DIR/TASK      (always runs; median-over-seeds table + retention)
 Every stage resumes: the capture by its manifest and settings marker, the modules by .mha.done/.ffn.done markers
@@ -396,24 +395,8 @@ train_modules() {  # train_modules mha|ffn
     run_stage "$kind" "$PYTHON" "${kind}_modular.py" "${args[@]}" ${extra[@]+"${extra[@]}"}
     write_marker "$marker" "$MODULE_SETTINGS"
 }
-if [ $DO_MHA = 1 ] && [ $DO_FFN = 1 ] && ! marker_matches "$MOD_DIR/.mha.done" "$MODULE_SETTINGS" && \
-   ! marker_matches "$MOD_DIR/.ffn.done" "$MODULE_SETTINGS"; then
-    # both to do: they only read the capture, so they run side by side, each on half the threads
-    threads=${OMP_NUM_THREADS:-$(nproc 2>/dev/null || echo 2)}
-    half=$(( threads / 2 > 0 ? threads / 2 : 1 ))
-    OMP_NUM_THREADS=$(( threads - half > 0 ? threads - half : 1 )) train_modules mha &
-    mha_pid=$!
-    OMP_NUM_THREADS=$half train_modules ffn &
-    ffn_pid=$!
-    rc_mha=0 rc_ffn=0
-    wait $mha_pid || rc_mha=$?
-    wait $ffn_pid || rc_ffn=$?
-    [ $rc_mha = 0 ] || exit $rc_mha
-    [ $rc_ffn = 0 ] || exit $rc_ffn
-else
-    [ $DO_MHA = 0 ] || train_modules mha
-    [ $DO_FFN = 0 ] || train_modules ffn
-fi
+[ $DO_MHA = 0 ] || train_modules mha
+[ $DO_FFN = 0 ] || train_modules ffn
 
 # ------------------------------------------------------------------ fine-tune (compressed)
 if [ $DO_FINETUNE = 1 ] && [ "$VARIANT" != baseline ]; then
