@@ -52,7 +52,7 @@ Options (each also as an environment variable, in brackets; a flag wins over the
   --fit_tokens N|all    --init data: fit the closed-form start (and --allocate's error curves) on a seeded
                         subset of at most N training tokens per layer; with --module_epochs 0 the capture then
                         stores only a seeded subset of about N/0.9 tokens of examples (0.1 of them held out
-                        for the reported errors)                              [FIT_TOKENS]      (32768)
+                        for the reported errors)                              [FIT_TOKENS]      (65536)
   --data_dir D          task files; default: the repo's data/ when it has the task (copa wsc stsb),
                         else ../shared/data when it has it, else the hub ("" = the stages' default) [DATA_DIR]
   --out_dir D           root of all outputs                                   [OUT_DIR]         (runs/modular)
@@ -119,7 +119,7 @@ INIT=${INIT:-data}
 TEACHER=${TEACHER:-finetuned}
 DISTILL=${DISTILL:-1}
 ALLOCATE=${ALLOCATE:-1}
-FIT_TOKENS=${FIT_TOKENS:-32768}
+FIT_TOKENS=${FIT_TOKENS:-65536}
 FT_LR=${FT_LR:-1e-4}
 DATA_DIR_GIVEN=${DATA_DIR+1}   # DATA_DIR set, even to "": no automatic choice
 DATA_DIR=${DATA_DIR:-}
