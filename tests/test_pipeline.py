@@ -131,7 +131,7 @@ def test_default_recipe_chains_baseline_teacher_and_distillation(teacher, tmp_pa
 
 
 def test_fit_tokens_bound_the_capture_and_the_fit(teacher, tmp_path):
-    """--fit_tokens N (default 32768): the closed form is fitted on at most N training tokens per layer, and
+    """--fit_tokens N (default 65536): the closed form is fitted on at most N training tokens per layer, and
     with no module training the capture stores a seeded subset of about N/0.9 tokens only; with module training
     the capture keeps every example. A bad value is refused."""
     out = str(tmp_path / "a")
