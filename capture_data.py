@@ -91,7 +91,8 @@ def main(argv=None):
     settings = {"model": a.model_name_or_path, "task": task.name, "split": a.split, "max_length": a.max_length,
                 "augment": a.augment, "aug_p": a.aug_p if a.augment else None,
                 "glove": a.glove if a.augment else None, "seed": a.seed, "dtype": a.dtype,
-                "max_samples": a.max_samples, "max_tokens": a.max_tokens, "shard_sequences": a.shard_sequences, "inputs_sha256": digest,
+                "max_samples": a.max_samples, "max_tokens": a.max_tokens, "shard_sequences": a.shard_sequences,
+                "inputs_sha256": digest,
                 "teacher_sha256": state_dict_sha256(model)}  # the trainers check it: no targets from another teacher
     fields = {"model": a.model_name_or_path, "task": task.name, "split": a.split,
               "num_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size, "max_length": a.max_length,

@@ -161,8 +161,8 @@ def fit_mha(teacher, student, stats, eps=1e-6):
         Rz, Rzinv = Z[h]
         Lv, Ro, sz = top_r(W["v_lin"][t] @ Rz.T, W["out_lin"][:, t].T, rv)  # Rz Wv^T Wo^T, truncated
         Lv, Ro = balance(Rzinv @ Lv, Ro)
-        sv_ = slice(h * rv, (h + 1) * rv)
-        new["v_lin.weight"][sv_], new["out_lin.weight"][:, sv_] = Lv.T, Ro
+        o = slice(h * rv, (h + 1) * rv)
+        new["v_lin.weight"][o], new["out_lin.weight"][:, o] = Lv.T, Ro
         value_err.append(dropped_share(sz, rv))
     new["out_lin.bias"] = teacher.out_lin.bias.detach().to(dev).double() + W["out_lin"] @ bv
     dtype = student.q_lin.weight.dtype

@@ -9,8 +9,8 @@ Two sources with the same (task, variant, compression, seed) are an error, and s
 --relabel OLD=NEW gives the runs labelled OLD the label NEW (the same recipe run stage by stage and through
 modular_pipeline.sh carries two labels); the copy then records `relabelled_from: OLD`.
 """
-import json
 import argparse
+import json
 import os
 import shutil
 import sys
