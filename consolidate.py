@@ -12,7 +12,7 @@ import os
 import numpy as np
 from tabulate import tabulate
 
-from utils import UserError, atomic_write_bytes, atomic_write_json, run_main
+from utils import UserError, atomic_write_bytes, atomic_write_json, best_epoch, run_main
 
 # task -> metric keys of an epoch dict (score = 100 * mean of these). Column order of the table.
 TASK_METRICS = {
@@ -110,12 +110,11 @@ def group(results, tasks=None, seeds=None):
 
 
 def select_epoch(result, which):
-    """'best': the epoch with the highest score (first on ties; an epoch without a score, null, is never
-    chosen unless no epoch has one: then the first); 'last': epochs[-1]."""
+    """'best': utils.best_epoch (the rule finetune.summarize records as best_epoch); when no epoch has a score,
+    an epoch of nulls with "epoch": None, as results.json's best_epoch is then null; 'last': epochs[-1]."""
     epochs = result["epochs"]
     if which == "best":
-        scored = [ep for ep in epochs if ep["score"] is not None]
-        return max(scored, key=lambda ep: ep["score"]) if scored else epochs[0]  # max keeps the first of ties
+        return best_epoch(epochs) or {**{k: None for k in epochs[0]}, "epoch": None}
     if which == "last":
         return epochs[-1]
     raise ValueError(which)

@@ -1,7 +1,6 @@
 """Fine-tune and evaluate one task for one seed: model building, the training loop and results.json.
 
 run_superglue.py is the command line over this module."""
-import math
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from distill import EXAMPLE_INDEX
 from compression import compress, load_modules
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     resolve_model_path)
-from utils import UserError, file_sha256, state_dict_sha256, written_atomically
+from utils import UserError, best_epoch, file_sha256, state_dict_sha256, written_atomically
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
 
@@ -84,7 +83,7 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         compress(model, compression, "svd" if init == "data" else init)  # data: replaced by the modules below
     modules, missing = None, []
     if modules_dir:
-        names, missing = load_modules(model, modules_dir, teacher_sha, allow_partial_modules)
+        names, missing = load_modules(model, modules_dir, teacher_sha, allow_partial_modules, task=task.name)
         modules = {n: file_sha256(os.path.join(modules_dir, n)) for n in names}
     if tokenizer.pad_token_id is None:
         raise UserError(f"tokenizer of {name_or_path!r} has no padding token")
@@ -257,8 +256,7 @@ def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, devi
 def summarize(epochs):
     """The paper's selection (best validation epoch) and the honest one (last epoch). An epoch whose score is
     NaN (e.g. constant stsb predictions) is never the best; when no epoch has a score, best_epoch is None."""
-    scored = [e for e in epochs if e["score"] is not None and math.isfinite(e["score"])]
-    best = max(scored, key=lambda e: e["score"]) if scored else {"epoch": None, "score": None}
+    best = best_epoch(epochs) or {"epoch": None, "score": None}
     return {"best_epoch": best["epoch"], "best_score": best["score"], "last_score": epochs[-1]["score"]}
 
 
@@ -275,7 +273,9 @@ def label_config(model, task):
 
 
 def save_model(model, tokenizer, path, task=None):
-    """Hugging Face format (safetensors + config + tokenizer), written beside then renamed."""
+    """Hugging Face format (safetensors + config + tokenizer), written beside then renamed. Our ModDistilBERT also
+    writes its model code there and names it in the config's auto_map (see its save_pretrained), so the directory
+    loads outside this repo with `trust_remote_code=True`."""
     if task is not None:
         label_config(model, task)
     with written_atomically(path, directory=True) as tmp:

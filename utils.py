@@ -22,10 +22,14 @@ class UserError(Exception):
 
 
 def run_main(main):
-    """Run a stage's main(); a UserError becomes a one-line message and exit code 2."""
+    """Run a stage's main(); a UserError (or the model file's ModelError) becomes a one-line message and exit
+    code 2."""
     try:
         main()
-    except UserError as e:
+    except Exception as e:
+        model_file = sys.modules.get("modeling_moddistilbert")  # self-contained, so it has its own error class
+        if not isinstance(e, (UserError, getattr(model_file, "ModelError", UserError))):
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -34,6 +38,14 @@ def set_seed(seed: int):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def best_epoch(epochs):
+    """The paper's selection, the one rule for every reader of per-epoch scores (finetune.summarize,
+    consolidate.select_epoch): the epoch with the highest score, the first of ties; an epoch whose score is
+    None or NaN (e.g. constant stsb predictions) is never chosen; None when no epoch has a score."""
+    scored = [e for e in epochs if e.get("score") is not None and math.isfinite(e["score"])]
+    return max(scored, key=lambda e: e["score"]) if scored else None  # max keeps the first of ties
 
 
 def get_device(name: str = "auto") -> torch.device:

@@ -256,7 +256,8 @@ def test_null_scores_never_best_and_shown_as_na(tmp_path):
     r1 = [r for r in C.load_results(str(tmp_path)) if r["seed"] == 1][0]
     assert C.select_epoch(r1, "best")["epoch"] == 2 and C.select_epoch(r1, "last")["score"] is None
     r1["epochs"][1]["score"] = None
-    assert C.select_epoch(r1, "best")["epoch"] == 1  # no epoch has a score: the first
+    none = C.select_epoch(r1, "best")  # no epoch has a score: none (results.json's best_epoch is null too)
+    assert none["epoch"] is None and none["score"] is None and none["pearson"] is None
 
     tasks, tables, missing = build(tmp_path)
     best, last = only_row(tables, "best"), only_row(tables, "last")
@@ -297,3 +298,15 @@ def test_retention_is_the_ratio_of_average_scores_over_shared_tasks():
             {"model": "n", "variant": "baseline", "compression": None, "tasks": {"stsb": cell(-5.0)}},
             {"model": "n", "variant": "x", "compression": 2.0, "tasks": {"stsb": cell(-4.0)}}]
     assert retention(rows) == {"m x c=2": pytest.approx(78 / 80)}   # cb missing: stsb only; n: negative baseline
+
+
+def test_select_epoch_follows_the_rule_finetune_summarize_records():
+    """One rule for the best epoch: consolidate's selection is the epoch results.json names as best_epoch,
+    also when no epoch has a score (then neither picks one: it used to pick epoch 1 here)."""
+    from finetune import summarize
+    cases = [[None, 60.0, 70.0, 70.0], [float("nan"), 50.0], [None, None], [float("nan")], [40.0, None]]
+    for scores in cases:
+        epochs = [{"epoch": i, "score": s, "accuracy": s} for i, s in enumerate(scores, 1)]
+        chosen = C.select_epoch({"epochs": epochs}, "best")
+        assert chosen["epoch"] == summarize(epochs)["best_epoch"], scores
+        assert chosen["score"] == summarize(epochs)["best_score"], scores
