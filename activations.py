@@ -31,7 +31,6 @@ NOTE = ("Only each layer's input (the MHA block input) is stored, real tokens on
         "inputs and outputs of both blocks padded to 128 tokens (4*128*H*4 bytes per sample per layer); "
         "one fp16 tensor of real tokens is 2*H*mean_tokens bytes. storage_ratio = "
         "bytes_per_sample_per_layer / original_bytes_per_sample_per_layer.")
-DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def shard_name(k):
