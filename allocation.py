@@ -1,0 +1,251 @@
+"""One budget, every block: the attention head dim and the FFN width of every layer, chosen together.
+
+`--compression c` is a budget: the encoder's multiply-adds at `length` tokens (128, the fine-tuning length) are
+at most 1/c of the uncompressed model's (`encoder_macs`). Uniform compression (head dim / c, FFN width / c in
+every layer) is one way to spend it; `mha_modular.py / ffn_modular.py --allocate` spend it where the measured
+errors say it is needed:
+
+- Cost per block (`block_macs`), at T tokens, hidden H: attention of inner size D = heads x head dim costs
+  D (4TH + 2T^2) (q, k, v, out projections and the two T x T products), an FFN of width F costs 2THF.
+  A size of 0 removes the block (the layer keeps only its residual and a constant bias): cost 0.
+- One currency for every block: the held-out squared error of the block's closed-form start, divided by the
+  energy of the residual stream it is added to (||x + block(x)||^2 over the same tokens, the LayerNorm's input).
+  A block's own relative error would not do: attention and FFN outputs have different norms, and a layer whose
+  block output is small next to its residual stream can afford a larger relative error.
+- Curves, per layer, on a seeded subset of the captured training tokens, measured on the held-out examples:
+  attention at every head dim of `head_dim_grid` (the closed form: data_init.fit_mha + refit_out_lin; 0 = the
+  mean output); FFN at every width of `width_grid` in one pass: the units ranked once by the closed-form score,
+  bias first, then one Cholesky factor of their Gram matrix gives the least-squares refit of every leading
+  subset (the leading block of a Cholesky factor is the factor of the leading block).
+- The choice (`choose`): an exact dynamic programme over integer costs, minimum summed error with total cost
+  at most the budget (a multiple-choice knapsack). At c = 1 every block keeps its full size.
+
+The result is written once per modules dir (`allocation.json`, under a lock: the MHA and FFN stages may run
+at once) and read by both stages.
+"""
+import fcntl
+import json
+import math
+import os
+
+import numpy as np
+import torch
+
+import data_init
+from activations import flat_positions, select_sequences, subsample
+from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d
+from utils import UserError, atomic_write_json
+
+VERSION = "joint/1"          # what allocation.json's curves mean; a change invalidates old files
+CURVE_TOKENS = 32768         # training tokens per layer the curves are fitted on (a seeded subset)
+MAX_STATES = 200_000         # cost units of the dynamic programme (costs are rounded up beyond this)
+
+
+# ------------------------------------------------------------------ cost
+def block_macs(config, kind, size, length):
+    """Multiply-adds of one attention block of inner size `size` or one FFN of width `size` on `length` tokens."""
+    H, T = config.hidden_size, length
+    if kind == "mha":
+        return size * (4 * T * H + 2 * T * T)
+    if kind == "ffn":
+        return 2 * T * H * size
+    raise ValueError(f"block kind must be 'mha' or 'ffn', not {kind!r}")
+
+
+def encoder_macs(config, length, dims=None):
+    """Multiply-adds of the encoder's blocks at `length` tokens (config's sizes, or dims {layer: (attn, ffn)})."""
+    layers = range(config.num_hidden_layers)
+    dims = dims or {l: (config.attn_dims[l], config.ffn_dims[l]) for l in layers}
+    return sum(block_macs(config, "mha", dims[l][0], length) + block_macs(config, "ffn", dims[l][1], length)
+               for l in layers)
+
+
+# ------------------------------------------------------------------ grids
+def head_dim_grid(d):
+    """0 (removed), then every step of d/16 up to d/2, then steps of d/8 up to d (d = 32: 0 2 4 .. 16 20 .. 32)."""
+    fine, coarse = max(1, d // 16), max(1, d // 8)
+    return sorted({0, *range(fine, d // 2 + 1, fine), *range(d // 2, d + 1, coarse), d})
+
+
+def width_grid(F, steps=96):
+    """0 (removed) and every multiple of F/steps (rounded to a multiple of 8 where F allows) up to F."""
+    step = max(1, F // steps)
+    if step >= 8:
+        step -= step % 8
+    return sorted({*range(0, F + 1, step), F})
+
+
+# ------------------------------------------------------------------ curves
+def _energy(t):
+    return float((t.double() ** 2).sum())
+
+
+@torch.no_grad()
+def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device):
+    """{head dim: held-out squared error} of the closed-form attention start (fitted on train_idx) at each head
+    dim; 0 is the block removed (the training tokens' mean output)."""
+    stats = data_init.mha_statistics(teacher, inputs, lengths, train_idx, device)
+    H, nh = teacher.q_lin.in_features, teacher.num_heads
+    val_tok = flat_positions(lengths, val_idx).to(targets.device)
+    mean = targets[flat_positions(lengths, train_idx).to(targets.device)].double().mean(0)
+    curve = {}
+    for r in head_dims:
+        if r == 0:
+            curve[0] = _energy(targets[val_tok] - mean.to(targets.dtype))
+            continue
+        s = MultiHeadSelfAttention(H, nh, nh * r).to(device)
+        data_init.fit_mha(teacher, s, stats)
+        s.to(device)
+        data_init.refit_out_lin(s, inputs, targets, lengths, train_idx, device)
+        err = 0.0
+        for xb, mask, yb in data_init._batches(inputs, lengths, val_idx, 64, device, targets):
+            err += _energy((s(xb, attention_mask_4d(mask)) - yb)[mask])
+        curve[r] = err
+    return curve
+
+
+@torch.no_grad()
+def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chunk=8192, ridge=1e-6):
+    """{width: held-out squared error} of the closed-form FFN start at every width: the units ranked by
+    data_init.fit_ffn's score (sum h_j^2 ||W2[:, j]||^2 on train_tok), lin2 and its bias refitted by ridge least
+    squares on the leading units. One Gram matrix, one Cholesky factor L of it (bias first, then the units in
+    rank order): the fit on the first k columns has held-out predictions Q[:, :k] @ Z[:k], Q = A_val L^-T,
+    Z = L^-1 A^T Y, since the leading k x k block of L is the factor of the leading block of the Gram matrix."""
+    teacher = teacher.to(device).eval()
+    F, H = teacher.lin1.out_features, teacher.lin2.out_features
+    ones = lambda n: torch.ones(n, 1, device=device)
+    G = torch.zeros(F + 1, F + 1, dtype=torch.float64, device=device)
+    B = torch.zeros(F + 1, H, dtype=torch.float64, device=device)
+    for s in range(0, len(train_tok), chunk):
+        t = train_tok[s:s + chunk]
+        a = torch.cat([ones(len(t)), teacher.act(teacher.lin1(inputs[t].to(device).float()))], 1)
+        G += (a.T @ a).double()
+        B += (a.T @ targets[t].to(device).float()).double()
+    score = G.diagonal()[1:] * (teacher.lin2.weight.detach().to(device).double() ** 2).sum(0)
+    perm = torch.cat([torch.zeros(1, dtype=torch.long, device=device), 1 + score.argsort(descending=True)])
+    G, B = G[perm][:, perm], B[perm]
+    lam = ridge * float(G.diagonal().mean().clamp_min(1e-300))
+    L = torch.linalg.cholesky(G + lam * torch.eye(F + 1, dtype=G.dtype, device=device))
+    Z = torch.linalg.solve_triangular(L, B, upper=False)
+    curve, pred = {}, None
+    for s in range(0, len(val_tok), chunk):
+        t = val_tok[s:s + chunk]
+        a = torch.cat([ones(len(t)), teacher.act(teacher.lin1(inputs[t].to(device).float()))], 1).double()[:, perm]
+        Q = torch.linalg.solve_triangular(L, a.T, upper=False).T         # A_val L^-T
+        y = targets[t].to(device).double()
+        pred, done = torch.zeros_like(y), 0
+        for w in sorted(widths):
+            pred += Q[:, done:w + 1] @ Z[done:w + 1]
+            done = w + 1
+            curve[w] = curve.get(w, 0.0) + float(((y - pred) ** 2).sum())
+    return curve
+
+
+# ------------------------------------------------------------------ the choice
+def choose(options, budget):
+    """Minimum summed error with total cost <= budget, one size per block: an exact dynamic programme.
+
+    options: {block key: {size: (cost, error)}} with integer costs. Costs are divided by their greatest common
+    divisor; beyond MAX_STATES units they are rounded up (never over the budget). Returns {block key: size}."""
+    keys = list(options)
+    costs = [c for k in keys for c, _ in options[k].values()]
+    unit = math.gcd(*[int(c) for c in costs if c]) or 1
+    if budget // unit > MAX_STATES:
+        unit = -(-int(budget) // MAX_STATES)
+    n = int(budget // unit)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    picks = []
+    for k in keys:
+        nxt, pick = np.full(n + 1, np.inf), np.full(n + 1, -1, dtype=np.int64)
+        sizes = sorted(options[k])
+        for i, s in enumerate(sizes):
+            c, e = options[k][s]
+            u = -(-int(c) // unit)
+            if u > n:
+                continue
+            cand = best[: n + 1 - u] + e
+            better = cand < nxt[u:]
+            nxt[u:][better], pick[u:][better] = cand[better], i
+        best = nxt
+        picks.append((sizes, pick))
+    if not np.isfinite(best).any():
+        raise UserError(f"no choice of block sizes fits the budget of {budget:,} multiply-adds")
+    used = int(np.argmin(best))
+    choice = {}
+    for k, (sizes, pick) in zip(reversed(keys), reversed(picks)):
+        s = sizes[pick[used]]
+        choice[k] = s
+        used -= -(-int(options[k][s][0]) // unit)
+    return {k: choice[k] for k in keys}
+
+
+# ------------------------------------------------------------------ a capture's allocation
+def allocate(teacher, store, train_idx, val_idx, compression, device, length=128, curve_tokens=CURVE_TOKENS,
+             seed=0, log=print):
+    """The joint allocation of a capture's teacher at `compression`: {"dims": {layer: [attn inner, ffn width]},
+    "budget": ..., "curves": ...}. Every layer of the encoder shares the budget."""
+    config = teacher.config
+    layers = range(config.num_hidden_layers)
+    full = encoder_macs(config, length)
+    budget = int(full // compression)
+    nh = config.num_attention_heads
+    if compression == 1:
+        dims = {l: [config.attn_dims[l], config.ffn_dims[l]] for l in layers}
+        return {"dims": dims, "budget": _budget(config, length, full, budget, dims), "curves": None}
+    seq_lengths = store.sequence_info()[0]
+    subset = subsample(seq_lengths, train_idx, curve_tokens, seed)
+    keep = torch.unique(torch.cat([subset, torch.as_tensor(val_idx).long()]))
+    fit_idx, val_idx = torch.searchsorted(keep, subset), torch.searchsorted(keep, torch.as_tensor(val_idx).long())
+    if len(val_idx) == 0:
+        val_idx = fit_idx  # --holdout 0: the curves are measured on the fitted tokens
+    options, curves = {}, {}
+    for l in layers:
+        x, lengths = select_sequences(*store.load_layer(l), keep)
+        layer = teacher.layers[l]
+        d, F = config.attn_dims[l] // nh, config.ffn_dims[l]
+        ins, outs = data_init.block_io(layer, "mha", x, lengths, device)
+        val_tok = flat_positions(lengths, val_idx)
+        resid = _energy(ins[val_tok] + outs[val_tok])
+        mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, head_dim_grid(d), device)
+        ins, outs = data_init.block_io(layer, "ffn", x, lengths, device)
+        resid_f = _energy(ins[val_tok] + outs[val_tok])
+        ffn = ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok, width_grid(F), device)
+        curves[l] = {"mha": {r * nh: e / resid for r, e in mha.items()},
+                     "ffn": {w: e / resid_f for w, e in ffn.items()}}
+        for kind in ("mha", "ffn"):
+            options[(l, kind)] = {s: (block_macs(config, kind, s, length), e) for s, e in curves[l][kind].items()}
+        log(f"layer {l}: error / residual energy, attention by head dim "
+            + " ".join(f"{s // nh}:{e:.2e}" for s, e in curves[l]["mha"].items())
+            + "; FFN by width " + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::8]))
+    pick = choose(options, budget)
+    dims = {l: [pick[(l, "mha")], pick[(l, "ffn")]] for l in layers}
+    return {"dims": dims, "budget": _budget(config, length, full, budget, dims),
+            "predicted_error": sum(curves[l][k][pick[(l, k)]] for l in layers for k in ("mha", "ffn")),
+            "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
+            "curves": {str(l): {k: {str(s): e for s, e in c.items()} for k, c in cs.items()}
+                       for l, cs in curves.items()}}
+
+
+def _budget(config, length, full, budget, dims):
+    used = encoder_macs(config, length, dims)
+    return {"length": length, "uncompressed_macs": full, "budget_macs": budget, "used_macs": used,
+            "achieved_compression": full / used if used else float("inf")}
+
+
+def load_or_allocate(path, settings, compute):
+    """allocation.json at `path` when it holds `settings`, else compute() written there (under a POSIX lock on
+    path + '.lock', so that the MHA and FFN stages started at once compute it once)."""
+    with open(path + ".lock", "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        try:
+            if os.path.exists(path):
+                with open(path) as f:
+                    found = json.load(f)
+                if found.get("settings") == settings:
+                    return found
+            result = {"settings": settings, **compute()}
+            atomic_write_json(path, result)
+            return json.loads(json.dumps(result))  # the same types as a reader gets (string keys)
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
