@@ -1,0 +1,235 @@
+"""The stages on Snakemake: plan the jobs of a pipeline (one task, one seed) or a sweep, then let Snakemake run them,
+here (--cores) or on SLURM (snakemake-executor-plugin-slurm), and print consolidate.py's table.
+
+    python workflow.py pipeline [flags]     modular_pipeline.sh's flags (bash modular_pipeline.sh --help)
+    python workflow.py sweep [flags]        rs_moded.sh's flags (bash rs_moded.sh --help)
+    python workflow.py stage PLAN OUTPUT    one job of a plan (what the Snakefile's rules run)
+
+The plan (OUT_DIR/.workflow/plan-HASH.json) lists every job by its output path, which holds its settings
+(recipes.paths); the Snakefile's rules (baseline, capture, modules, finetune) look their job up by that path.
+A stage is done when its record (done.json, or run_superglue.py's results.json) holds the same settings and
+input fingerprints; its directory is locked while it runs, so concurrent runs that share a stage wait for it.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import recipes
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DATA_FILES = ("train.jsonl", "val.jsonl", "train.tsv", "dev.tsv")
+
+
+class Error(Exception):
+    """A one-line error (exit 2)."""
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------ data and the plan
+def data_dir_of(task, given):
+    """The task's data dir: --data_dir when given (even "", the stages' default), else the repo's data/ when it
+    has the task, else ../shared/data when it has it, else "" (the stages' default: the hub)."""
+    if given is not None:
+        return os.path.abspath(given) if given else ""
+    for d in (os.path.join(ROOT, "data"), os.path.join(ROOT, "..", "shared", "data")):
+        if os.path.isdir(os.path.join(d, task)):
+            return "" if d == os.path.join(ROOT, "data") else os.path.realpath(d)
+    return ""
+
+
+def data_key(task, data_dir):
+    """What identifies a task's data: the sha256 of its split files (or 'default' for the stages' default)."""
+    d = os.path.join(data_dir or os.path.join(ROOT, "data"), task)
+    files = {n: sha256(os.path.join(d, n)) for n in DATA_FILES if os.path.isfile(os.path.join(d, n))}
+    return files or "default"
+
+
+def allocate_ffn_supported():
+    """Whether ffn_modular.py takes --allocate yet (issue 18's joint allocation; until then only mha does)."""
+    with open(os.path.join(ROOT, "modular.py")) as f:
+        src = f.read()
+    return 'add_argument("--allocate"' in src and 'if kind == "mha":\n        p.add_argument("--allocate"' not in src
+
+
+def recipe_supported():
+    with open(os.path.join(ROOT, "run_superglue.py")) as f:
+        return '"--recipe"' in f.read()
+
+
+def plan(o):
+    """{output path: job} for every (task, seed, variant) of options o (a dict from parse), plus the list of
+    targets (the runs' results, in job-index order). A job: stage, task, seed, cmds (argv lists), needs (outputs
+    it depends on), recipe; fine-tunes also label, variant."""
+    name, f = o["recipe_name"], o["fields"]
+    py, out = o["python"], o["out_dir"]
+    jobs, targets = {}, []
+    alloc_ffn, with_recipe = allocate_ffn_supported(), recipe_supported()
+    for task in o["tasks"]:
+        ddir = data_dir_of(task, o["data_dir"])
+        dkey = [name, data_key(task, ddir)]
+        data = ["--data_dir", ddir] if ddir else []
+        for seed in o["seeds"]:
+            for variant in o["variants"]:
+                p = recipes.paths(task, seed, variant, f, dkey)
+                base_dir = os.path.join(out, os.path.dirname(p["baseline"])) if "baseline" in p else None
+                ft = ["--task", task, "--seed", str(seed), "--epochs", str(f["ft_epochs"]), "--lr", repr(f["ft_lr"]),
+                      "--resume", *data]
+                for k in ("max_train_samples", "max_eval_samples"):
+                    if f[k] is not None:
+                        ft += [f"--{k}", str(f[k])]
+                extra_ft = shlex.split(f["ft_args"])
+
+                def rec(fields):
+                    return ["--recipe", json.dumps({"name": name, "fields": fields}, sort_keys=True)] if with_recipe else []
+                if base_dir:   # the baseline keeps its model: the teacher or the distillation source of its seed
+                    jobs[p["baseline"]] = dict(
+                        stage="baseline", task=task, seed=seed, needs=[],
+                        cmds=[[py, "run_superglue.py", "--model_name_or_path", f["model"], "--variant", "baseline",
+                               "--output_dir", base_dir, *ft,
+                               *rec({k: f[k] for k in recipes.BASELINE_FIELDS}), *extra_ft]])
+                if variant == "baseline":
+                    targets.append(p["run"])
+                    continue
+                run_dir = os.path.join(out, os.path.dirname(p["run"]))
+                cmd = [py, "run_superglue.py", "--variant", recipes.row_label(variant, f),
+                       "--compression", f"{f['compression']:g}", "--output_dir", run_dir, *ft]
+                model = f["model"]
+                if variant == "modular":
+                    cap_dir = os.path.join(out, os.path.dirname(p["capture"]))
+                    mod_dir = os.path.join(out, os.path.dirname(p["modules"]))
+                    teacher = os.path.join(base_dir, "model") if f["teacher"] == "finetuned" else f["model"]
+                    cap = [py, "capture_data.py", "--model_name_or_path", teacher, "--task", task, "--output_dir",
+                           cap_dir, "--augment", str(f["augment"]), "--seed", str(f["module_seed"]), *data]
+                    if f["capture_samples"] is not None:
+                        cap += ["--max_samples", str(f["capture_samples"])]
+                    if recipes.capture_tokens(f) is not None:
+                        cap += ["--max_tokens", str(recipes.capture_tokens(f))]
+                    jobs[p["capture"]] = dict(stage="capture", task=task, seed=seed, teacher=teacher,
+                                              needs=[p["baseline"]] if f["teacher"] == "finetuned" else [],
+                                              cmds=[cap + shlex.split(f["capture_args"])])
+                    mods = []
+                    for kind in ("mha", "ffn"):
+                        m = [py, f"{kind}_modular.py", "--activations_dir", cap_dir, "--output_dir", mod_dir,
+                             "--compression", f"{f['compression']:g}", "--init", f["init"],
+                             "--epochs", str(f["module_epochs"]), "--seed", str(f["module_seed"])]
+                        m += ["--mixup"] if f["mixup"] else []
+                        m += ["--allocate"] if f["allocate"] and (kind == "mha" or alloc_ffn) else []
+                        m += [] if f["fit_tokens"] == "all" else ["--fit_tokens", f["fit_tokens"]]
+                        mods.append(m + shlex.split(f["module_args"]))
+                    jobs[p["modules"]] = dict(stage="modules", task=task, seed=seed, needs=[p["capture"]], cmds=mods)
+                    if f["teacher"] == "finetuned":
+                        model = teacher   # keeps the baseline's fine-tuned head
+                    cmd += ["--model_name_or_path", model, "--init", f["init"], "--modules_dir", mod_dir]
+                else:
+                    cmd += ["--model_name_or_path", model, "--init", variant]
+                if f["distill"]:
+                    cmd += ["--distill_from", os.path.join(base_dir, "model")]
+                if not o["save_model"]:
+                    cmd.append("--no_save_model")
+                fields = dict(f) if variant == "modular" else {
+                    k: v for k, v in f.items() if k not in recipes.CAPTURE_FIELDS + recipes.MODULE_FIELDS
+                    + ("teacher", "capture_args", "module_args")} | {"compression": f["compression"]}
+                cmd += rec(fields) + extra_ft
+                needs = [q for q in (p.get("baseline") if f["distill"] or variant == "modular" and
+                                     f["teacher"] == "finetuned" else None, p.get("modules")) if q]
+                jobs[p["run"]] = dict(stage="finetune", task=task, seed=seed, variant=variant,
+                                      label=recipes.row_label(variant, f), needs=needs, cmds=[cmd])
+                targets.append(p["run"])
+    return jobs, targets
+
+
+# ------------------------------------------------------------------ one job (the Snakefile's rules run this)
+def input_fingerprints(job, out_dir):
+    """The sha256 of what a capture or module stage reads: the teacher's weights, the capture's manifest."""
+    fp = {}
+    if job["stage"] == "capture" and os.path.isdir(job["teacher"]):
+        fp["teacher"] = {n: sha256(os.path.join(job["teacher"], n)) for n in sorted(os.listdir(job["teacher"]))
+                         if n.endswith(".safetensors")}
+    for need in job["needs"]:
+        path = os.path.join(out_dir, need)
+        fp[need] = sha256(path) if os.path.isfile(path) else None
+    return fp
+
+
+def run_stage(plan_path, output, log_path=None):
+    """Run the job whose output is `output`, under an exclusive lock of its directory; a capture or module
+    stage whose done.json holds the same settings and input fingerprints is skipped (and rewritten as done)."""
+    with open(plan_path) as f:
+        p = json.load(f)
+    job, out_dir = p["jobs"][output], p["out_dir"]
+    path = os.path.join(out_dir, output)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    log = open(log_path, "a") if log_path else None
+    say = lambda msg: [print(msg, file=s, flush=True) for s in ((sys.stdout, log) if log else (sys.stdout,))]
+    with open(os.path.join(os.path.dirname(path), ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # a concurrent run of the same stage: wait, then find it done
+        record = {"stage": job["stage"], "cmds": [c[1:] for c in job["cmds"]],
+                  "inputs": input_fingerprints(job, out_dir)}
+        state = os.path.join(os.path.dirname(path), "stage.json")   # kept when Snakemake removes done.json
+        if job["stage"] in ("capture", "modules"):
+            old = read_json(state)
+            if old == dict(record, status="done"):
+                write_json(path, record)
+                say(f"[{time.strftime('%H:%M:%S')}] skip: {job['stage']} ({path}: same settings and inputs)")
+                return 0
+            if old is not None and dict(old, status=None) != dict(record, status=None) and job["stage"] == "capture":
+                job["cmds"][0].append("--overwrite")   # made from other inputs: capture anew
+            write_json(state, dict(record, status="started"))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if env.get("SLURM_CPUS_PER_TASK") and not env.get("OMP_NUM_THREADS"):
+            env["OMP_NUM_THREADS"] = env["SLURM_CPUS_PER_TASK"]
+        for cmd in job["cmds"]:
+            name = job["stage"] if job["stage"] != "modules" else os.path.basename(cmd[1]).split("_")[0]
+            t0 = time.time()
+            say(f"[{time.strftime('%H:%M:%S')}] stage {name}: {shlex.join(cmd)}")
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                if log:
+                    log.write(line)
+            rc = proc.wait()
+            if rc:
+                say(f"workflow: stage '{name}' failed (exit {rc}) [task {job['task']}, seed {job['seed']}]; "
+                    f"what depends on it is not run")
+                return rc
+            say(f"[{time.strftime('%H:%M:%S')}] stage {name} done in {time.time() - t0:.0f}s")
+        if job["stage"] in ("capture", "modules"):
+            write_json(state, dict(record, status="done"))
+            write_json(path, record)
+    return 0
+
+
+if __name__ == "__main__":
+    import workflow_cli
+    sys.exit(workflow_cli.main(sys.argv[1:]))
