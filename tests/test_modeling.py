@@ -400,6 +400,91 @@ def test_round_trip_multiple_choice(teachers, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# removed blocks (size 0): the block's output is its bias on every token
+# ---------------------------------------------------------------------------------------------
+def test_removed_blocks_hold_only_their_output_bias():
+    att = M.MultiHeadSelfAttention(32, 4, 0, 0.1, 0.1)
+    ffn = M.FeedForward(32, 0, "gelu", 0.1)
+    assert {k: tuple(v.shape) for k, v in att.state_dict().items()} == {"out_lin.bias": (32,)}
+    assert {k: tuple(v.shape) for k, v in ffn.state_dict().items()} == {"lin2.bias": (32,)}
+    assert att.num_heads == 4 and att.head_dim == 0
+    assert att.fuse_qkv() is att and set(att.state_dict()) == {"out_lin.bias"}  # nothing to fuse
+    x, mask = torch.randn(3, 5, 32), torch.ones(3, 1, 1, 5, dtype=torch.bool)
+    with torch.no_grad():
+        att.out_lin.bias.normal_()
+        ffn.lin2.bias.normal_()
+    for block, bias in ((att, att.out_lin.bias), (ffn, ffn.lin2.bias)):
+        block.eval()
+        for m in (mask, None, torch.zeros(3, 1, 1, 5)):  # SDPA mask, none, the eager path's additive mask
+            assert torch.equal(block(x, m), bias.expand(3, 5, 32))
+        block.train()
+        torch.manual_seed(0)
+        dropped = block(x, mask)
+        assert dropped.shape == (3, 5, 32) and (dropped == 0).any()  # through the block's output dropout
+
+
+def test_make_block_zero_is_removed_and_config_accepts_zero():
+    bert = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64)
+    config = config_from_teacher(bert, attn_dims=[0, 32], ffn_dims=[64, 0])
+    assert set(M.make_block(config, 0, "mha").state_dict()) == {"out_lin.bias"}
+    assert set(M.make_block(config, 1, "ffn").state_dict()) == {"lin2.bias"}
+    assert set(M.make_block(config, 1, "mha", 0).state_dict()) == {"out_lin.bias"}  # 0 given: removed
+    assert set(M.make_block(config, 0, "ffn", 0).state_dict()) == {"lin2.bias"}
+    assert M.make_block(config, 0, "mha", 8).head_dim == 2
+    with pytest.raises(ValueError, match=">= 0"):
+        config_from_teacher(bert, ffn_dims=[-1, 64])
+
+
+@pytest.fixture
+def removed_model(teachers):
+    """The tiny BERT classifier with layer 0's attention and layer 1's FFN removed (their biases random)."""
+    model = ModDistilBertForSequenceClassification.from_teacher(teachers["bert"], num_labels=2)
+    config, layers = model.config, model.moddistilbert.layers
+    layers[0].attention, layers[1].ffn = M.make_block(config, 0, "mha", 0), M.make_block(config, 1, "ffn", 0)
+    config.attn_dims[0], config.ffn_dims[1] = 0, 0
+    with torch.no_grad():
+        layers[0].attention.out_lin.bias.normal_()
+        layers[1].ffn.lin2.bias.normal_()
+    return model.eval()
+
+
+def test_removed_blocks_forward_save_and_reload(removed_model, tmp_path):
+    model, batch = removed_model, _batch()
+    layers = model.moddistilbert.layers
+    with torch.no_grad():
+        logits = model(**batch).logits
+        x = model.moddistilbert.embeddings(batch["input_ids"], batch["token_type_ids"])
+        h = layers[0].sa_layer_norm(x + layers[0].attention.out_lin.bias)  # LN(x + b_attn)
+        assert torch.allclose(layers[0](x, M.attention_mask_4d(batch["attention_mask"])),
+                              layers[0].output_layer_norm(h + layers[0].ffn(h)), atol=1e-6)
+        model.moddistilbert.eager_attention = True
+        eager = model(**batch).logits
+        model.moddistilbert.eager_attention = False
+    assert torch.allclose(eager, logits, atol=1e-5)
+    model.save_pretrained(tmp_path / "removed")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "removed").eval()
+    assert loaded.config.attn_dims == [0, 32] and loaded.config.ffn_dims == [64, 0]
+    assert set(loaded.state_dict()) == set(model.state_dict())
+    assert "moddistilbert.layers.0.attention.q_lin.weight" not in loaded.state_dict()
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, logits)
+
+
+def test_removed_blocks_export_to_onnx(removed_model, tmp_path):
+    """A quick check that torch.onnx export runs and ONNX Runtime gives the same logits (export.py tests more)."""
+    ort = pytest.importorskip("onnxruntime")
+    import inference
+    path = inference.export_onnx(removed_model, str(tmp_path / "removed.onnx"))
+    batch = _batch()
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    got = session.run(["logits"], {k: v.numpy() for k, v in batch.items() if k in names})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(got), removed_model(**batch).logits, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
 # losses and shapes
 # ---------------------------------------------------------------------------------------------
 def test_regression_loss_is_mse(teachers):
@@ -438,9 +523,9 @@ def test_multiple_choice_logits_and_loss(teachers):
 def test_non_bert_teacher_is_a_user_error(tmp_path):
     d = str(tmp_path / "t5")
     T5Model(T5Config(vocab_size=128, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).save_pretrained(d)
-    with pytest.raises(UserError, match="t5"):
+    with pytest.raises(M.ModelError, match="t5"):  # the model file's own error (it imports nothing of ours)
         ModDistilBertForSequenceClassification.from_teacher(d, num_labels=2)
-    with pytest.raises(UserError):
+    with pytest.raises(M.ModelError):
         ModDistilBertModel.from_teacher(str(tmp_path / "does-not-exist"))
 
 
