@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import os
+import sys
 
 import numpy as np
 from tabulate import tabulate
@@ -87,25 +88,84 @@ def load_results(results_dir):
     return results
 
 
+# run_superglue.py settings that are no setting of a row: per seed, per run or a path that holds the seed
+NOT_ROW_SETTINGS = {"seed", "output_dir", "modules_dir", "distill_from", "model_name_or_path", "overwrite", "resume",
+                    "threads", "device", "no_save_model", "eval_batch_size", "recipe", "variant", "data_dir"}
+# the fine-tune settings a compressed row shares with the baseline it is compared with
+FINETUNE_SETTINGS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length",
+                     "no_group_by_length", "max_train_samples", "max_eval_samples", "hf_model")
+
+
+def row_settings(r):
+    """What a result shares with every seed of its row: its recipe (name, fields) and run settings."""
+    settings = {k: v for k, v in (r.get("settings") or {}).items() if k not in NOT_ROW_SETTINGS}
+    return {"recipe": r.get("recipe"), "settings": settings}
+
+
+def baseline_settings(r):
+    """The settings of the baseline a result is compared with: the fine-tune settings and the recipe's baseline
+    fields (a compressed run's teacher and distillation source is the baseline of these settings)."""
+    s = r.get("settings") or {}
+    rec = r.get("recipe") or {}
+    fields = {k: v for k, v in (rec.get("fields") or {}).items() if k in recipes.BASELINE_FIELDS}
+    return json.dumps({"recipe": [rec.get("name"), fields] if rec else None,
+                       "settings": {k: s.get(k) for k in FINETUNE_SETTINGS}}, sort_keys=True, default=str)
+
+
+def label_of(r):
+    """The row label (recipes.row_label, the one place labels are made) for a result with a recipe record;
+    the recorded variant otherwise."""
+    rec = r.get("recipe")
+    kind = r["variant"].split("-")[0].split("+")[0]
+    if rec and kind in recipes.VARIANTS and set(recipes.FIELDS) <= set(rec.get("fields", {})):
+        return recipes.row_label(kind, rec["fields"])
+    return r["variant"]
+
+
 def row_name(key):
-    model, variant, compression = key
-    return f"{model}/{variant}" + ("" if compression is None else f" c={compression:g}")
+    model, variant, compression = key[:3]
+    name = f"{model}/{variant}" + ("" if compression is None else f" c={compression:g}")
+    return name + (f" [{key[3]}]" if len(key) > 3 and key[3] else "")
 
 
-def group(results, tasks=None, seeds=None):
-    """{(model, variant, compression): {task: {seed: result}}}; duplicates are a UserError.
+def _differences(sigs):
+    """{signature: 'k=v, ...'}: what tells apart rows that share model, variant and compression."""
+    flat = {sig: {**{f"recipe.{k}": v for k, v in ((json.loads(sig)["recipe"] or {}).get("fields") or {}).items()},
+                  "recipe": (json.loads(sig)["recipe"] or {}).get("name"), **json.loads(sig)["settings"]}
+            for sig in sigs}
+    keys = sorted({k for d in flat.values() for k in d if len({json.dumps(x.get(k)) for x in flat.values()}) > 1})
+    return {sig: ", ".join(f"{k.replace('recipe.', '')}={d.get(k)}" for k in keys if not
+                           (k.startswith("recipe.") and k[7:] in d and d[k[7:]] == d.get(k))) for sig, d in flat.items()}
 
-    Results for tasks outside `tasks` or seeds outside `seeds` (when given) are left out."""
-    groups = {}
+
+def group(results, tasks=None, seeds=None, warnings=None):
+    """{(model, variant, compression, settings): {task: {seed: result}}}; duplicates are a UserError.
+
+    Runs of other settings (recipe, epochs, learning rate, row limits, ...) are other rows, never one median:
+    `settings` is empty when a (model, variant, compression) has runs of one setting only, else what tells its
+    rows apart (and a line saying so is added to `warnings`). Results for tasks outside `tasks` or seeds outside
+    `seeds` (when given) are left out."""
+    by_sig = {}
     for r in results:
         if (tasks is not None and r["task"] not in tasks) or (seeds is not None and r["seed"] not in seeds):
             continue
-        key = (r.get("base_model") or r["model"], r["variant"], r["compression"])  # per-seed teachers: one row
-        cell = groups.setdefault(key, {}).setdefault(r["task"], {})
-        if r["seed"] in cell:
-            raise UserError(f"duplicate results for {row_name(key)} {r['task']} seed {r['seed']}: "
-                            f"{cell[r['seed']]['_path']} and {r['_path']}")
-        cell[r["seed"]] = r
+        key = (r.get("base_model") or r["model"], label_of(r), r["compression"])  # per-seed teachers: one row
+        sig = json.dumps(row_settings(r), sort_keys=True, default=str)
+        by_sig.setdefault(key, {}).setdefault(sig, []).append(r)
+    groups = {}
+    for key, sigs in by_sig.items():
+        names = _differences(sigs) if len(sigs) > 1 else {sig: "" for sig in sigs}
+        if len(sigs) > 1 and warnings is not None:
+            warnings.append(f"warning: {row_name(key)} has runs of {len(sigs)} settings, shown as separate rows "
+                            f"(never one median): {'; '.join(names.values())}")
+        for sig, rs in sigs.items():
+            for r in rs:
+                r["_baseline_settings"] = baseline_settings(r)
+                cell = groups.setdefault(key + (names[sig],), {}).setdefault(r["task"], {})
+                if r["seed"] in cell:
+                    raise UserError(f"duplicate results for {row_name(key)} {r['task']} seed {r['seed']}: "
+                                    f"{cell[r['seed']]['_path']} and {r['_path']}")
+                cell[r["seed"]] = r
     return groups
 
 
@@ -120,8 +180,8 @@ def select_epoch(result, which):
     raise ValueError(which)
 
 
-def row_sort_key(key):  # baseline first, then by compression, variant, model
-    return (key[1] != "baseline", key[2] or 0.0, key[1], key[0])
+def row_sort_key(key):  # baseline first, then by compression, variant, model, settings
+    return (key[1] != "baseline", key[2] or 0.0, key[1], key[0], key[3] if len(key) > 3 else "")
 
 
 def row_seeds(by_task, seeds=None):
@@ -136,7 +196,8 @@ def find_missing(groups, tasks, seeds=None):
         for task in tasks:
             absent = [s for s in want if s not in groups[key].get(task, {})]
             if absent:
-                missing.append(dict(zip(["model", "variant", "compression"], key), task=task, seeds=absent))
+                missing.append(dict(zip(["model", "variant", "compression"], key), task=task, seeds=absent,
+                                    **({"settings": key[3]} if len(key) > 3 and key[3] else {})))
     return missing
 
 
@@ -171,8 +232,10 @@ def median_cells(groups, which, tasks, seeds=None):
             }
         scores = [c["score"] for c in cells.values() if c is not None and c["score"] is not None]
         params = [r["params"] for cell in by_task.values() for r in cell.values()]
+        bases = sorted({r["_baseline_settings"] for cell in by_task.values() for r in cell.values()})
         rows.append({
-            "model": key[0], "variant": key[1], "compression": key[2],
+            "model": key[0], "variant": key[1], "compression": key[2], "settings": key[3],
+            "baseline_settings": bases[0] if len(bases) == 1 else None,
             "params": int(np.median(params)) if params else None,
             "n_seeds": len(want), "tasks": cells,
             "average": float(np.mean(scores)) if scores else None,
@@ -182,10 +245,11 @@ def median_cells(groups, which, tasks, seeds=None):
 
 
 def row_label(row):
+    extra = f" [{row['settings']}]" if row.get("settings") else ""
     if row["variant"] == "baseline":
-        return f"{row['model']} (baseline)"
+        return f"{row['model']} (baseline){extra}"
     c = "" if row["compression"] is None else f" c={row['compression']:g}"
-    return f"{row['model']} {row['variant']}{c}"
+    return f"{row['model']} {row['variant']}{c}{extra}"
 
 
 def format_cell(cell, task):
@@ -213,7 +277,7 @@ def format_missing(missing):
     """'missing: minilm/modular c=2: rte seed 3; cb seeds 1,2,3', one line per row."""
     by_row = {}
     for m in missing:
-        key = (m["model"], m["variant"], m["compression"])
+        key = (m["model"], m["variant"], m["compression"], m.get("settings", ""))
         word = "seed" if len(m["seeds"]) == 1 else "seeds"
         by_row.setdefault(key, []).append(f"{m['task']} {word} {','.join(map(str, m['seeds']))}")
     return [f"missing: {row_name(key)}: {'; '.join(parts)}" for key, parts in by_row.items()]
@@ -231,19 +295,24 @@ def format_na(tables, tasks):
                     word = "seed" if len(cell["na_seeds"]) == 1 else "seeds"
                     parts.append(f"{task} {word} {','.join(map(str, cell['na_seeds']))}")
             if parts:
-                key = (row["model"], row["variant"], row["compression"])
+                key = (row["model"], row["variant"], row["compression"], row.get("settings", ""))
                 out.append(f"n/a ({label.split(' (')[0]}): {row_name(key)}: {'; '.join(parts)}")
     return out
 
 
 def retention(rows):
-    """{row label: score / baseline score} for every compressed row whose model has a baseline row, each mean
-    taken over the tasks where both rows have a score (the paper's headline ratio)."""
-    base = {r["model"]: r for r in rows if r["variant"] == "baseline"}
+    """{row label: score / baseline score} for every compressed row with a baseline row of the same model and
+    the same fine-tune settings (its teacher's; a row whose seeds mix baselines of other settings has none),
+    each mean taken over the tasks where both rows have a score (the paper's headline ratio)."""
+    base = {}
+    for r in rows:
+        if r["variant"] == "baseline":
+            base.setdefault((r["model"], r.get("baseline_settings")), r)
     out = {}
     for r in rows:
-        b = base.get(r["model"])
-        if r["variant"] == "baseline" or b is None:
+        b = base.get((r["model"], r.get("baseline_settings")))
+        mixed = "baseline_settings" in r and r["baseline_settings"] is None
+        if r["variant"] == "baseline" or b is None or mixed:
             continue
         both = [t for t in r["tasks"] if r["tasks"][t] and b["tasks"].get(t)
                 and r["tasks"][t]["score"] is not None and b["tasks"][t]["score"] is not None]
@@ -253,7 +322,7 @@ def retention(rows):
     return out
 
 
-def render(tables, missing, tasks, fmt):
+def render(tables, missing, tasks, fmt, warnings=()):
     """Text for grid/markdown: both labelled tables with the retention of each compressed row, then a
     footnote and the missing cells."""
     out = []
@@ -269,6 +338,7 @@ def render(tables, missing, tasks, fmt):
         out += format_missing(missing)
     else:
         out.append("All (task, seed) cells present.")
+    out += list(warnings)
     na = format_na(tables, tasks)
     if na:
         out.append("* Seeds whose selected epoch has no score (an undefined metric, e.g. a constant stsb "
@@ -277,11 +347,12 @@ def render(tables, missing, tasks, fmt):
     return "\n".join(out)
 
 
-def build(results, tasks=None, seeds=None):
-    """(tasks, {'best': rows, 'last': rows}, missing) for a list of loaded results."""
+def build(results, tasks=None, seeds=None, warnings=None):
+    """(tasks, {'best': rows, 'last': rows}, missing) for a list of loaded results; lines about rows split by
+    their settings are appended to `warnings` when given."""
     if tasks is None:
         tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in results)]
-    groups = group(results, tasks, seeds)
+    groups = group(results, tasks, seeds, warnings)
     if not groups:
         raise UserError("no results left for the chosen --tasks/--seeds")
     tables = {which: median_cells(groups, which, tasks, seeds) for which, _ in SELECTIONS}
@@ -299,15 +370,19 @@ def main(argv=None):
 
     tasks = None if args.tasks is None else [t for t in TASK_ORDER if t in args.tasks]
     seeds = None if args.seeds is None else sorted(set(args.seeds))
-    tasks, tables, missing = build(load_results(args.results_dir), tasks, seeds)
+    warnings = []
+    tasks, tables, missing = build(load_results(args.results_dir), tasks, seeds, warnings)
+    for w in warnings:
+        print(w, file=sys.stderr)
     if args.format == "json":
         obj = {"tasks": tasks, "best": tables["best"], "last": tables["last"], "missing": missing,
+               "warnings": warnings,
                "retention": {which: retention(tables[which]) for which, _ in SELECTIONS}}
         print(json.dumps(obj, indent=2))
         if args.output:
             atomic_write_json(args.output, obj)
     else:
-        text = render(tables, missing, tasks, args.format)
+        text = render(tables, missing, tasks, args.format, warnings)
         print(text)
         if args.output:
             atomic_write_bytes(args.output, (text + "\n").encode())

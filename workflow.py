@@ -74,13 +74,6 @@ def data_key(task, data_dir):
     return files or "default"
 
 
-def allocate_ffn_supported():
-    """Whether ffn_modular.py takes --allocate yet (issue 18's joint allocation; until then only mha does)."""
-    with open(os.path.join(ROOT, "modular.py")) as f:
-        src = f.read()
-    return 'add_argument("--allocate"' in src and 'if kind == "mha":\n        p.add_argument("--allocate"' not in src
-
-
 def recipe_supported():
     with open(os.path.join(ROOT, "run_superglue.py")) as f:
         return '"--recipe"' in f.read()
@@ -93,7 +86,7 @@ def plan(o):
     name, f = o["recipe_name"], o["fields"]
     py, out = o["python"], o["out_dir"]
     jobs, targets = {}, []
-    alloc_ffn, with_recipe = allocate_ffn_supported(), recipe_supported()
+    with_recipe = recipe_supported()
     for task in o["tasks"]:
         ddir = data_dir_of(task, o["data_dir"])
         dkey = [name, data_key(task, ddir)]
@@ -143,7 +136,7 @@ def plan(o):
                              "--compression", f"{f['compression']:g}", "--init", f["init"],
                              "--epochs", str(f["module_epochs"]), "--seed", str(f["module_seed"])]
                         m += ["--mixup"] if f["mixup"] else []
-                        m += ["--allocate"] if f["allocate"] and (kind == "mha" or alloc_ffn) else []
+                        m += ["--allocate"] if f["allocate"] else []   # one joint allocation (allocation.json), both stages
                         m += [] if f["fit_tokens"] == "all" else ["--fit_tokens", f["fit_tokens"]]
                         mods.append(m + shlex.split(f["module_args"]))
                     jobs[p["modules"]] = dict(stage="modules", task=task, seed=seed, needs=[p["capture"]], cmds=mods)

@@ -202,8 +202,8 @@ def slurm_resources(args, where):
         else:
             extra.append(t)
     if extra:
-        res["slurm_extra"] = shlex.quote(" ".join(extra))
-    return [f"{where}{k}={v if k in ('cpus_per_task', 'runtime', 'mem_mb') else shlex.quote(v)}"
+        res["slurm_extra"] = shlex.join(extra)
+    return [f"{where}{k}={v if k in ('cpus_per_task', 'runtime', 'mem_mb') else repr(v)}"   # strings: literals
             for k, v in res.items()]
 
 
