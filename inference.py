@@ -17,13 +17,18 @@ int16 pair sums of CPUs without VNNI from saturating; with VNNI (or AMX) the pro
 `keep_fp32` leaves named Linear layers in fp32; `sensitivity` ranks them by the error each one alone adds.
 `Traced` runs a model as TorchScript (trace + freeze): the same numbers without Python's per-op overhead.
 
-ONNX Runtime: `export_onnx` (eager attention, so that ONNX Runtime's transformer optimizer fuses it into its
-Attention kernel), `optimize_onnx` (those fusions), `quantize_onnx` (ONNX Runtime's dynamic INT8, per
-channel: what Hugging Face Optimum's dynamic quantization produces), `OnnxModel` (a session called like the
-PyTorch model, worker threads not spinning between runs).
+ONNX Runtime (the deployment path, export.py): `export_onnx` (eager attention, so that ONNX Runtime's
+transformer optimizer fuses it into its Attention kernel), `optimize_onnx` (those fusions; `attention_layers`
+says how many Attention nodes a model must get), `quantize_onnx` (ONNX Runtime's dynamic INT8 in one of
+ORT_INT8_SCHEMES; `per_channel` is what Hugging Face Optimum's dynamic quantization produces), `OnnxModel`
+(a session called like the PyTorch model: worker threads spin during a run, stop when it returns).
+`checkpoint_data` loads a fine-tuned checkpoint with its validation and calibration rows; `time_variants`
+times models interleaved.
 """
 import copy
 import os
+import statistics
+import time
 import warnings
 
 import torch
@@ -274,42 +279,69 @@ def optimize_onnx(path, out_path):
     return out_path, {k: v for k, v in m.get_fused_operator_statistics().items() if v}
 
 
-def quantize_onnx(path, out_path, per_channel=True):
-    """ONNX Runtime dynamic INT8 (int8 weights, per output channel by default; activations on the fly)."""
+# ONNX Runtime dynamic INT8 (onnxruntime.quantization.quantize_dynamic options): int8 weights, uint8 activations
+# quantized on the fly per tensor; every MatMul, the fused Attention (QAttention) and the embedding tables
+ORT_INT8_SCHEMES = {
+    "per_channel": dict(per_channel=True),                      # one weight scale per output channel
+    "per_tensor": dict(per_channel=False),                      # one weight scale per tensor
+    "reduce_range": dict(per_channel=True, reduce_range=True),  # 7-bit weights: the u8 x s8 pair sums of CPUs
+}                                                               # without VNNI cannot saturate int16
+
+
+def quantize_onnx(path, out_path, scheme="per_channel"):
+    """ONNX Runtime dynamic INT8 of an (optimized) ONNX model, in one of ORT_INT8_SCHEMES."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    if scheme not in ORT_INT8_SCHEMES:
+        raise UserError(f"unknown ONNX Runtime INT8 scheme {scheme!r}; choose from {', '.join(ORT_INT8_SCHEMES)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # shape inference does not type the outputs of the fused contrib ops: say they are float
-        quantize_dynamic(path, out_path, per_channel=per_channel, weight_type=QuantType.QInt8,
+        quantize_dynamic(path, out_path, weight_type=QuantType.QInt8, **ORT_INT8_SCHEMES[scheme],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return out_path
 
 
-def onnx_models(model, directory, name, threads):
-    """{"fp32": OnnxModel, "int8": OnnxModel}: `model` exported to directory/name.onnx, fused by ONNX Runtime's
-    optimizer (name_fused.onnx), and that graph's dynamic INT8 (name_fused_int8.onnx)."""
+def attention_layers(config):
+    """How many layers have an attention block (a removed one, attn_dims 0, has none): the number of Attention
+    nodes ONNX Runtime's optimizer must fuse (QAttention after INT8)."""
+    return sum(1 for d in config.attn_dims if d)
+
+
+def onnx_models(model, directory, name, threads, schemes=("per_channel",)):
+    """{"fp32": OnnxModel, "int8": OnnxModel, "int8[scheme]": ...}: `model` exported to directory/name.onnx, fused
+    by ONNX Runtime's optimizer (name_fused.onnx), and that graph's dynamic INT8 in each scheme
+    (name_fused_int8.onnx for the first, "int8"; name_fused_int8_SCHEME.onnx for the others)."""
     os.makedirs(directory, exist_ok=True)
     path = export_onnx(model, os.path.join(directory, f"{name}.onnx"))
     path, _ = optimize_onnx(path, os.path.join(directory, f"{name}_fused.onnx"))
-    return {"fp32": OnnxModel(path, threads),
-            "int8": OnnxModel(quantize_onnx(path, path.replace(".onnx", "_int8.onnx")), threads)}
+    out = {"fp32": OnnxModel(path, threads)}
+    for i, scheme in enumerate(schemes):
+        key, suffix = ("int8", "") if i == 0 else (f"int8[{scheme}]", f"_{scheme}")
+        out[key] = OnnxModel(quantize_onnx(path, path.replace(".onnx", f"_int8{suffix}.onnx"), scheme), threads)
+    return out
 
 
 class OnnxModel:
     """An ONNX Runtime session over an exported model, called like the PyTorch one (returns .logits).
 
-    Worker threads do not spin after a run (`session.intra_op.allow_spinning` = 0): spinning threads would
-    slow whatever runs next on the same cores, e.g. the PyTorch model timed right after in an interleaved loop."""
+    spin (default): the worker threads spin while a run dispatches its operators (no sleep/wake per parallel
+    section) and stop spinning as soon as the run returns (`session.force_spinning_stop`), so they do not slow
+    whatever runs next on the same cores, e.g. the PyTorch model timed right after in an interleaved loop.
+    spin=False: they never spin (`allow_spinning` 0; the setting of the rows measured before)."""
 
     SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, spin=True, profile_prefix=None):
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         for k in self.SPIN_KEYS:
-            opts.add_session_config_entry(k, "0")
+            opts.add_session_config_entry(k, "1" if spin else "0")
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
+        if profile_prefix:  # ONNX Runtime's own profiler: every operator's time, end_profiling() writes the JSON
+            opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
+        self.path, self.threads, self.spin = path, threads, spin
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -321,3 +353,46 @@ class OnnxModel:
 
     def eval(self):
         return self
+
+
+# ------------------------------------------------------------------ checkpoints, timing
+def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128, max_rows=None):
+    """(model, task, validation loader, calibration batches from the training split) of a fine-tuned model;
+    `max_rows`: the first that many validation rows only."""
+    import modeling_moddistilbert  # noqa: F401  (registers our classes with the Auto* loaders)
+    import tasks as T
+    from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer
+    task = T.get_task(task_name)
+    auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    data_dir = data_dir or T.default_data_dir(task)
+    rows = T.load_rows(task, "validation", data_dir, check_count=max_rows is None)[:max_rows]
+    loader = T.make_loader(T.encode(task, rows, tok, 128), 64, False, tok.pad_token_id)
+    train = T.load_rows(task, "train", data_dir, check_count=False)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:calibration_rows].tolist()
+    cal_loader = T.make_loader(T.encode(task, [train[i] for i in pick], tok, 128), 32, False, tok.pad_token_id)
+    calibration = []
+    for b in cal_loader:
+        b.pop("labels")
+        calibration.append(dict(b))
+    return model, task, loader, calibration
+
+
+@torch.inference_mode()
+def time_variants(variants, batch_size, seq_len, vocab, repeats, warmup):
+    """Median and spread (p10, p90) in ms of one forward, variants interleaved in every repeat."""
+    ids = torch.randint(1000, vocab, (batch_size, seq_len))
+    mask = torch.ones_like(ids)
+    times = {k: [] for k in variants}
+    for r in range(warmup + repeats):
+        for name, model in variants.items():
+            t0 = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            if r >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=10)
+        out[name] = (statistics.median(ts), q[0], q[-1])
+    return out

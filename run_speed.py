@@ -10,14 +10,18 @@ process, variants interleaved in every repeat.
 Beside every speedup it prints the FLOP bound: the ratio of multiply-adds of the whole model (encoder, the
 [CLS] head) uncompressed vs compressed at that sequence length, and the fraction of it reached. With
 --onnx_dir, `ort-int8 c=1` is the peer row (what a user would pick instead: the uncompressed model with ONNX
-Runtime's fused graph and dynamic INT8) and every row also gets its speedup over it. The INT8 schemes are in
-quantize.py. The JSON records the CPU model and its ISA flags: INT8 speed depends on VNNI/AMX.
+Runtime's fused graph and dynamic INT8) and every row also gets its speedup over it. The INT8 schemes (PyTorch
+and ONNX Runtime) are in inference.py. The JSON records the CPU model and its ISA flags: INT8 speed depends on
+VNNI/AMX. --profile also profiles the ONNX Runtime rows by operator (ONNX Runtime's own profiler).
 """
 import argparse
+import collections
 import copy
-import statistics
+import glob
+import json
+import os
 import sys
-import time
+import tempfile
 
 import torch
 from tabulate import tabulate
@@ -25,8 +29,8 @@ from transformers import DistilBertConfig
 
 from compression import compress
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
-from inference import (INT8_SCHEMES, Traced, choose_alpha, has_int8_dot_product, int8, int8_label, onnx_models,
-                       sensitivity)
+from inference import (INT8_SCHEMES, ORT_INT8_SCHEMES, OnnxModel, Traced, checkpoint_data, choose_alpha,
+                       has_int8_dot_product, int8, int8_label, onnx_models, sensitivity, time_variants)
 from utils import UserError, atomic_write_json, cpu_info, cpu_line, run_main, set_seed
 
 PEER = "ort-int8 c=1"
@@ -53,10 +57,13 @@ def random_batches(vocab, n=2, batch_size=8, seq_len=128, seed=0):
 
 
 def build_variants(base, compressions, int8_backends=tuple(DEFAULT_SCHEMES), onnx_dir=None, keep_fp32=(),
-                   calibration=None, compile_=False, torchscript=False, activation_bits=(7,)):
+                   calibration=None, compile_=False, torchscript=False, activation_bits=(7,),
+                   ort_schemes=("per_channel",), ort_no_spin=False):
     """{name: model}: fp32 c=1 and each compression; each INT8 scheme of all of them; with onnx_dir, ONNX
-    Runtime fused fp32 (`ort`) and dynamic INT8 (`ort-int8`) of all; with torchscript / compile_, TorchScript
-    (`ts ...`) / torch.compile (`compiled ...`) of the compressed PyTorch models."""
+    Runtime fused fp32 (`ort`) and dynamic INT8 (`ort-int8` in the first of ort_schemes, `ort-int8[scheme]` in
+    the others) of all, and with ort_no_spin the same two sessions with threads that never spin (`[no-spin]`);
+    with torchscript / compile_, TorchScript (`ts ...`) / torch.compile (`compiled ...`) of the compressed
+    PyTorch models."""
     models = {1.0: base}
     for c in compressions:
         models[float(c)] = compress(copy.deepcopy(base), c, "svd").eval()
@@ -67,8 +74,11 @@ def build_variants(base, compressions, int8_backends=tuple(DEFAULT_SCHEMES), onn
                              int8(m, scheme, keep_fp32, calibration, activation_bits=bits) for c, m in models.items()})
     if onnx_dir:
         for c, m in models.items():
-            ort = onnx_models(m, onnx_dir, f"model_c{c:g}", torch.get_num_threads())
-            variants.update({f"ort c={c:g}": ort["fp32"], f"ort-int8 c={c:g}": ort["int8"]})
+            ort = onnx_models(m, onnx_dir, f"model_c{c:g}", torch.get_num_threads(), ort_schemes)
+            variants.update({(f"ort-{k}" if k != "fp32" else "ort") + f" c={c:g}": v for k, v in ort.items()})
+            if ort_no_spin:
+                variants.update({f"ort{'' if k == 'fp32' else '-int8'}[no-spin] c={c:g}":
+                                 OnnxModel(ort[k].path, ort[k].threads, spin=False) for k in ("fp32", "int8")})
     compressed = [n for n in variants if not n.startswith("ort") and not n.endswith("c=1")]
     if torchscript:
         example = torch.randint(1000, base.config.vocab_size, (1, 128))
@@ -87,25 +97,6 @@ def is_int8(name):
 
 
 @torch.inference_mode()
-def time_variants(variants, batch_size, seq_len, vocab, repeats, warmup):
-    """Median and spread (p10, p90) in ms of one forward, variants interleaved in every repeat."""
-    ids = torch.randint(1000, vocab, (batch_size, seq_len))
-    mask = torch.ones_like(ids)
-    times = {k: [] for k in variants}
-    for r in range(warmup + repeats):
-        for name, model in variants.items():
-            t0 = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            if r >= warmup:
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=10)
-        out[name] = (statistics.median(ts), q[0], q[-1])
-    return out
-
-
-@torch.inference_mode()
 def profile_ops(model, vocab, seq_len=128, repeats=10, rows=20):
     """Where one forward's time goes, by operator (batch 1): [{op, calls, self_ms per forward, share}]."""
     ids = torch.randint(1000, vocab, (1, seq_len))
@@ -119,6 +110,33 @@ def profile_ops(model, vocab, seq_len=128, repeats=10, rows=20):
     total = sum(e.self_cpu_time_total for e in events)
     return [{"op": e.key, "calls": e.count // repeats, "self_ms": round(e.self_cpu_time_total / repeats / 1e3, 3),
              "share": round(e.self_cpu_time_total / total, 4)} for e in events[:rows]]
+
+
+def profile_onnx(model, vocab, seq_len=128, repeats=10, rows=20):
+    """profile_ops for an OnnxModel, from ONNX Runtime's own profiler (a fresh session over the same file and
+    session options): [{op (operator type after ONNX Runtime's graph optimizations), calls, self_ms, share}];
+    "(between operators)" is the rest of each run (dispatch, thread wake-ups, input/output copies)."""
+    ids = torch.randint(1000, vocab, (1, seq_len))
+    mask = torch.ones_like(ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        m = OnnxModel(model.path, model.threads, model.spin, profile_prefix=os.path.join(tmp, "ort"))
+        for _ in range(3 + repeats):
+            m(input_ids=ids, attention_mask=mask)
+        m.session.end_profiling()
+        with open(glob.glob(os.path.join(tmp, "ort*.json"))[0]) as f:
+            events = json.load(f)
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
+                  key=lambda e: e["ts"])[3:]  # after the warm-up runs
+    start = runs[0]["ts"]
+    us, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            us[e["args"]["op_name"]] += e["dur"]
+            calls[e["args"]["op_name"]] += 1
+    us["(between operators)"] = max(0, sum(e["dur"] for e in runs) - sum(us.values()))
+    total = sum(us.values())
+    return [{"op": op, "calls": calls[op] // len(runs), "self_ms": round(t / len(runs) / 1e3, 3),
+             "share": round(t / total, 4)} for op, t in us.most_common(rows)]
 
 
 def speed_rows(args, variants, base_config):
@@ -175,13 +193,19 @@ def main(argv=None):
                    help="leave Linear layers whose name contains NAME in fp32 (e.g. lin2: the FFN output)")
     p.add_argument("--onnx_dir", default=None, help="also export to ONNX here: ONNX Runtime fused fp32 (ort) and "
                    "dynamic INT8 (ort-int8) rows, ort-int8 c=1 being the peer row")
+    p.add_argument("--ort_int8_schemes", nargs="+", default=["per_channel"], choices=list(ORT_INT8_SCHEMES),
+                   help="with --onnx_dir: ONNX Runtime INT8 schemes (inference.ORT_INT8_SCHEMES); the first gives the "
+                   "ort-int8 rows (the peer row at c=1), the others ort-int8[SCHEME] rows")
+    p.add_argument("--ort_no_spin", action="store_true", help="with --onnx_dir: also time the fp32 and first INT8 "
+                   "ONNX Runtime sessions with worker threads that never spin (rows 'ort[no-spin] ...', "
+                   "'ort-int8[no-spin] ...': the session setting before; the plain rows spin during a run only)")
     p.add_argument("--torchscript", action="store_true", help="also time TorchScript (q/k/v fused, traced, "
                    "frozen) of the compressed models: rows 'ts ...'")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) of the compressed "
                    "models: rows 'compiled ...'. Time it in a run of its own: after a compiled model has run, the "
                    "other variants of the same process run up to 25%% slower (measured, results/RESULTS.md §4)")
     p.add_argument("--profile", default=None, metavar="JSON", help="write a by-operator profile of one batch-1 "
-                   "forward of fp32 c=1 and each compressed variant here")
+                   "forward of fp32 c=1, each compressed variant and the ONNX Runtime INT8 rows (the peer included) here")
     p.add_argument("--checkpoint", default=None, help="fine-tuned compressed model: also report fp32 vs INT8 "
                    "validation score on --task")
     p.add_argument("--task", default=None)
@@ -218,15 +242,18 @@ def main(argv=None):
     schemes = [] if args.no_int8 else args.int8_backends
     calibration = random_batches(base.config.vocab_size) if "smooth" in schemes else None
     variants = build_variants(base, args.compression, schemes, args.onnx_dir, args.int8_keep_fp32, calibration,
-                              args.compile, args.torchscript, args.int8_activation_bits)
+                              args.compile, args.torchscript, args.int8_activation_bits, args.ort_int8_schemes,
+                              args.ort_no_spin)
     rows = speed_rows(args, variants, base.config)
     print_rows(rows, machine)
     if args.json:
         command = ["python", "run_speed.py"] + (sys.argv[1:] if argv is None else list(argv))
         atomic_write_json(args.json, {"machine": machine, "command": command, "rows": rows})
     if args.profile:
-        prof = {name: profile_ops(m, base.config.vocab_size, args.seq_lens[0]) for name, m in variants.items()
-                if not name.startswith(("ort", "compiled")) and (name == "fp32 c=1" or not name.endswith("c=1"))}
+        prof = {name: (profile_onnx if name.startswith("ort") else profile_ops)(m, base.config.vocab_size,
+                                                                                args.seq_lens[0])
+                for name, m in variants.items() if not name.startswith("compiled")
+                and (name == "fp32 c=1" or name.startswith("ort-int8") or not name.endswith("c=1"))}
         atomic_write_json(args.profile, {"machine": machine, "seq_len": args.seq_lens[0], "batch_size": 1,
                                          "threads": args.threads, "profiles": prof})
         for name, ops in prof.items():
@@ -235,29 +262,6 @@ def main(argv=None):
                            headers=["op", "calls", "self ms", "share"], tablefmt="github"))
     if args.checkpoint:
         report_accuracy(args, machine)
-
-
-def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128):
-    """(model, task, validation loader, calibration batches from the training split) of a fine-tuned model."""
-    import tasks as T
-    from finetune import _model_inputs
-    from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer
-    task = T.get_task(task_name)
-    auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
-    model = auto.from_pretrained(checkpoint).eval()
-    tok = AutoTokenizer.from_pretrained(checkpoint)
-    data_dir = data_dir or T.default_data_dir(task)
-    loader = T.make_loader(T.encode(task, T.load_rows(task, "validation", data_dir), tok, 128), 64, False,
-                           tok.pad_token_id)
-    train = T.load_rows(task, "train", data_dir)
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:calibration_rows].tolist()
-    cal_loader = T.make_loader(T.encode(task, [train[i] for i in pick], tok, 128), 32, False, tok.pad_token_id)
-    calibration = []
-    for b in cal_loader:
-        b = _model_inputs(b, torch.device("cpu"))
-        b.pop("labels")
-        calibration.append(b)
-    return model, task, loader, calibration
 
 
 def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=tuple(DEFAULT_SCHEMES), keep_fp32=(),

@@ -84,10 +84,27 @@ def test_default_scheme_and_every_row_family(tiny_teacher, tmp_path):
                          "ort-int8 c=2", "ts fp32 c=2", f"ts {q} c=2"}
     assert rows[run_speed.PEER]["vs_peer"] == 1.0 and all(r["vs_peer"] > 0 for r in rows.values())
     prof = json.loads((tmp_path / "profile.json").read_text())
-    assert set(prof["profiles"]) == {"fp32 c=1", "fp32 c=2", f"{q} c=2", "ts fp32 c=2", f"ts {q} c=2"}
+    assert set(prof["profiles"]) == {"fp32 c=1", "fp32 c=2", f"{q} c=2", "ts fp32 c=2", f"ts {q} c=2", "ort c=2",
+                                     "ort-int8 c=1", "ort-int8 c=2"}
     ops = prof["profiles"][f"{q} c=2"]
     assert any(o["op"] == "quantized::linear_dynamic" for o in ops)
     assert abs(sum(o["share"] for o in ops) - 1) < 0.2 and all(o["self_ms"] >= 0 for o in ops)
+    ort_ops = {o["op"]: o for o in prof["profiles"]["ort-int8 c=2"]}  # ONNX Runtime's profiler, after its fusions
+    assert ort_ops["QAttention"]["calls"] == 2 and ort_ops["DynamicQuantizeMatMul"]["calls"] >= 4
+    assert abs(sum(o["share"] for o in ort_ops.values()) - 1) < 1e-3 and "(between operators)" in ort_ops
+
+
+def test_ort_int8_schemes_and_no_spin_rows(tiny_teacher, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "speed.json"
+    run_speed.main(["--model_name_or_path", tiny_teacher, "--batch_sizes", "1", "--seq_lens", "8", "--repeats",
+                    "2", "--warmup", "1", "--threads", "1", "--no_int8", "--onnx_dir", str(tmp_path / "onnx"),
+                    "--ort_int8_schemes", "per_channel", "per_tensor", "--ort_no_spin", "--json", str(out)])
+    rows = {r["variant"] for r in json.loads(out.read_text())["rows"]}
+    assert rows == {f"{v} c={c}" for c in (1, 2) for v in ("fp32", "ort", "ort-int8", "ort-int8[per_tensor]",
+                                                            "ort[no-spin]", "ort-int8[no-spin]")}
+    with pytest.raises(SystemExit):  # argparse: not a scheme
+        run_speed.main(["--onnx_dir", str(tmp_path), "--ort_int8_schemes", "per_row"])
 
 
 def test_cpu_info_reads_model_and_isa_flags(tmp_path):
@@ -122,12 +139,26 @@ def test_onnx_export_fused_and_int8(tmp_path, c):
     assert not torch.equal(got, out.logits) and (got - expected).abs().max() < 0.1 * expected.abs().max() + 1e-2
 
 
-def test_onnx_sessions_do_not_spin(tmp_path):
+def test_onnx_sessions_spin_only_during_a_run(tmp_path):
     pytest.importorskip("onnxruntime")
-    s = inference.OnnxModel(inference.export_onnx(tiny_model(), str(tmp_path / "m.onnx")), 1)
-    opts = s.session.get_session_options()
-    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
-        assert opts.get_session_config_entry(key) == "0"
+    path = inference.export_onnx(tiny_model(), str(tmp_path / "m.onnx"))
+    for spin, allowed in ((True, "1"), (False, "0")):
+        opts = inference.OnnxModel(path, 1, spin=spin).session.get_session_options()
+        assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+            assert opts.get_session_config_entry(key) == allowed
+
+
+def test_ort_int8_schemes_differ_and_unknown_is_a_user_error(tmp_path):
+    pytest.importorskip("onnxruntime")
+    m = tiny_model(2, 2.0)
+    ids, mask, types = padded_batch()
+    fused, _ = inference.optimize_onnx(inference.export_onnx(m, str(tmp_path / "m.onnx")), str(tmp_path / "f.onnx"))
+    out = {s: inference.OnnxModel(inference.quantize_onnx(fused, str(tmp_path / f"{s}.onnx"), s), 1)(
+        ids, mask, types).logits for s in inference.ORT_INT8_SCHEMES}
+    assert len({tuple(v.flatten().tolist()) for v in out.values()}) == len(out)  # three different models
+    with pytest.raises(UserError, match="unknown ONNX Runtime INT8 scheme"):
+        inference.quantize_onnx(fused, str(tmp_path / "x.onnx"), "per_row")
 
 
 @pytest.mark.parametrize("c", [None, 2.0])
