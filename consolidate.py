@@ -13,6 +13,7 @@ import sys
 import numpy as np
 from tabulate import tabulate
 
+import recipes
 from utils import UserError, atomic_write_bytes, atomic_write_json, best_epoch, run_main
 
 # task -> metric keys of an epoch dict (score = 100 * mean of these). Column order of the table.
