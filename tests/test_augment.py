@@ -10,7 +10,7 @@ from augment import (STOPWORDS, WordNeighbours, _split_word, augment_examples, a
 from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "..", "shared", "data")
+DATA = os.path.join(ROOT, "tests", "fixtures", "data")  # real rows, see tests/fixtures/README.md
 
 LONG = ("The old captain walked slowly across the wooden deck, watching the dark clouds gather over "
         "the quiet harbour while young sailors repaired torn sails and cheerful children played "

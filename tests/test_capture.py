@@ -17,8 +17,7 @@ import capture_data  # noqa: E402
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d  # noqa: E402
 from utils import UserError  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED), reason="shared data not present")
+from conftest import FIXTURE_DATA as DATA  # noqa: E402  (real rows, shipped in tests/fixtures)
 tasks = pytest.importorskip("tasks")
 
 
@@ -32,7 +31,7 @@ def teacher(teacher_dir):
     return ModDistilBertModel.from_teacher(teacher_dir).eval()
 
 
-def capture(teacher_dir, out, *extra, task="rte", n=20, data_dir=SHARED):
+def capture(teacher_dir, out, *extra, task="rte", n=20, data_dir=DATA):
     argv = ["--model_name_or_path", teacher_dir, "--task", task, "--data_dir", data_dir,
             "--output_dir", str(out), "--max_samples", str(n), "--batch_size", "4", *map(str, extra)]
     capture_data.main(argv)
@@ -41,7 +40,7 @@ def capture(teacher_dir, out, *extra, task="rte", n=20, data_dir=SHARED):
 
 def encoded(teacher_dir, task="rte", n=20):
     from transformers import AutoTokenizer
-    rows = tasks.load_rows(task, "train", SHARED)[:n]
+    rows = tasks.load_rows(task, "train", DATA)[:n]
     return tasks.encode(task, rows, AutoTokenizer.from_pretrained(teacher_dir), 128)
 
 
@@ -49,7 +48,6 @@ def shard_files(d):
     return sorted(glob.glob(os.path.join(d, "shard_*.safetensors")))
 
 
-@needs_shared
 def test_exact_layer_inputs_and_no_padding(teacher_dir, teacher, tmp_path):
     d = capture(teacher_dir, tmp_path / "c", "--dtype", "fp32", "--shard_sequences", "7")
     store = A.ActivationStore(d)
@@ -95,10 +93,9 @@ def test_exact_layer_inputs_and_no_padding(teacher_dir, teacher, tmp_path):
         store.load_layer(2)
     ln, ex, cp = store.sequence_info()
     assert torch.equal(ln, lengths) and (cp == 0).all()
-    assert ex.tolist() == [r["idx"] for r in tasks.load_rows("rte", "train", SHARED)[:20]]
+    assert ex.tolist() == [r["idx"] for r in tasks.load_rows("rte", "train", DATA)[:20]]
 
 
-@needs_shared
 def test_manifest_provenance_beside_settings_and_resume_after_a_commit(teacher_dir, tmp_path, monkeypatch, capsys):
     d = str(tmp_path / "c")
     real = A.ActivationWriter._write_shard
@@ -126,7 +123,6 @@ def test_manifest_provenance_beside_settings_and_resume_after_a_commit(teacher_d
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@needs_shared
 def test_cuda_capture_matches_cpu(teacher_dir, tmp_path):
     cpu = capture(teacher_dir, tmp_path / "cpu", "--dtype", "fp32", "--device", "cpu", n=8)
     gpu = capture(teacher_dir, tmp_path / "gpu", "--dtype", "fp32", "--device", "cuda", n=8)
@@ -144,7 +140,6 @@ def test_pad_sequences():
     assert batch[:, :, 0].tolist() == [[5, 0], [0, 1]]
 
 
-@needs_shared
 def test_store_errors(teacher_dir, tmp_path):
     d = capture(teacher_dir, tmp_path / "c", "--shard_sequences", "8", n=20)
     names = [os.path.basename(f) for f in shard_files(d)]
@@ -177,7 +172,6 @@ def _all_layers(d):
     return [store.load_layer(l) for l in range(store.num_layers)], store.sequence_info()
 
 
-@needs_shared
 def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch, capsys):
     ref = capture(teacher_dir, tmp_path / "ref", "--shard_sequences", "6", "--dtype", "fp32", n=22)
     d = str(tmp_path / "c")
@@ -219,7 +213,6 @@ def test_resume_after_interruption(teacher_dir, tmp_path, monkeypatch, capsys):
     assert json.load(open(os.path.join(d, "manifest.json")))["settings"]["max_length"] == 64
 
 
-@needs_shared
 def test_resume_recaptures_from_a_corrupted_shard(teacher_dir, tmp_path):
     d = capture(teacher_dir, tmp_path / "c", "--shard_sequences", "5", n=12)
     before = _all_layers(d)[0]
@@ -232,7 +225,6 @@ def test_resume_recaptures_from_a_corrupted_shard(teacher_dir, tmp_path):
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(before, after))
 
 
-@needs_shared
 def test_fp16_bytes_per_sample(teacher_dir, tmp_path):
     d = capture(teacher_dir, tmp_path / "c", "--shard_sequences", "8", n=20)
     m = json.load(open(os.path.join(d, "manifest.json")))
@@ -246,15 +238,13 @@ def test_fp16_bytes_per_sample(teacher_dir, tmp_path):
 
 
 def test_copa_two_sequences_per_example(teacher_dir, tmp_path):
-    data_dir = SHARED if os.path.isdir(os.path.join(SHARED, "copa")) else None
-    d = capture(teacher_dir, tmp_path / "c", task="copa", n=10, data_dir=data_dir or tasks.default_data_dir("copa"))
+    d = capture(teacher_dir, tmp_path / "c", task="copa", n=10)
     m = json.load(open(os.path.join(d, "manifest.json")))
     assert m["n_examples"] == 10 and m["n_sequences"] == 20
     _, ex, _ = A.ActivationStore(d).sequence_info()
     assert ex[0::2].tolist() == ex[1::2].tolist() and len(set(ex.tolist())) == 10
 
 
-@needs_shared
 def test_augment_doubles_sequences(teacher_dir, tmp_path):
     pytest.importorskip("augment")
     d = capture(teacher_dir, tmp_path / "c", "--augment", "1", n=10)
@@ -269,6 +259,7 @@ def run_cli(*args):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,msg", [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--task", "rte", "--data_dir", "/nonexistent/data"], "/nonexistent/data: directory not found"),
@@ -283,7 +274,6 @@ def test_bad_inputs_exit_2(tmp_path, args, msg):
     assert not os.path.exists(tmp_path / "c")
 
 
-@needs_shared
 def test_missing_split_file(teacher_dir, tmp_path):
     os.makedirs(tmp_path / "data" / "rte")
     with pytest.raises(UserError, match="file not found"):
@@ -293,7 +283,7 @@ def test_missing_split_file(teacher_dir, tmp_path):
 def test_max_tokens_captures_a_seeded_subset_of_whole_examples(teacher_dir, tmp_path):
     """--max_tokens: a seeded random subset of the rows, at most N tokens in all, whole examples (both COPA
     choices), in dataset order; the same with the same seed, another with another; recorded in the settings."""
-    data_dir = SHARED if os.path.isdir(os.path.join(SHARED, "copa")) else tasks.default_data_dir("copa")
+    data_dir = DATA
     full = capture(teacher_dir, tmp_path / "full", task="copa", n=40, data_dir=data_dir)
     lengths_all, ex_all, _ = A.ActivationStore(full).sequence_info()
     tokens_of = {}

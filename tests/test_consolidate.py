@@ -200,6 +200,7 @@ def make_small_set(root):
     write_result(root, "rte", 1, [0.7], variant="baseline", compression=None)
 
 
+@pytest.mark.slow
 def test_json_format_parses_and_matches(tmp_path):
     make_small_set(tmp_path / "res")
     out = tmp_path / "out" / "table.json"
@@ -219,6 +220,7 @@ def test_json_format_parses_and_matches(tmp_path):
                                "task": "cb", "seeds": [1]}]
 
 
+@pytest.mark.slow
 def test_markdown_format_has_pipe_header(tmp_path):
     make_small_set(tmp_path)
     p = run_cli("--results_dir", str(tmp_path), "--format", "markdown")
@@ -226,6 +228,7 @@ def test_markdown_format_has_pipe_header(tmp_path):
     assert any(line.startswith("|") and "Average Score" in line for line in p.stdout.splitlines())
 
 
+@pytest.mark.slow
 def test_cli_grid_prints_both_selections_and_writes_output(tmp_path):
     make_small_set(tmp_path / "res")
     out = tmp_path / "table.txt"
@@ -237,6 +240,7 @@ def test_cli_grid_prints_both_selections_and_writes_output(tmp_path):
     assert out.read_text() == p.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_dir_exits_2_with_one_line_error(tmp_path):
     p = run_cli("--results_dir", str(tmp_path / "nope"))
     assert p.returncode == 2
@@ -279,6 +283,7 @@ def test_null_scores_never_best_and_shown_as_na(tmp_path):
     assert "n/a" in C.render(tables, [], ["stsb"], "grid")
 
 
+@pytest.mark.slow
 def test_json_output_has_no_nan_token(tmp_path):
     path = write_result(tmp_path / "res", "stsb", 1, [(0.8, 0.8)])
     obj = json.load(open(path))

