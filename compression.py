@@ -7,7 +7,9 @@ trainers, loaded by run_superglue.py --modules_dir) lives here too, so every pla
 model finds it beside compress().
 """
 import glob
+import hashlib
 import math
+import numbers
 import os
 import re
 
@@ -27,11 +29,16 @@ from utils import UserError, written_atomically
 # ---------------------------------------------------------------------------------------------
 def reduced_dims(config, layer, compression):
     """(attention inner size, FFN width) of `layer` after dividing head_dim and FFN width by `compression`."""
-    if compression < 1:
-        raise UserError(f"compression must be >= 1, got {compression}")
+    if isinstance(compression, bool) or not isinstance(compression, numbers.Real) or not math.isfinite(compression) \
+            or compression < 1:
+        raise UserError(f"compression must be a finite number >= 1, got {compression}")
     heads = config.num_attention_heads
-    head_dim = max(1, round(config.attn_dims[layer] // heads / compression))
-    return heads * head_dim, max(1, round(config.ffn_dims[layer] / compression))
+    head_dim, width = config.attn_dims[layer] // heads, config.ffn_dims[layer]
+    new_head_dim, new_width = round(head_dim / compression), round(width / compression)
+    if new_head_dim < 1 or new_width < 1:  # a block of size 0 is not "compressed by c": refuse, never clamp
+        raise UserError(f"compression {compression:g} is too large for layer {layer} (head dim {head_dim}, FFN "
+                        f"width {width}): a dimension would round to 0; it must be below {2 * min(head_dim, width)}")
+    return heads * new_head_dim, new_width
 
 
 @torch.no_grad()
@@ -75,16 +82,28 @@ def svd_init_ffn(teacher, student):
     student.lin2.bias.copy_(teacher.lin2.bias)
 
 
-def init_block(teacher, student, init, std=0.02):
+def block_generator(seed, layer, kind):
+    """The generator of one block's random start, seeded from (seed, layer, kind) alone: a block gets the same
+    start whichever other layers are built, skipped by a resumed run or left out by --layers."""
+    digest = hashlib.sha256(f"{int(seed)}/{int(layer)}/{kind}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+
+
+@torch.no_grad()
+def init_block(teacher, student, init, std=0.02, generator=None):
     """Initialise `student` from `teacher` ("svd") or as the paper does ("random": normal(0, std), zero bias).
-    The activation-aware start ("data") needs the layer's inputs: data_init.fit_block, or compress(..., data=)."""
+    "random" draws on the CPU from `generator` (block_generator(seed, layer, kind); None: the global RNG) and
+    copies to the block's device, so a block's start depends on its seed only, not on the device or on the
+    blocks drawn before it. The activation-aware start ("data") needs the layer's inputs: data_init.fit_block,
+    or compress(..., data=)."""
     if init == "svd":
         (svd_init_mha if isinstance(student, MultiHeadSelfAttention) else svd_init_ffn)(teacher, student)
     elif init == "random":
         for m in student.modules():
             if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=std)
-                nn.init.zeros_(m.bias)
+                m.weight.copy_(torch.empty(m.weight.shape).normal_(0.0, std, generator=generator))
+                if m.bias is not None:
+                    m.bias.zero_()
     elif init == "data":
         raise UserError("init 'data' is fitted on captured inputs: use compress(..., init='data', data=...) "
                         "or mha_modular.py / ffn_modular.py --init data")
@@ -92,31 +111,35 @@ def init_block(teacher, student, init, std=0.02):
         raise UserError(f"init must be 'svd', 'random' or 'data', not {init!r}")
 
 
-def compress(model, compression=2.0, init="svd", layers=None, data=None, device="cpu"):
+def compress(model, compression=2.0, init="svd", layers=None, data=None, device="cpu", seed=None):
     """Replace the MHA and FFN of the chosen layers (all by default) with low-rank blocks, in place.
 
     MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`.
     init "data" (data_init.py) needs `data`: {layer: (x [tokens, H], lengths [sequences])}, the layer's inputs
-    as captured from the teacher (activations.ActivationStore.load_layer); every token is used for the fit."""
+    as captured from the teacher (activations.ActivationStore.load_layer); every token is used for the fit.
+    init "random" draws each block from block_generator(seed, layer, kind); seed None: torch.initial_seed(),
+    the seed the global RNG was last seeded with (utils.set_seed), without drawing from it."""
     base = model.base_model
     config = base.config
     if config.compression:
         raise UserError(f"the model is already compressed (compression {config.compression}); "
                         "compress the uncompressed teacher instead")
     layers = range(config.num_hidden_layers) if layers is None else layers
+    dims = {i: reduced_dims(config, i, compression) for i in layers}  # every size checked before any change
     if init == "data":
         missing = [i for i in layers if data is None or i not in data]
         if missing:
             raise UserError(f"init 'data' needs the inputs of layers {missing} (data={{layer: (x, lengths)}})")
-        compress_with_data(model, {i: reduced_dims(config, i, compression) for i in layers}, data,
-                                     device=device)
+        compress_with_data(model, dims, data, device=device)
+    seed = torch.initial_seed() if seed is None else seed
     for i in layers if init != "data" else []:
         layer = base.layers[i]
-        attn_dim, ffn_dim = reduced_dims(config, i, compression)
+        attn_dim, ffn_dim = dims[i]
         for kind, dim in (("mha", attn_dim), ("ffn", ffn_dim)):
             old = layer.attention if kind == "mha" else layer.ffn
             new = make_block(config, i, kind, dim).to(next(old.parameters())).train(old.training)
-            init_block(old, new, init, config.initializer_range)
+            gen = block_generator(seed, i, kind) if init == "random" else None
+            init_block(old, new, init, config.initializer_range, generator=gen)
             setattr(layer, "attention" if kind == "mha" else "ffn", new)
         config.attn_dims[i], config.ffn_dims[i] = attn_dim, ffn_dim
     config.compression, config.init = compression, init

@@ -13,6 +13,7 @@ With beta = 0 the teacher's logits are computed once, before training, for every
 teacher is frozen and in eval mode, so they never change); with beta > 0 the teacher runs beside the student
 on every batch.
 """
+import math
 import os
 
 import torch
@@ -33,21 +34,39 @@ def weights_sha256(path):
     return None
 
 
+def check_teacher(path, task, alpha=0.5, temperature=2.0, beta=0.0):
+    """The config of a --distill_from model once it is known to be one: a directory holding a model fine-tuned
+    on `task` (its config's finetuning_task, and for one-score-per-example tasks its num_labels), uncompressed;
+    a UserError otherwise (a model never fine-tuned would be distilled towards its random head). Reads only
+    config.json: run_superglue.py calls it before any work."""
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"--distill_alpha must be in [0, 1], got {alpha}")
+    if not (temperature > 0 and beta >= 0 and math.isfinite(temperature) and math.isfinite(beta)):
+        raise UserError(f"--distill_temperature must be > 0 and --distill_beta >= 0 (got {temperature}, {beta})")
+    if not os.path.isdir(path):
+        raise UserError(f"--distill_from {path}: no such directory (a model fine-tuned on {task.name} by "
+                        "run_superglue.py: its OUTPUT_DIR/model)")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--distill_from {path}: cannot load it ({str(e).splitlines()[0]})") from None
+    done = getattr(config, "finetuning_task", None)
+    if done is None:
+        raise UserError(f"--distill_from {path} was never fine-tuned (its config names no finetuning_task): its "
+                        f"head is random; distil from a model fine-tuned on {task.name} by run_superglue.py")
+    if done != task.name:
+        raise UserError(f"--distill_from {path} was fine-tuned on {done}, not {task.name}")
+    if task.kind != "multiple_choice" and config.num_labels != task.num_labels:
+        raise UserError(f"--distill_from {path} has {config.num_labels} outputs, but {task.name} has "
+                        f"{task.num_labels}")
+    if getattr(config, "compression", None):
+        raise UserError(f"--distill_from {path} is compressed; distil from the uncompressed model")
+    return config
+
+
 class Distiller:
     def __init__(self, path, task, alpha=0.5, temperature=2.0, beta=0.0, device="cpu"):
-        if not 0.0 <= alpha <= 1.0:
-            raise UserError(f"--distill_alpha must be in [0, 1], got {alpha}")
-        if temperature <= 0 or beta < 0:
-            raise UserError(f"--distill_temperature must be > 0 and --distill_beta >= 0 (got {temperature}, {beta})")
-        try:
-            config = AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise UserError(f"--distill_from {path}: cannot load it ({str(e).splitlines()[0]})") from None
-        done = getattr(config, "finetuning_task", None)
-        if done is not None and done != task.name:
-            raise UserError(f"--distill_from {path} was fine-tuned on {done}, not {task.name}")
-        if getattr(config, "compression", None):
-            raise UserError(f"--distill_from {path} is compressed; distil from the uncompressed model")
+        done = check_teacher(path, task, alpha, temperature, beta).finetuning_task
         auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
         self.teacher = auto.from_pretrained(path).to(device).eval()
         for p in self.teacher.parameters():

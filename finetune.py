@@ -4,6 +4,7 @@ run_superglue.py is the command line over this module."""
 import json
 import os
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -47,9 +48,10 @@ class ScoreEachChoice(torch.nn.Module):
 
 
 def build_model(name_or_path, task, compression=None, init="svd", modules_dir=None, hf_model=False,
-                allow_partial_modules=False):
+                allow_partial_modules=False, seed=None):
     """Returns (model, tokenizer, info). DistilBERT/BERT-family teachers become our ModDistilBERT (compressible);
-    a saved ModDistilBERT loads as is; any other architecture uses its own Hugging Face class, uncompressed."""
+    a saved ModDistilBERT loads as is; any other architecture uses its own Hugging Face class, uncompressed.
+    `seed`: of the random start's per-block generators (compression.compress)."""
     path = resolve_model_path(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path)
@@ -80,7 +82,7 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         raise UserError("--init data: the closed-form blocks come from the trainers (mha_modular.py / "
                         "ffn_modular.py --init data --epochs 0); give their --modules_dir")
     if compression:
-        compress(model, compression, "svd" if init == "data" else init)  # data: replaced by the modules below
+        compress(model, compression, "svd" if init == "data" else init, seed=seed)  # data: replaced by the modules
     modules, missing = None, []
     if modules_dir:
         names, missing = load_modules(model, modules_dir, teacher_sha, allow_partial_modules, task=task.name)
@@ -156,6 +158,9 @@ def save_checkpoint(path, model, opt, sched, loader, epochs, identity):
         for k, v in st.items():
             tensors[f"opt/{i}/{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators (as HF's Trainer saves them)
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state
     gen = _sampler_generator(loader)
     if gen is not None:
         tensors["rng/sampler"] = gen.get_state()
@@ -167,20 +172,27 @@ def save_checkpoint(path, model, opt, sched, loader, epochs, identity):
             json.dump(meta, f)
 
 
-def read_checkpoint_identity(path):
-    try:
-        with open(os.path.join(path, "state.json")) as f:
-            return json.load(f)["identity"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def load_checkpoint(path, model, opt, sched, loader):
-    """Restore what save_checkpoint wrote; returns the epochs done so far."""
+def read_checkpoint(path, model, opt):
+    """(meta, tensors) of what save_checkpoint wrote, checked against the model and optimizer before anything
+    is changed; raises (OSError, ValueError, safetensors' errors, ...) when it is truncated, corrupt or of
+    another model."""
     with open(os.path.join(path, "state.json")) as f:
         meta = json.load(f)
     with safe_open(os.path.join(path, "state.safetensors"), "pt") as f:
         t = {k: f.get_tensor(k) for k in f.keys()}
+    own = model.state_dict()
+    saved = {k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")}
+    if set(saved) != set(own) or any(saved[k].shape != v.shape for k, v in own.items()):
+        raise ValueError("its model tensors differ from this model's")
+    if [len(g["params"]) for g in meta["param_groups"]] != [len(g["params"]) for g in opt.param_groups]:
+        raise ValueError("its optimizer groups differ from this run's")
+    if not isinstance(meta["epochs"], list) or "rng/torch" not in t:
+        raise ValueError("it lacks its epochs or RNG state")
+    return meta, t
+
+
+def restore_checkpoint(meta, t, model, opt, sched, loader):
+    """Restore what read_checkpoint returned; returns the epochs done so far."""
     model.load_state_dict({k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")})
     state = {}
     for k, v in t.items():
@@ -190,10 +202,36 @@ def load_checkpoint(path, model, opt, sched, loader):
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     sched.load_state_dict({**sched.state_dict(), **meta["scheduler"]})
     torch.set_rng_state(t["rng/torch"])
+    cuda = [t[f"rng/cuda/{i}"] for i in range(sum(k.startswith("rng/cuda/") for k in t))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     gen = _sampler_generator(loader)
     if gen is not None and "rng/sampler" in t:
         gen.set_state(t["rng/sampler"])
     return meta["epochs"]
+
+
+def resume(path, model, opt, sched, loader, identity):
+    """The epochs a checkpoint at `path` has done, restored into model, optimizer, scheduler and RNGs, when it
+    belongs to this run (the same identity: settings and input fingerprints); else, or when it cannot be read
+    (truncated by a kill or a full disk, corrupt), one warning line, the checkpoint removed and [] (the run
+    starts over)."""
+    try:
+        with open(os.path.join(path, "state.json")) as f:
+            same = json.load(f)["identity"] == identity
+        checkpoint = read_checkpoint(path, model, opt) if same else None
+    except Exception as e:  # noqa: BLE001  (whatever a damaged file raises: safetensors, JSON, KeyError, ...)
+        same, checkpoint = None, None
+        why = f"cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
+    if checkpoint is not None:  # read and checked whole: nothing above has changed the model
+        epochs = restore_checkpoint(*checkpoint, model, opt, sched, loader)
+        print(f"resuming from {path} after epoch {len(epochs)}")
+        return epochs
+    if same is False:
+        why = "belongs to a run with other settings or inputs"
+    print(f"warning: checkpoint {path} {why}: starting this run over", file=sys.stderr)
+    shutil.rmtree(path)
+    return []
 
 
 def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller=None,
@@ -220,12 +258,7 @@ def train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, devi
     sched = get_linear_schedule_with_warmup(opt, int(args.warmup_ratio * steps), steps)
     epochs = []
     if checkpoint_dir and os.path.isdir(checkpoint_dir):
-        if read_checkpoint_identity(checkpoint_dir) == identity:
-            epochs = load_checkpoint(checkpoint_dir, model, opt, sched, train_loader)
-            print(f"resuming from {checkpoint_dir} after epoch {len(epochs)}")
-        else:
-            print(f"{checkpoint_dir} belongs to a run with other settings: starting afresh")
-            shutil.rmtree(checkpoint_dir)
+        epochs = resume(checkpoint_dir, model, opt, sched, train_loader, identity)
     for epoch in range(len(epochs) + 1, args.epochs + 1):
         model.train()
         total, n, t0 = 0.0, 0, time.time()

@@ -6,6 +6,7 @@ a dict with `idx` (int), `label` (int class index in the hub's order, float for 
 and the task's text fields, see FIELDS.
 """
 import csv
+import hashlib
 import json
 import numbers
 import os
@@ -16,7 +17,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from utils import UserError
+from utils import UserError, file_sha256
 
 TASK_NAMES = ["boolq", "cb", "copa", "rte", "wic", "wsc", "stsb", "mrpc"]
 REPO_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -114,11 +115,25 @@ def load_rows(task, split, data_dir=None, check_count=True) -> list[dict]:
     else:
         where = split_path(task, split, data_dir)
         rows = read_tsv(task, where) if task.benchmark == "glue" else read_jsonl(task, where)
+    if not rows:
+        raise UserError(f"{where}: no rows (an empty {split} split)")
     expected = EXPECTED_ROWS[task.name][SPLITS.index(split)]
     if check_count and len(rows) != expected:
         print(f"warning: {where}: expected {expected} rows for {task.name} {split} (the official size), "
               f"found {len(rows)}; using them", file=sys.stderr)
     return rows
+
+
+def data_fingerprint(task, split, data_dir, rows) -> dict:
+    """What identifies the rows a run read from a split (a finished run is reused only with the same): the
+    sha256 of the file, or for the hub, whose revision is not pinned, the dataset id and the sha256 of its
+    normalized `rows`."""
+    task = get_task(task)
+    if data_dir:
+        path = split_path(task, split, data_dir)
+        return {"file": os.path.basename(path), "sha256": file_sha256(path)}
+    text = json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()
+    return {"hub": "/".join(HUB[task.name]), "rows_sha256": hashlib.sha256(text).hexdigest()}
 
 
 def _open(path):
@@ -282,6 +297,12 @@ def format_example(task, row):
     return (row[a], row[b])
 
 
+def min_max_length(tokenizer, pair=True) -> int:
+    """The shortest max_length that keeps a token of each text besides the special tokens: below it the
+    tokenizer drops the first text of a pair, or (below the special tokens alone) silently stops truncating."""
+    return tokenizer.num_special_tokens_to_add(pair=pair) + (2 if pair else 1)
+
+
 def encode(task, rows, tokenizer, max_length) -> dict:
     """Tokenize rows without padding. For copa every feature is a list of num_choices encodings."""
     task = get_task(task)
@@ -292,6 +313,10 @@ def encode(task, rows, tokenizer, max_length) -> dict:
     text_a = [a for a, _ in pairs]
     text_b = [b for _, b in pairs]
     text_b = None if all(b is None for b in text_b) else text_b
+    shortest = min_max_length(tokenizer, pair=text_b is not None)
+    if max_length is not None and max_length < shortest:
+        raise UserError(f"max_length {max_length} is too short for {task.name}: at least {shortest} keeps a token of "
+                        f"each text besides the {shortest - (1 if text_b is None else 2)} special tokens")
     enc = tokenizer(text_a, text_b, truncation=True, max_length=max_length) if pairs else {}
     out = {}
     for key in ("input_ids", "attention_mask", "token_type_ids"):
