@@ -294,12 +294,37 @@ def quantize_onnx(path, out_path, scheme="per_channel"):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     if scheme not in ORT_INT8_SCHEMES:
         raise UserError(f"unknown ONNX Runtime INT8 scheme {scheme!r}; choose from {', '.join(ORT_INT8_SCHEMES)}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # shape inference does not type the outputs of the fused contrib ops: say they are float
-        quantize_dynamic(path, out_path, weight_type=QuantType.QInt8, **ORT_INT8_SCHEMES[scheme],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    import logging
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing": for static quantization
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # shape inference does not type the outputs of the fused contrib ops: say they are float
+            quantize_dynamic(path, out_path, weight_type=QuantType.QInt8, **ORT_INT8_SCHEMES[scheme],
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        logging.getLogger().setLevel(level)
     return out_path
+
+
+def choose_ort_int8(fused_path, calibration, threads, schemes=tuple(ORT_INT8_SCHEMES)):
+    """Quantize `fused_path` in each scheme (beside it, name_int8_SCHEME.onnx) and measure each one's relative
+    logits error against the fp32 graph on the calibration batches. Returns (best scheme, {scheme: path},
+    {scheme: error})."""
+    ref = logits(OnnxModel(fused_path, threads), calibration)
+    paths, errors = {}, {}
+    for s in schemes:
+        paths[s] = quantize_onnx(fused_path, fused_path.replace(".onnx", f"_int8_{s}.onnx"), s)
+        errors[s] = relative_error(logits(OnnxModel(paths[s], threads), calibration), ref)
+    return min(errors, key=errors.get), paths, errors
+
+
+def onnx_op_counts(path):
+    """{operator type: count} of an ONNX file's graph (weights not loaded)."""
+    import collections
+    import onnx
+    return dict(collections.Counter(n.op_type for n in onnx.load(path, load_external_data=False).graph.node))
 
 
 def attention_layers(config):

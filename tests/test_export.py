@@ -1,0 +1,128 @@
+"""export.py and predict.py on tiny checkpoints: the fused fp32 ONNX gives PyTorch's logits, every attention
+block is fused (per-layer head sizes, removed blocks), INT8 runs and is checked, predict.py runs without torch."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig
+
+import export
+import inference
+import tasks as T
+from compression import compress
+from finetune import label_config
+from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
+from utils import UserError
+
+from conftest import ROOT, TINY_BERT, save_with_tokenizer
+
+pytest.importorskip("onnxruntime")
+REPO_DATA = os.path.join(ROOT, "data")  # the repo ships wsc (single texts, labels) and stsb (pairs, regression)
+# predict.py in a process where torch and transformers cannot be imported
+NO_TORCH = ("import runpy, sys; sys.modules['torch'] = sys.modules['transformers'] = None; "
+            "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def checkpoint(path, task, attn_dims=None, ffn_dims=None, c=None, seed=0):
+    """A tiny fine-tuned-looking checkpoint of `task`: random weights, label names, tokenizer."""
+    torch.manual_seed(seed)
+    config = config_from_teacher(BertConfig(**TINY_BERT), num_labels=T.get_task(task).num_labels)
+    if attn_dims:
+        config.attn_dims, config.ffn_dims = attn_dims, ffn_dims
+    model = ModDistilBertForSequenceClassification(config)
+    if c:
+        compress(model, c, "svd")
+    with torch.no_grad():  # a removed block's constant output: make it matter
+        for n, p in model.named_parameters():
+            if n.endswith(("out_lin.bias", "lin2.bias")):
+                p.normal_(0, 0.5)
+    label_config(model, T.get_task(task))
+    return save_with_tokenizer(model.eval(), path)
+
+
+def run_export(ckpt, out, *extra):
+    return export.main([ckpt, str(out), "--data_dir", REPO_DATA, "--max_rows", "24", "--threads", "1",
+                        "--repeats", "2", "--seq_len", "16", *extra])
+
+
+@pytest.mark.parametrize("dims", [dict(c=2.0), dict(attn_dims=[8, 24], ffn_dims=[16, 48]),
+                                  dict(attn_dims=[0, 16], ffn_dims=[48, 0])],
+                         ids=["c2", "per-layer-dims", "removed-blocks"])
+def test_export_checks_fp32_and_int8(tmp_path, one_thread, dims):
+    ckpt = checkpoint(tmp_path / "ckpt", "wsc", **dims)
+    report = run_export(ckpt, tmp_path / "out")
+    out = tmp_path / "out"
+    assert {"model.onnx", "model_int8.onnx", "tokenizer.json", "config.json", "predict.py", "export.json"} \
+        <= set(os.listdir(out))
+    assert json.loads((out / "export.json").read_text()) == json.loads(json.dumps(report))
+    n_attn = sum(1 for d in report["attn_dims"] if d)
+    assert report["attention_layers"] == n_attn == report["operators"]["fp32"]["Attention"] \
+        == report["operators"]["int8"]["QAttention"]
+    assert "MatMul" not in report["operators"]["int8"] and "Gemm" not in report["operators"]["int8"]  # all INT8
+    assert report["validation_rows"] == 24 and report["task"] == "wsc"
+    assert report["fp32_max_abs_logit_difference"] <= 1e-4 and report["fp32_within_tolerance"]
+    assert report["int8_scheme"] in inference.ORT_INT8_SCHEMES
+    assert set(report["int8_calibration_error"]) == set(inference.ORT_INT8_SCHEMES)
+    assert report["int8_calibration_error"][report["int8_scheme"]] == min(report["int8_calibration_error"].values())
+    v = report["validation"]
+    assert v["onnx fp32"]["score"] == v["pytorch fp32"]["score"] and 0 <= v["onnx int8"]["score"] <= 100
+    assert report["size_mb"]["onnx int8"] < report["size_mb"]["onnx fp32"]
+    assert all(t["median"] > 0 for t in report["latency_ms"].values())
+
+
+def test_predict_without_torch_gives_the_models_predictions(tmp_path, one_thread):
+    """Pairs (STS-B, regression) through predict.py in a process that cannot import torch: the fp32 model's
+    scores are the PyTorch model's on the same pairs (so the tokenization is the same too)."""
+    ckpt = checkpoint(tmp_path / "ckpt", "stsb", attn_dims=[8, 16], ffn_dims=[0, 32])
+    out = tmp_path / "out"
+    run_export(ckpt, out, "--int8", "per_channel")
+    rows = T.load_rows("stsb", "validation", REPO_DATA, check_count=False)[:5]
+    pairs = [(r["sentence1"], r["sentence2"]) for r in rows]
+    (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = ModDistilBertForSequenceClassification.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        want = model(**tok([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=128,
+                           padding=True, return_tensors="pt")).logits[:, 0]
+    for onnx_file in ("model.onnx", "model_int8.onnx"):
+        res = subprocess.run([sys.executable, "-c", NO_TORCH, str(out / "predict.py"), "--file",
+                              str(tmp_path / "pairs.tsv"), "--model", onnx_file, "--threads", "1"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        got = torch.tensor([json.loads(line)["score"] for line in res.stdout.splitlines()])
+        assert len(got) == 5
+        assert (got - want).abs().max() < (2e-4 if onnx_file == "model.onnx" else 0.1 * want.abs().max() + 0.05)
+    # the blocker works: the same command cannot import torch
+    res = subprocess.run([sys.executable, "-c", NO_TORCH.replace("runpy.run_path(sys.argv[0], run_name='__main__')",
+                                                                 "import torch")], capture_output=True, text=True)
+    assert res.returncode != 0 and ("ModuleNotFoundError" in res.stderr or "ImportError" in res.stderr)
+
+
+def test_predict_prints_label_names_for_single_texts(tmp_path, one_thread):
+    ckpt = checkpoint(tmp_path / "ckpt", "wsc", c=2.0)
+    run_export(ckpt, tmp_path / "out", "--int8", "per_tensor")
+    res = subprocess.run([sys.executable, "-c", NO_TORCH, str(tmp_path / "out" / "predict.py"),
+                          "The trophy does not fit in the *suitcase* because _it_ is too small."],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["label"] in ("False", "True") and set(out["scores"]) == {"False", "True"}
+    assert abs(sum(out["scores"].values()) - 1) < 1e-3
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["int8_scheme"] == "per_tensor"
+
+
+def test_export_refuses_what_it_cannot_export(tmp_path):
+    ckpt = checkpoint(tmp_path / "ckpt", "wsc")
+    with pytest.raises(UserError, match="multiple choice"):
+        export.main([ckpt, str(tmp_path / "out"), "--task", "copa"])
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    cfg.pop("finetuning_task")
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="--task"):
+        export.main([ckpt, str(tmp_path / "out")])
+    with pytest.raises(UserError, match="no config.json"):
+        export.main([str(tmp_path), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
