@@ -276,7 +276,7 @@ def engine(o, jobs, targets, chosen, slurm):
     body = {"jobs": jobs, "targets": chosen, "out_dir": out, "python": o["python"]}
     path = os.path.join(out, ".workflow", f"plan-{recipes.short_hash(body, 12)}.json")
     write_json(path, dict(body, plan_path=path))
-    cmd = [o["python"], "-m", "snakemake", "--snakefile", os.path.join(ROOT, "Snakefile"), "--directory", out,
+    cmd = [o["python"], "-m", "snakemake", *chosen, "--snakefile", os.path.join(ROOT, "Snakefile"), "--directory", out,
            "--configfile", path, "--rerun-incomplete", "--nolock", "--rerun-triggers", "input", "--keep-going",
            "--quiet", "rules"]
     if o["dry_run"]:
@@ -289,7 +289,7 @@ def engine(o, jobs, targets, chosen, slurm):
                 "--latency-wait", "10", "--default-resources", *res] + (["--set-resources", *mod] if mod else [])
     else:
         cmd += ["--cores", o["parallel"]]
-    return subprocess.call(cmd + chosen, cwd=ROOT)
+    return subprocess.call(cmd, cwd=ROOT)
 
 
 def consolidate(o, task_dir=None):
