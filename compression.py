@@ -111,12 +111,13 @@ def init_block(teacher, student, init, std=0.02, generator=None):
         raise UserError(f"init must be 'svd', 'random' or 'data', not {init!r}")
 
 
-def compress(model, compression=2.0, init="svd", layers=None, data=None, device="cpu", seed=None):
+def compress(model, compression=2.0, init="svd", layers=None, data=None, device=None, seed=None):
     """Replace the MHA and FFN of the chosen layers (all by default) with low-rank blocks, in place.
 
     MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`.
     init "data" (data_init.py) needs `data`: {layer: (x [tokens, H], lengths [sequences])}, the layer's inputs
-    as captured from the teacher (activations.ActivationStore.load_layer); every token is used for the fit.
+    as captured from the teacher (activations.ActivationStore.load_layer); every token is used for the fit, on
+    `device` (default: the model's own; the model stays there, each block in its own mode).
     init "random" draws each block from block_generator(seed, layer, kind); seed None: torch.initial_seed(),
     the seed the global RNG was last seeded with (utils.set_seed), without drawing from it."""
     base = model.base_model
@@ -166,12 +167,13 @@ def save_block(path, block, meta):
                   metadata={"format": CKPT_FORMAT, **{k: str(v) for k, v in meta.items()}})
 
 
-def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False):
+def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False, task=None):
     """Load the layerNN_{mha,ffn}.safetensors of `modules_dir` into the (compressed) model; returns
     (loaded names, missing (layer, block) pairs). Every layer x {mha, ffn} must be there unless allow_partial
     (a partial dir would leave the other blocks at their SVD start under a "modular" label). Each checkpoint's
-    metadata must fit the model (layer, block, hidden size, heads) and, when `teacher_sha256` is given, name
-    the same teacher weights."""
+    metadata must fit the model (layer, block, hidden size, heads, the model's --compression: an allocated dir
+    is a budget, so modules of another one are refused), name the same teacher weights when `teacher_sha256` is
+    given and the same task when `task` is."""
     files = sorted(glob.glob(os.path.join(modules_dir, "layer*_*.safetensors")))
     if not files:
         raise UserError(f"no module checkpoints (layerNN_mha/ffn.safetensors) in {modules_dir}")
@@ -199,16 +201,21 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False):
         if teacher_sha256 and meta.get("teacher_sha256") not in (None, teacher_sha256):
             raise UserError(f"{path}: trained against another teacher ({meta.get('teacher')!r}, weights sha256 "
                             f"{meta['teacher_sha256'][:12]}...) than the model's (sha256 {teacher_sha256[:12]}...)")
+        if config.compression and "compression" in meta and float(meta["compression"]) != float(config.compression):
+            raise UserError(f"{path}: made for --compression {meta['compression']}, but this run says "
+                            f"{config.compression:g}")
+        if task is not None and meta.get("task") not in (None, "None", task):
+            raise UserError(f"{path}: fitted on {meta['task']} data, but this run is {task}")
         block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
-        inner = int(meta.get("inner_size", 0))
-        if meta.get("allocated") == "True" and kind == "mha" and inner and inner != config.attn_dims[layer]:
-            # a per-layer size chosen by --allocate: this layer's block takes the module's size
-            from modeling_moddistilbert import make_block
-            block = make_block(config, layer, "mha", inner).to(next(block.parameters())).train(block.training)
-            base.layers[layer].attention = block
-            config.attn_dims[layer] = inner
+        dims = config.attn_dims if kind == "mha" else config.ffn_dims
+        inner = int(meta.get("inner_size", -1))
+        if meta.get("allocated") == "True" and inner >= 0 and inner != dims[layer]:
+            # a per-layer size chosen by --allocate (0: the block removed): this layer's block takes it
+            block = make_block(config, layer, kind, inner).to(next(base.parameters())).train(block.training)
+            setattr(base.layers[layer], "attention" if kind == "mha" else "ffn", block)
+            dims[layer] = inner
             if model.config is not config:
-                model.config.attn_dims = config.attn_dims
+                model.config.attn_dims, model.config.ffn_dims = config.attn_dims, config.ffn_dims
         own = block.state_dict()
         for k, v in own.items():
             got = state.get(k)

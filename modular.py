@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 import allocation
 import data_init
 from activations import ActivationStore, by_length, pad_sequences, select_sequences, sequence_offsets, subsample
-from compression import checkpoint_path, checkpoint_settings, init_block, reduced_dims, save_block
+from compression import block_generator, checkpoint_path, checkpoint_settings, init_block, reduced_dims, save_block
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, make_block
 from utils import UserError, atomic_write_json, get_device, set_seed, state_dict_sha256, written_atomically
 
@@ -212,7 +212,8 @@ def train_blocks(args):
                 fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device,
                                                max_tokens=args.fit_tokens, seed=args.seed)
             else:
-                init_block(tblock, student, args.init, config.initializer_range)
+                init_block(tblock, student, args.init, config.initializer_range,  # one generator per block:
+                           generator=block_generator(args.seed, layer, kind))       # a --layers subset or resume draws the same
             init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device) if held else None
             data_err = init_err if args.init == "data" else None
         t_init = time.time()

@@ -234,7 +234,8 @@ def test_compressed_checkpoint_is_refused_as_teacher_and_for_compression(tiny_be
     r = finetune(tmp_path / "c2", tiny_bert_dir, "rte", "--compression", "2")
     assert r["variant"] == "svd"
     saved = str(tmp_path / "c2" / "model")
-    with pytest.raises(UserError, match="compressed"):
+    from modeling_moddistilbert import ModelError
+    with pytest.raises(ModelError, match="compressed"):
         ModDistilBertModel.from_teacher(saved)
     with pytest.raises(UserError, match="already compressed"):
         build_model(saved, T.get_task("rte"), compression=2.0)
@@ -318,8 +319,10 @@ def test_resume_reuses_a_finished_run_only_with_the_same_settings(tiny_bert_dir,
     first = finetune(out, tiny_bert_dir, "rte", "--no_save_model")
     again = finetune(out, tiny_bert_dir, "rte", "--no_save_model", "--resume")
     assert again == first and "nothing to do" in capsys.readouterr().out
-    other = finetune(out, tiny_bert_dir, "rte", "--no_save_model", "--resume", "--lr", "3e-4")
-    assert other["settings"]["lr"] == 3e-4 and "other settings or inputs: rerunning" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"other settings or inputs \(lr 2e-05 -> 0.0003\)"):  # never replaced
+        finetune(out, tiny_bert_dir, "rte", "--no_save_model", "--resume", "--lr", "3e-4")
+    other = finetune(out, tiny_bert_dir, "rte", "--no_save_model", "--overwrite", "--lr", "3e-4")
+    assert other["settings"]["lr"] == 3e-4
     with pytest.raises(UserError, match="holds a finished run"):
         finetune(out, tiny_bert_dir, "rte", "--no_save_model")
 
