@@ -18,13 +18,13 @@ from transformers import AutoTokenizer
 import tasks
 from activations import ActivationWriter, subsample
 from modeling_moddistilbert import ModDistilBertModel, resolve_model_path
-from utils import UserError, get_device, provenance, run_main, set_seed, state_dict_sha256
+from utils import HelpFormatter, UserError, get_device, provenance, run_main, set_seed, state_dict_sha256
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model_name_or_path", default="minilm", help="teacher: dir, hub id or `minilm`")
     p.add_argument("--task", required=True, help=", ".join(tasks.TASK_NAMES))
     p.add_argument("--data_dir", default=None, help="default: tasks.default_data_dir(task) (the repo's data/ or the hub)")

@@ -22,11 +22,11 @@ import data_init
 from activations import flat_positions
 from compression import checkpoint_path, reduced_dims, save_block
 from modular import holdout_split, open_capture
-from utils import UserError, atomic_write_json, run_main
+from utils import HelpFormatter, UserError, atomic_write_json, run_main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--activations_dir", required=True, help="what capture_data.py wrote")
     p.add_argument("--output_dir", required=True, help="layerNN_{mha,ffn}.safetensors + report.json")
     p.add_argument("--compression", type=float, default=2.0)

@@ -22,7 +22,8 @@ import data_init
 from activations import ActivationStore, by_length, pad_sequences, select_sequences, sequence_offsets, subsample
 from compression import block_generator, checkpoint_path, checkpoint_settings, init_block, reduced_dims, save_block
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, make_block
-from utils import UserError, atomic_write_json, get_device, set_seed, state_dict_sha256, written_atomically
+from utils import (HelpFormatter, UserError, atomic_write_json, get_device, set_seed, state_dict_sha256,
+                   written_atomically)
 
 
 # ------------------------------------------------------------------ data
@@ -99,7 +100,7 @@ def train_block(student, teacher, inputs, targets, lengths, train_idx, val_idx, 
 
 # ------------------------------------------------------------------ the command line both trainers share
 def build_parser(kind, doc):
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
     p.add_argument("--activations_dir", required=True, help="what capture_data.py wrote")
     p.add_argument("--output_dir", required=True, help="module checkpoints + report.json + loss PNG")
     p.add_argument("--compression", type=float, default=2.0)

@@ -18,11 +18,12 @@ import tasks as T
 from distill import Distiller, check_teacher, weights_sha256
 from finetune import CHECKPOINT, build_model, save_model, summarize, train_and_evaluate
 from modeling_moddistilbert import resolve_model_path
-from utils import UserError, atomic_write_json, file_sha256, get_device, provenance, run_main, set_seed
+from utils import (HelpFormatter, UserError, atomic_write_json, file_sha256, get_device, provenance, run_main,
+                   set_seed)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model_name_or_path", default="minilm",
                    help="hub id, local dir, or 'minilm' (the embedded MiniLM-L6)")
     p.add_argument("--task", required=True, help=" ".join(T.TASK_NAMES))

@@ -1,4 +1,5 @@
 """Small helpers shared by every stage: errors, seeds, devices, atomic writes, provenance."""
+import argparse
 import contextlib
 import hashlib
 import json
@@ -15,6 +16,15 @@ import numpy as np
 import torch
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help of every command: the module docstring as written, and each flag's default (when it has one)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class UserError(Exception):
