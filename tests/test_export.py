@@ -73,6 +73,7 @@ def test_export_checks_fp32_and_int8(tmp_path, one_thread, dims):
     assert all(t["median"] > 0 for t in report["latency_ms"].values())
 
 
+@pytest.mark.slow
 def test_predict_without_torch_gives_the_models_predictions(tmp_path, one_thread):
     """Pairs (STS-B, regression) through predict.py in a process that cannot import torch: the fp32 model's
     scores are the PyTorch model's on the same pairs (so the tokenization is the same too)."""
@@ -101,6 +102,7 @@ def test_predict_without_torch_gives_the_models_predictions(tmp_path, one_thread
     assert res.returncode != 0 and ("ModuleNotFoundError" in res.stderr or "ImportError" in res.stderr)
 
 
+@pytest.mark.slow
 def test_predict_prints_label_names_for_single_texts(tmp_path, one_thread):
     ckpt = checkpoint(tmp_path / "ckpt", "wsc", c=2.0)
     run_export(ckpt, tmp_path / "out", "--int8", "per_tensor")

@@ -166,6 +166,7 @@ def test_in_repo_load_ignores_the_saved_copy(saved):
         torch.testing.assert_close(model(**inputs).logits, logits, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["labels", "regression", "choice", "compressed", "removed"])
 def test_clean_process_gives_the_in_repo_logits(saved, clean_process, name):
     d, head, inputs, logits = saved[name]
@@ -182,6 +183,7 @@ def test_clean_process_gives_the_in_repo_logits(saved, clean_process, name):
     torch.testing.assert_close(torch.tensor(got["cls_state"]), repo_state, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["labels", "regression"])
 def test_clean_process_pipeline_answers_with_label_names(saved, clean_process, name):
     d = saved[name][0]
