@@ -25,7 +25,9 @@ ORT_INT8_SCHEMES; `per_channel` is what Hugging Face Optimum's dynamic quantizat
 `checkpoint_data` loads a fine-tuned checkpoint with its validation and calibration rows; `time_variants`
 times models interleaved.
 """
+import contextlib
 import copy
+import logging
 import os
 import statistics
 import time
@@ -243,6 +245,23 @@ class _LogitsOnly(torch.nn.Module):
 
 
 # ------------------------------------------------------------------ ONNX Runtime
+@contextlib.contextmanager
+def quiet_logs():
+    """No warnings and no log records below ERROR (ONNX Runtime's Python tools log to their own loggers, which
+    defer to the root logger) while the block runs."""
+    names = ("", "onnxruntime.transformers")
+    levels = [logging.getLogger(n).level for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in zip(names, levels):
+            logging.getLogger(n).setLevel(level)
+
+
 def export_onnx(model, path, seq_len=16):
     """torch.onnx.export with dynamic batch and sequence axes; inputs input_ids, attention_mask (and
     token_type_ids when the model has segment embeddings); output logits. The attention is exported in its
@@ -265,16 +284,9 @@ def export_onnx(model, path, seq_len=16):
 def optimize_onnx(path, out_path):
     """ONNX Runtime's transformer optimizer (BERT fusions: Attention, SkipLayerNormalization, BiasGelu).
     Returns (out_path, {fused op: count})."""
-    import logging
     from onnxruntime.transformers.optimizer import optimize_model
-    level = logging.getLogger("onnxruntime.transformers").level
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m = optimize_model(path, model_type="bert", num_heads=0, hidden_size=0)  # 0: read from the graph
-    finally:
-        logging.getLogger("onnxruntime.transformers").setLevel(level)
+    with quiet_logs():  # e.g. "input hidden size (384) is not the q,k,v weights' (768)": a compressed block
+        m = optimize_model(path, model_type="bert", num_heads=0, hidden_size=0)  # 0: read from the graph
     m.save_model_to_file(out_path)
     return out_path, {k: v for k, v in m.get_fused_operator_statistics().items() if v}
 
@@ -294,17 +306,10 @@ def quantize_onnx(path, out_path, scheme="per_channel"):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     if scheme not in ORT_INT8_SCHEMES:
         raise UserError(f"unknown ONNX Runtime INT8 scheme {scheme!r}; choose from {', '.join(ORT_INT8_SCHEMES)}")
-    import logging
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing": for static quantization
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # shape inference does not type the outputs of the fused contrib ops: say they are float
-            quantize_dynamic(path, out_path, weight_type=QuantType.QInt8, **ORT_INT8_SCHEMES[scheme],
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        logging.getLogger().setLevel(level)
+    with quiet_logs():  # "consider pre-processing": advice for static quantization
+        # shape inference does not type the outputs of the fused contrib ops: say they are float
+        quantize_dynamic(path, out_path, weight_type=QuantType.QInt8, **ORT_INT8_SCHEMES[scheme],
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return out_path
 
 
