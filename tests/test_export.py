@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig
+from transformers import AutoTokenizer, BertConfig, DistilBertConfig
 
 import export
 import inference
@@ -26,10 +26,13 @@ NO_TORCH = ("import runpy, sys; sys.modules['torch'] = sys.modules['transformers
             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
-def checkpoint(path, task, attn_dims=None, ffn_dims=None, c=None, seed=0):
-    """A tiny fine-tuned-looking checkpoint of `task`: random weights, label names, tokenizer."""
+def checkpoint(path, task, attn_dims=None, ffn_dims=None, c=None, seed=0, distilbert=False):
+    """A tiny fine-tuned-looking checkpoint of `task`: random weights, label names, tokenizer. BERT-shaped
+    (segment ids) unless `distilbert`."""
     torch.manual_seed(seed)
-    config = config_from_teacher(BertConfig(**TINY_BERT), num_labels=T.get_task(task).num_labels)
+    teacher = DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64) if distilbert \
+        else BertConfig(**TINY_BERT)
+    config = config_from_teacher(teacher, num_labels=T.get_task(task).num_labels)
     if attn_dims:
         config.attn_dims, config.ffn_dims = attn_dims, ffn_dims
     model = ModDistilBertForSequenceClassification(config)
@@ -49,8 +52,8 @@ def run_export(ckpt, out, *extra):
 
 
 @pytest.mark.parametrize("dims", [dict(c=2.0), dict(attn_dims=[8, 24], ffn_dims=[16, 48]),
-                                  dict(attn_dims=[0, 16], ffn_dims=[48, 0])],
-                         ids=["c2", "per-layer-dims", "removed-blocks"])
+                                  dict(attn_dims=[0, 16], ffn_dims=[48, 0]), dict(c=2.0, distilbert=True)],
+                         ids=["c2", "per-layer-dims", "removed-blocks", "distilbert-c2"])
 def test_export_checks_fp32_and_int8(tmp_path, one_thread, dims):
     ckpt = checkpoint(tmp_path / "ckpt", "wsc", **dims)
     report = run_export(ckpt, tmp_path / "out")
@@ -71,6 +74,9 @@ def test_export_checks_fp32_and_int8(tmp_path, one_thread, dims):
     assert v["onnx fp32"]["score"] == v["pytorch fp32"]["score"] and 0 <= v["onnx int8"]["score"] <= 100
     assert report["size_mb"]["onnx int8"] < report["size_mb"]["onnx fp32"]
     assert all(t["median"] > 0 for t in report["latency_ms"].values())
+    import onnxruntime as ort
+    names = [i.name for i in ort.InferenceSession(str(out / "model_int8.onnx")).get_inputs()]
+    assert names == ["input_ids", "attention_mask"] + ([] if dims.get("distilbert") else ["token_type_ids"])
 
 
 @pytest.mark.slow
