@@ -37,7 +37,8 @@ from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d
 from utils import UserError, atomic_write_json
 
 VERSION = "joint/1"          # what allocation.json's curves mean; a change invalidates old files
-CURVE_TOKENS = 32768         # training tokens per layer the curves are fitted on (a seeded subset)
+CURVE_TOKENS = 16384         # training tokens per layer the curves are fitted on (a seeded subset) ...
+CURVE_HELDOUT_TOKENS = 4096  # ... and held-out tokens they are measured on (the blocks are then fitted on more)
 MAX_STATES = 200_000         # cost units of the dynamic programme (costs are rounded up beyond this)
 
 
@@ -62,9 +63,9 @@ def encoder_macs(config, length, dims=None):
 
 # ------------------------------------------------------------------ grids
 def head_dim_grid(d):
-    """0 (removed), then every step of d/16 up to d/2, then steps of d/8 up to d (d = 32: 0 2 4 .. 16 20 .. 32)."""
+    """0 (removed), then every step of d/16 up to d/4, then steps of d/8 up to d (d = 32: 0 2 4 6 8 12 16 .. 32)."""
     fine, coarse = max(1, d // 16), max(1, d // 8)
-    return sorted({0, *range(fine, d // 2 + 1, fine), *range(d // 2, d + 1, coarse), d})
+    return sorted({0, *range(fine, d // 4 + 1, fine), *range(d // 4, d + 1, coarse), d})
 
 
 def width_grid(F, steps=96):
@@ -182,7 +183,7 @@ def choose(options, budget):
 
 # ------------------------------------------------------------------ a capture's allocation
 def allocate(teacher, store, train_idx, val_idx, compression, device, length=128, curve_tokens=CURVE_TOKENS,
-             seed=0, log=print):
+             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, log=print):
     """The joint allocation of a capture's teacher at `compression`: {"dims": {layer: [attn inner, ffn width]},
     "budget": ..., "curves": ...}. Every layer of the encoder shares the budget."""
     config = teacher.config
@@ -195,7 +196,8 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         return {"dims": dims, "budget": _budget(config, length, full, budget, dims), "curves": None}
     seq_lengths = store.sequence_info()[0]
     subset = subsample(seq_lengths, train_idx, curve_tokens, seed)
-    keep = torch.unique(torch.cat([subset, torch.as_tensor(val_idx).long()]))
+    val_idx = subsample(seq_lengths, val_idx, heldout_tokens, seed)
+    keep = torch.unique(torch.cat([subset, val_idx]))
     fit_idx, val_idx = torch.searchsorted(keep, subset), torch.searchsorted(keep, torch.as_tensor(val_idx).long())
     if len(val_idx) == 0:
         val_idx = fit_idx  # --holdout 0: the curves are measured on the fitted tokens
@@ -223,6 +225,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
     return {"dims": dims, "budget": _budget(config, length, full, budget, dims),
             "predicted_error": sum(curves[l][k][pick[(l, k)]] for l in layers for k in ("mha", "ffn")),
             "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
+            "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[val_idx].sum()),
             "curves": {str(l): {k: {str(s): e for s, e in c.items()} for k, c in cs.items()}
                        for l, cs in curves.items()}}
 

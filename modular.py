@@ -254,11 +254,13 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
         raise UserError("--allocate chooses the block sizes from the closed-form start's errors: --init data")
     settings = {"version": allocation.VERSION, "compression": args.compression, "length": args.budget_length,
                 "holdout": args.holdout, "seed": args.seed, "curve_tokens": allocation.CURVE_TOKENS,
+                "curve_heldout_tokens": allocation.CURVE_HELDOUT_TOKENS,
                 "inputs_sha256": store.manifest["settings"].get("inputs_sha256"), "teacher_sha256": teacher_sha}
 
     def compute():
-        tqdm.write(f"allocating the multiply-add budget 1/{args.compression:g} over every block (curves on at most "
-                   f"{allocation.CURVE_TOKENS} training tokens per layer)")
+        tqdm.write(f"allocating the multiply-add budget 1/{args.compression:g} over every block (curves fitted on "
+                   f"at most {allocation.CURVE_TOKENS} training tokens per layer, measured on at most "
+                   f"{allocation.CURVE_HELDOUT_TOKENS} held-out tokens)")
         return allocation.allocate(teacher, store, train_idx, val_idx, args.compression, device,
                                    length=args.budget_length, seed=args.seed, log=tqdm.write)
 

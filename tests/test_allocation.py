@@ -58,7 +58,7 @@ def test_choose_at_the_full_budget_keeps_every_block_whole():
 
 
 def test_grids_reach_down_to_removal():
-    assert allocation.head_dim_grid(32) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32]
+    assert allocation.head_dim_grid(32) == [0, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32]
     assert allocation.head_dim_grid(8)[:3] == [0, 1, 2] and allocation.head_dim_grid(8)[-1] == 8
     w = allocation.width_grid(1536)
     assert w[0] == 0 and w[-1] == 1536 and w[1] == 16 and all(x % 16 == 0 for x in w)
