@@ -8,7 +8,8 @@ sys.path.insert(0, ROOT)
 # Task data for the tests. FIXTURE_DATA ships with the repo: the first 48 train and 24 validation rows of
 # each task's official files, byte for byte (tests/fixtures/README.md), so a fresh clone runs every test
 # that needs only some real rows. SHARED_DATA holds the project's full copies (optional, outside the repo);
-# only tests of whole files (official row counts, label counts) need it, marked needs_full_data.
+# only tests of whole files need it (official row and label counts of cb/mrpc/rte, the INT8 accuracy check,
+# marked needs_full_data); copa, wsc and stsb are whole in the repo's data/ (tasks.REPO_DATA_DIR).
 FIXTURE_DATA = os.path.join(ROOT, "tests", "fixtures", "data")
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 needs_full_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA),
