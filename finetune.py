@@ -17,13 +17,15 @@ from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSe
 from transformers.modeling_outputs import MultipleChoiceModelOutput
 
 import tasks as T
-from distill import EXAMPLE_INDEX
+from allocation import encoder_macs
 from compression import compress, load_modules
+from distill import EXAMPLE_INDEX
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     resolve_model_path)
 from utils import UserError, best_epoch, file_sha256, state_dict_sha256, written_atomically
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
+MACS_LENGTH = 128  # tokens at which results.json counts the encoder's multiply-adds (what --compression budgets)
 
 
 class ScoreEachChoice(torch.nn.Module):
@@ -78,6 +80,7 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
     if modules_dir and not compression:
         raise UserError("--modules_dir needs --compression (the modules are low-rank blocks)")
     teacher_sha = state_dict_sha256(model.base_model) if modules_dir else None  # before compressing
+    macs_before = encoder_macs(model.config, MACS_LENGTH) if hasattr(model.config, "attn_dims") else None
     if init == "data" and not modules_dir:
         raise UserError("--init data: the closed-form blocks come from the trainers (mha_modular.py / "
                         "ffn_modular.py --init data --epochs 0); give their --modules_dir")
@@ -93,8 +96,20 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
     base_model = getattr(model.config, "teacher", None) if config.model_type == "moddistilbert" else None
     info = {"base_model": base_model or name_or_path, "architecture": type(model).__name__, "params": sum(p.numel() for p in model.parameters()),
             "modules": sorted(modules) if modules else None, "modules_sha256": modules,
-            "modules_missing": [f"layer{l:02d}_{k}" for l, k in missing] or None}
+            "modules_missing": [f"layer{l:02d}_{k}" for l, k in missing] or None,
+            "macs": macs_record(model.config, macs_before)}
     return model, tokenizer, info
+
+
+def macs_record(config, uncompressed):
+    """The encoder's multiply-adds at MACS_LENGTH tokens, with the uncompressed model's and their ratio (what
+    --compression budgets); None for a model of another architecture."""
+    if uncompressed is None:
+        return None
+    used = encoder_macs(config, MACS_LENGTH)
+    return {"length": MACS_LENGTH, "encoder_macs": used, "uncompressed_encoder_macs": uncompressed,
+            "achieved_compression": uncompressed / used if used else None,
+            "attn_dims": list(config.attn_dims), "ffn_dims": list(config.ffn_dims)}
 
 
 def _hf_model(path, config, mc, num_labels):

@@ -169,7 +169,7 @@ def main(argv=None):
         "compression": args.compression, "init": args.init if args.compression else None,
         "seed": args.seed, "params": info["params"], "architecture": info["architecture"],
         "modules": info["modules"], "modules_dir": args.modules_dir, "modules_sha256": info["modules_sha256"],
-        "modules_missing": info["modules_missing"],
+        "modules_missing": info["modules_missing"], "macs": info["macs"],
         "data_dir": data_dir or "hub", "distill": distiller.info if distiller else None,
         "n_train": len(train_rows), "n_eval": len(eval_rows),
         "settings": {k: v for k, v in vars(args).items()}, "device": str(device),

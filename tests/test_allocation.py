@@ -186,6 +186,10 @@ def test_allocate_spends_one_budget_on_both_blocks(stsb_capture, tiny_bert_dir, 
                         "--max_train_samples", "16", "--max_eval_samples", "8", "--threads", "1"])
     model = ModDistilBertForSequenceClassification.from_pretrained(str(ft / "model"))
     assert [[a, w] for a, w in zip(model.config.attn_dims, model.config.ffn_dims)] == list(alloc["dims"].values())
+    with open(ft / "results.json") as f:
+        macs = json.load(f)["macs"]       # every score is reported with its multiply-adds
+    assert macs["encoder_macs"] == b["used_macs"] and macs["uncompressed_encoder_macs"] == b["uncompressed_macs"]
+    assert macs["achieved_compression"] >= 3 and macs["length"] == 128
     # a rerun of a stage reads the allocation instead of measuring it again
     mtime = os.path.getmtime(os.path.join(out, "allocation.json"))
     mha_modular.main(["--activations_dir", stsb_capture, "--output_dir", out, "--init", "data", "--epochs", "0",
