@@ -277,8 +277,7 @@ def engine(o, jobs, targets, chosen, slurm):
     path = os.path.join(out, ".workflow", f"plan-{recipes.short_hash(body, 12)}.json")
     write_json(path, dict(body, plan_path=path))
     cmd = [o["python"], "-m", "snakemake", *chosen, "--snakefile", os.path.join(ROOT, "Snakefile"), "--directory", out,
-           "--configfile", path, "--rerun-incomplete", "--nolock", "--rerun-triggers", "input", "--keep-going",
-           "--quiet", "rules"]
+           "--configfile", path, "--rerun-incomplete", "--nolock", "--rerun-triggers", "input", "--keep-going"]
     if o["dry_run"]:
         cmd.append("--dry-run")
     if slurm:

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Real SLURM on this single machine (Debian's slurm-wlm + munge; no cgroups, for containers), then a tiny
-# rs_moded.sh sweep through it: job arrays, dependencies, consolidate, table.
+# rs_moded.sh sweep through it (Snakemake's slurm executor): the chained default recipe, a failure, the table.
 #
 #   scripts/slurm_local.sh                 install (once), configure, start the daemons, run the tiny sweep
+#                                          (the default recipe; one task's data broken: its jobs fail, the rest run)
 #   scripts/slurm_local.sh --setup-only    just make SLURM ready (sinfo shows the node idle)
 #   scripts/slurm_local.sh --fresh         delete the tiny sweep's outputs first (else finished jobs are skipped)
 #   scripts/slurm_local.sh --stop          stop slurmd, slurmctld and munged (those started from here)
@@ -11,7 +12,7 @@
 # Environment: SWEEP_OUT (default runs/slurm_local), SWEEP_MODEL (default minilm), SLURM_CONF_PATH
 # (default /etc/slurm/slurm.conf). Needs root. Rerunning is safe: installed packages, the munge key, a
 # running daemon and an unchanged config are all kept (a changed config restarts the daemons).
-# Exit status: 0 when every job of the sweep completed with results; non-zero otherwise.
+# Exit status: 0 when copa's chain completed and only wsc's (broken) jobs failed; non-zero otherwise.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -175,24 +176,36 @@ sinfo
 [ $ACTION = run ] || exit 0
 
 # ------------------------------------------------------------------ the tiny sweep
+# The default recipe through rs_moded.sh (Snakemake's slurm executor): per (task, seed) baseline -> capture ->
+# modules -> distilled fine-tune, then the table. wsc's training file is broken on purpose: its baseline job
+# fails, and only what depends on it (wsc's capture, modules, fine-tune) is never submitted; copa completes.
 cd "$ROOT"
 if [ $FRESH = 1 ]; then say "--fresh: removing $SWEEP_OUT"; rm -rf "$SWEEP_OUT"; fi
-ARGS=(--tasks copa --seeds "1 2" --variants "baseline modular svd" --model "$SWEEP_MODEL" --data_dir "$ROOT/data"
-      --out_dir "$SWEEP_OUT" --capture_samples 32 --augment 1 --module_epochs 1 --ft_epochs 1 --max_train_samples 32
-      --max_eval_samples 32 --sbatch_args "--cpus-per-task=1 --time=60" --wait)
+DATA=$SWEEP_OUT/data
+mkdir -p "$DATA/wsc"
+rm -rf "$DATA/copa" && cp -r "$ROOT/data/copa" "$DATA/copa"
+cp "$ROOT/data/wsc/val.jsonl" "$DATA/wsc/val.jsonl"
+echo "this line is not JSON: the failing job" > "$DATA/wsc/train.jsonl"
+ARGS=(--tasks "copa wsc" --seeds 1 --model "$SWEEP_MODEL" --data_dir "$DATA" --out_dir "$SWEEP_OUT"
+      --capture_samples 128 --fit_tokens 4096 --ft_epochs 1 --max_train_samples 32 --max_eval_samples 32
+      --sbatch_args "--cpus-per-task=1 --time=60" --wait)
 T1=$(date +%s)
 say "submitting: rs_moded.sh ${ARGS[*]} ${EXTRA[*]:-}"
 rc=0
-SWEEP_LOG=$(mktemp /tmp/slurm_local_sweep.XXXXXX)
-RS_POLL_SECONDS=${RS_POLL_SECONDS:-5} bash "$ROOT/rs_moded.sh" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 |
-    tee "$SWEEP_LOG" || rc=$?
-say "sweep took $(( $(date +%s) - T1 ))s (all: $(( $(date +%s) - T0 ))s); job states (scontrol):"
-# shellcheck disable=SC2013
-for id in $(sed -n 's/^submitted: \([0-9 ]*\).*/\1/p' "$SWEEP_LOG"); do
-    scontrol -o show job "$id" 2>/dev/null | awk '{out = ""
-        for (i = 1; i <= NF; i++) if ($i ~ /^(JobId|ArrayJobId|ArrayTaskId|JobName|JobState|Reason|ExitCode)=/) out = out " " $i
-        print "   " out}' || true
-done
-rm -f "$SWEEP_LOG"
-if [ "$rc" -ne 0 ]; then say "FAILED (rs_moded.sh exit $rc); logs in $SWEEP_OUT/logs"; exit "$rc"; fi
-say "OK: every job completed; table in $SWEEP_OUT/table.txt"
+SWEEP_LOG=$SWEEP_OUT/logs/slurm_local_sweep.log
+mkdir -p "$(dirname "$SWEEP_LOG")"
+bash "$ROOT/rs_moded.sh" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 | tee "$SWEEP_LOG" || rc=$?
+say "sweep took $(( $(date +%s) - T1 ))s (all: $(( $(date +%s) - T0 ))s), rs_moded.sh exit $rc (1 expected: wsc fails)"
+fail=0
+check() { if eval "$2"; then say "ok: $1"; else say "FAILED: $1"; fail=1; fi; }
+n_copa=$(find "$SWEEP_OUT/copa" -name results.json 2>/dev/null | wc -l)
+check "copa: the baseline + the distilled fine-tune ($n_copa results)" '[ "$n_copa" = 2 ]'
+check "copa: the chain ran on SLURM (baseline, capture, modules, finetune jobs)" \
+    'for r in baseline capture modules finetune; do grep -q "Rule: $r)" "$SWEEP_LOG" || exit 1; done'
+check "wsc: its baseline job failed on SLURM" 'grep -q "Error in rule baseline" "$SWEEP_LOG"'
+check "wsc: nothing that depends on them ran (no capture, modules or results)" \
+    '[ ! -e "$SWEEP_OUT/wsc/capture" ] && [ -z "$(find "$SWEEP_OUT/wsc" -name results.json 2>/dev/null)" ]'
+check "rs_moded.sh reported the failure (exit $rc)" '[ "$rc" != 0 ]'
+check "the table has the default recipe's rows" 'grep -q "modular-data-alloc-ft+kd" "$SWEEP_OUT/table.txt"'
+if [ $fail = 1 ]; then say "FAILED; logs in $SWEEP_OUT/logs"; exit 1; fi
+say "OK: the default recipe's chain on real SLURM, and a failed job cancelled only what depends on it"
