@@ -54,7 +54,8 @@ The sweep: every (task, seed, variant) run of a recipe on Snakemake (workflow.py
 consolidate.py's table (OUT_DIR/table.txt). With no recipe flag it runs the default recipe, exactly as
 modular_pipeline.sh does (same stages, same paths: a sweep reuses a pipeline's finished stages and back).
 Per (task, seed): baseline -> capture -> modules -> compressed fine-tunes; a failed job cancels only what
-depends on it. Options: every modular_pipeline.sh option but --task/--seed/--variant/--stages, plus:
+depends on it. Options: every modular_pipeline.sh option (`modular_pipeline.sh --help`: --recipe default|paper
+[RECIPE], the recipe's fields, --data_dir, --out_dir, --save_model) but --task/--seed/--variant/--stages, plus:
   --tasks "T ..."        [TASKS]     default: cb copa rte wsc stsb mrpc
   --seeds "S ..."        [SEEDS]     default: 1 2 3 4 5
   --variants "V ..."     [VARIANTS]  default: baseline modular

@@ -1,6 +1,6 @@
 """modular_pipeline.sh (one task, one seed) and rs_moded.sh (the sweep), both on Snakemake (workflow.py).
 
-Runs the real stages under plain bash (no SLURM here: scripts/slurm_local.sh runs the sweep on real SLURM in CI)
+Runs the real stages under plain bash (rs_moded.sh --local; no SLURM here: scripts/slurm_local.sh runs the sweep on real SLURM in CI)
 on a tiny random BERT teacher, COPA from the repo's data/, 16 examples and 1 epoch everywhere.
 """
 import glob
@@ -32,7 +32,6 @@ def clean_env(**extra):
     env = {k: v for k, v in os.environ.items()
            if k not in SETTINGS_ENV and not k.startswith(("SLURM_", "RS_", "SBATCH_"))}
     env["PYTHON"] = sys.executable
-    env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":") if not os.path.exists(os.path.join(p, "sbatch")))
     env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add overhead on a shared CPU
     env.update(extra)
     return env
@@ -83,7 +82,7 @@ def test_bad_flag_fails_before_any_stage(tmp_path):
 
 
 def test_dry_run_prints_the_job_graph(tmp_path, tiny_bert_dir):
-    p = run("rs_moded.sh", "-n", "--tasks", "copa", "--seeds", "1 2", "--model", tiny_bert_dir,
+    p = run("rs_moded.sh", "-n", "--local", "--tasks", "copa", "--seeds", "1 2", "--model", tiny_bert_dir,
             "--out_dir", str(tmp_path))
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("  ")]
     assert sum(ln.split()[0] == "baseline" for ln in lines) == 2 and sum(ln.split()[0] == "finetune" for ln in lines) == 2
@@ -175,7 +174,7 @@ def test_sweep_failure_cancels_only_what_depends_on_it(tmp_path, tiny_bert_dir):
     (data / "wsc" / "train.jsonl").write_text("not JSON\n")
     out = str(tmp_path / "out")
     p = run("rs_moded.sh", "--tasks", "copa wsc", "--seeds", "1", "--model", tiny_bert_dir, "--data_dir", str(data),
-            "--out_dir", out, *TINY[2:], "--parallel", "2", check=False)
+            "--out_dir", out, *TINY[2:], "--local", "--parallel", "2", check=False)
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
     rs = results(out)
     assert sorted(k.split("/")[:2] for k in rs) == [["copa", "baseline"], ["copa", "modular-data-alloc-ft+kd"]]
