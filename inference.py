@@ -411,16 +411,21 @@ def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128, 
 
 @torch.inference_mode()
 def time_variants(variants, batch_size, seq_len, vocab, repeats, warmup):
-    """Median and spread (p10, p90) in ms of one forward, variants interleaved in every repeat."""
-    ids = torch.randint(1000, vocab, (batch_size, seq_len))
-    mask = torch.ones_like(ids)
+    """Median and spread (p10, p90) in ms of one forward, variants interleaved in every repeat. `seq_len` may be
+    a list of lengths (a task's validation examples: run_speed.py --real_lengths): every repeat then runs one
+    forward per length, and the time is the mean per forward."""
+    lens = [seq_len] if isinstance(seq_len, int) else list(seq_len)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(1000, vocab, (batch_size, T), generator=g) for T in lens]
+    batches = [(ids, torch.ones_like(ids)) for ids in batches]
     times = {k: [] for k in variants}
     for r in range(warmup + repeats):
         for name, model in variants.items():
             t0 = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
+            for ids, mask in batches:
+                model(input_ids=ids, attention_mask=mask)
             if r >= warmup:
-                times[name].append((time.perf_counter() - t0) * 1e3)
+                times[name].append((time.perf_counter() - t0) * 1e3 / len(batches))
     out = {}
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=10)

@@ -25,10 +25,12 @@ import tempfile
 
 import torch
 from tabulate import tabulate
-from transformers import DistilBertConfig
+from transformers import AutoTokenizer, DistilBertConfig
+
+import tasks as T
 
 from compression import compress
-from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
+from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher, resolve_model_path
 from inference import (INT8_SCHEMES, ORT_INT8_SCHEMES, OnnxModel, Traced, checkpoint_data, choose_alpha,
                        has_int8_dot_product, int8, int8_label, onnx_models, sensitivity, time_variants)
 from utils import UserError, atomic_write_json, cpu_info, cpu_line, run_main, set_seed
@@ -58,15 +60,17 @@ def random_batches(vocab, n=2, batch_size=8, seq_len=128, seed=0):
 
 def build_variants(base, compressions, int8_backends=tuple(DEFAULT_SCHEMES), onnx_dir=None, keep_fp32=(),
                    calibration=None, compile_=False, torchscript=False, activation_bits=(7,),
-                   ort_schemes=("per_channel",), ort_no_spin=False):
+                   ort_schemes=("per_channel",), ort_no_spin=False, saved=None):
     """{name: model}: fp32 c=1 and each compression; each INT8 scheme of all of them; with onnx_dir, ONNX
     Runtime fused fp32 (`ort`) and dynamic INT8 (`ort-int8` in the first of ort_schemes, `ort-int8[scheme]` in
     the others) of all, and with ort_no_spin the same two sessions with threads that never spin (`[no-spin]`);
     with torchscript / compile_, TorchScript (`ts ...`) / torch.compile (`compiled ...`) of the compressed
-    PyTorch models."""
+    PyTorch models. `saved` ({c: model}): fine-tuned checkpoints at their own per-layer sizes, timed beside the
+    uniform ones (c: their multiply-add ratio, saved_compression)."""
     models = {1.0: base}
     for c in compressions:
         models[float(c)] = compress(copy.deepcopy(base), c, "svd").eval()
+    models.update(saved or {})
     variants = {f"fp32 c={c:g}": m for c, m in models.items()}
     for scheme in int8_backends:
         for bits in activation_bits:
@@ -139,23 +143,46 @@ def profile_onnx(model, vocab, seq_len=128, repeats=10, rows=20):
              "share": round(t / total, 4)} for op, t in us.most_common(rows)]
 
 
-def speed_rows(args, variants, base_config):
+def saved_compression(base_config, model):
+    """A saved checkpoint's compression as run_speed names it: the encoder+head multiply-adds ratio to the base's
+    at 128 tokens, to 2 decimals (an allocated c=3 model: about 3.0)."""
+    return round(model_macs(base_config, 128) / model_macs(model.config, 128), 2)
+
+
+def real_lengths(task_name, tokenizer, data_dir=None, n=200, seed=0):
+    """Token counts of a seeded sample of `n` validation examples of the task (truncated at 128): what batch-1
+    inference on that task's inputs runs at."""
+    task = T.get_task(task_name)
+    rows = T.load_rows(task, "validation", data_dir or T.default_data_dir(task))
+    enc = T.encode(task, rows, tokenizer, 128)["input_ids"]
+    lens = [len(e[0]) if task.num_choices else len(e) for e in enc]
+    idx = torch.randperm(len(lens), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return [lens[i] for i in idx]
+
+
+def speed_rows(args, variants, base_config, lengths=None):
+    """Rows of every (sequence length, batch size); `lengths` ({label: [token counts]}) adds rows timed over those
+    real lengths (batch 1 only), their FLOP bound averaged over them."""
     configs = {variant_compression(n): m.config for n, m in variants.items() if n.startswith("fp32")}
     rows = []
-    for T_ in args.seq_lens:
-        bounds = {c: model_macs(base_config, T_) / model_macs(cfg, T_) for c, cfg in configs.items()}
-        for bs in args.batch_sizes:
-            res = time_variants(variants, bs, T_, base_config.vocab_size, args.repeats, args.warmup)
-            ref, peer = res["fp32 c=1"][0], res.get(PEER, (None,))[0]
-            for name, (med, p10, p90) in res.items():
-                b = bounds[variant_compression(name)]
-                rows.append({"variant": name, "compression": variant_compression(name), "batch_size": bs,
-                             "seq_len": T_, "threads": args.threads,
-                             "median_ms": round(med, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3),
-                             "speedup": round(ref / med, 3), "flop_bound": round(b, 3),
-                             "fraction_of_bound": None if is_int8(name) else round(ref / med / b, 3),
-                             "vs_peer": None if peer is None else round(peer / med, 3)})
-            print(f"bs {bs} x {T_} done", flush=True)
+    shapes = [(T_, bs, T_) for T_ in args.seq_lens for bs in args.batch_sizes]
+    shapes += [(label, 1, lens) for label, lens in (lengths or {}).items()]
+    for T_, bs, lens in shapes:
+        macs = lambda cfg: sum(model_macs(cfg, t) for t in ([lens] if isinstance(lens, int) else lens))
+        bounds = {c: macs(base_config) / macs(cfg) for c, cfg in configs.items()}
+        res = time_variants(variants, bs, lens, base_config.vocab_size, args.repeats, args.warmup)
+        ref, peer = res["fp32 c=1"][0], res.get(PEER, (None,))[0]
+        for name, (med, p10, p90) in res.items():
+            b = bounds[variant_compression(name)]
+            rows.append({"variant": name, "compression": variant_compression(name), "batch_size": bs,
+                         "seq_len": T_ if isinstance(lens, int) else f"{T_} ({len(lens)} examples, mean "
+                                                                     f"{sum(lens) / len(lens):.1f} tokens)",
+                         "threads": args.threads,
+                         "median_ms": round(med, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3),
+                         "speedup": round(ref / med, 3), "flop_bound": round(b, 3),
+                         "fraction_of_bound": None if is_int8(name) else round(ref / med / b, 3),
+                         "vs_peer": None if peer is None else round(peer / med, 3)})
+        print(f"bs {bs} x {T_} done", flush=True)
     return rows
 
 
@@ -213,6 +240,15 @@ def main(argv=None):
     p.add_argument("--int8_fp32_most_sensitive", type=int, default=0, metavar="K",
                    help="with --checkpoint: also score each scheme with the K Linear layers whose INT8 alone "
                    "moves the logits most (on training rows) kept in fp32")
+    p.add_argument("--models", nargs="+", default=[], metavar="DIR",
+                   help="fine-tuned compressed checkpoints (e.g. --allocate's non-uniform sizes): each is timed "
+                        "at its own per-layer sizes beside the others, named by its multiply-add ratio to the "
+                        "base at 128 tokens (c=3.01 ...); the base (--model_name_or_path) must be their teacher's "
+                        "shape")
+    p.add_argument("--real_lengths", nargs="+", default=[], metavar="TASK",
+                   help="also time batch 1 over a seeded sample of --real_examples validation examples of each "
+                        "TASK, each at its own length (truncated at 128), interleaved: ms per example")
+    p.add_argument("--real_examples", type=int, default=200)
     p.add_argument("--json", default=None, help="write {machine, command, rows} here")
     p.add_argument("--accuracy_json", default=None, help="with --checkpoint: write the fp32/INT8 scores here")
     p.add_argument("--accuracy_only", action="store_true", help="with --checkpoint: skip the timing")
@@ -221,6 +257,8 @@ def main(argv=None):
         raise UserError("--checkpoint needs --task (the validation set to score it on)")
     if args.accuracy_only and not args.checkpoint:
         raise UserError("--accuracy_only needs --checkpoint")
+    if args.models and not args.model_name_or_path:
+        raise UserError("--models needs --model_name_or_path: their teacher, timed as c=1")
     if any(c <= 1 for c in args.compression):
         raise UserError(f"--compression values must be > 1 (c=1 is the reference, always timed), "
                         f"got {args.compression}")
@@ -241,10 +279,22 @@ def main(argv=None):
     base.eval()
     schemes = [] if args.no_int8 else args.int8_backends
     calibration = random_batches(base.config.vocab_size) if "smooth" in schemes else None
+    saved = {}
+    for d in args.models:
+        m = ModDistilBertForSequenceClassification.from_pretrained(d).eval()
+        if (m.config.hidden_size, m.config.num_hidden_layers) != (base.config.hidden_size, base.config.num_hidden_layers):
+            raise UserError(f"--models {d}: hidden size / layers differ from the base model's (--model_name_or_path)")
+        saved[saved_compression(base.config, m)] = m
+        print(f"{d}: c={saved_compression(base.config, m):g} (attn_dims {m.config.attn_dims}, "
+              f"ffn_dims {m.config.ffn_dims})")
     variants = build_variants(base, args.compression, schemes, args.onnx_dir, args.int8_keep_fp32, calibration,
                               args.compile, args.torchscript, args.int8_activation_bits, args.ort_int8_schemes,
-                              args.ort_no_spin)
-    rows = speed_rows(args, variants, base.config)
+                              args.ort_no_spin, saved)
+    lengths = {}
+    if args.real_lengths:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(args.model_name_or_path or "minilm"))
+        lengths = {t: real_lengths(t, tok, args.data_dir, args.real_examples) for t in args.real_lengths}
+    rows = speed_rows(args, variants, base.config, lengths)
     print_rows(rows, machine)
     if args.json:
         command = ["python", "run_speed.py"] + (sys.argv[1:] if argv is None else list(argv))

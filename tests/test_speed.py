@@ -71,6 +71,34 @@ def test_benchmark_rows_and_json(tiny_teacher, tmp_path):
     assert all(r["flop_bound"] > 1.5 for r in rows if r["variant"] == "fp32 c=2")
 
 
+def test_saved_checkpoints_and_real_lengths(tiny_teacher, tmp_path):
+    """--models times fine-tuned checkpoints at their own (non-uniform, even removed) sizes beside c=1, named by
+    their multiply-add ratio; --real_lengths adds batch-1 rows over a task's validation lengths, with the FLOP
+    bound averaged over those lengths."""
+    m = ModDistilBertForSequenceClassification.from_teacher(tiny_teacher, num_labels=1)
+    compress(m, 2.0, "svd")
+    from modeling_moddistilbert import make_block
+    for layer, attn, ffn in ((0, 16, 16), (1, 0, 48)):     # per-layer sizes, layer 1's attention removed
+        m.base_model.layers[layer].attention = make_block(m.config, layer, "mha", attn)
+        m.base_model.layers[layer].ffn = make_block(m.config, layer, "ffn", ffn)
+        m.config.attn_dims[layer], m.config.ffn_dims[layer] = attn, ffn
+    m.save_pretrained(str(tmp_path / "ckpt"))
+    c = run_speed.saved_compression(m.config.__class__(**{**m.config.to_dict(), "attn_dims": [32, 32],
+                                                          "ffn_dims": [64, 64]}), m)
+    out = tmp_path / "speed.json"
+    run_speed.main(["--model_name_or_path", tiny_teacher, "--batch_sizes", "1", "--seq_lens", "8", "--repeats", "2",
+                    "--warmup", "0", "--threads", "1", "--no_int8", "--models", str(tmp_path / "ckpt"),
+                    "--real_lengths", "stsb", "--real_examples", "5", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"fp32 c=1", "fp32 c=2", f"fp32 c={c:g}"} and c > 2
+    real = [r for r in rows if isinstance(r["seq_len"], str)]
+    assert len(real) == 3 and all(r["seq_len"].startswith("stsb (5 examples") and r["batch_size"] == 1 for r in real)
+    lens = run_speed.real_lengths("stsb", run_speed.AutoTokenizer.from_pretrained(tiny_teacher), n=5)
+    cfg0 = ModDistilBertForSequenceClassification.from_teacher(tiny_teacher, num_labels=2).config
+    bound = sum(run_speed.model_macs(cfg0, t) for t in lens) / sum(run_speed.model_macs(m.config, t) for t in lens)
+    assert [r["flop_bound"] for r in real if r["variant"] == f"fp32 c={c:g}"] == [round(bound, 3)]
+
+
 def test_default_scheme_and_every_row_family(tiny_teacher, tmp_path):
     """--onnx_dir adds the ONNX Runtime rows and the peer column; --torchscript the TorchScript rows."""
     pytest.importorskip("onnxruntime")
