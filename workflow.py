@@ -74,11 +74,6 @@ def data_key(task, data_dir):
     return files or "default"
 
 
-def recipe_supported():
-    with open(os.path.join(ROOT, "run_superglue.py")) as f:
-        return '"--recipe"' in f.read()
-
-
 def plan(o):
     """{output path: job} for every (task, seed, variant) of options o (a dict from parse), plus the list of
     targets (the runs' results, in job-index order). A job: stage, task, seed, cmds (argv lists), needs (outputs
@@ -86,7 +81,6 @@ def plan(o):
     name, f = o["recipe_name"], o["fields"]
     py, out = o["python"], o["out_dir"]
     jobs, targets = {}, []
-    with_recipe = recipe_supported()
     for task in o["tasks"]:
         ddir = data_dir_of(task, o["data_dir"])
         dkey = [name, data_key(task, ddir)]
@@ -103,7 +97,7 @@ def plan(o):
                 extra_ft = shlex.split(f["ft_args"])
 
                 def rec(fields):
-                    return ["--recipe", json.dumps({"name": name, "fields": fields}, sort_keys=True)] if with_recipe else []
+                    return ["--recipe", json.dumps({"name": name, "fields": fields}, sort_keys=True)]
                 if base_dir:   # the baseline keeps its model: the teacher or the distillation source of its seed
                     jobs[p["baseline"]] = dict(
                         stage="baseline", task=task, seed=seed, needs=[],
