@@ -143,12 +143,13 @@ def plan(o):
                     cmd += ["--distill_from", os.path.join(base_dir, "model")]
                 if not o["save_model"]:
                     cmd.append("--no_save_model")
-                fields = dict(f) if variant == "modular" else {
-                    k: v for k, v in f.items() if k not in recipes.CAPTURE_FIELDS + recipes.MODULE_FIELDS
-                    + ("teacher", "capture_args", "module_args")} | {"compression": f["compression"]}
+                if variant == "modular":
+                    fields = dict(f)
+                else:   # no capture, no modules: their fields are no setting of this run
+                    unused = set(recipes.CAPTURE_FIELDS + recipes.MODULE_FIELDS) - {"compression"} | {"teacher"}
+                    fields = {k: v for k, v in f.items() if k not in unused}
                 cmd += rec(fields) + extra_ft
-                needs = [q for q in (p.get("baseline") if f["distill"] or variant == "modular" and
-                                     f["teacher"] == "finetuned" else None, p.get("modules")) if q]
+                needs = [p[k] for k in ("baseline", "modules") if k in p]
                 jobs[p["run"]] = dict(stage="finetune", task=task, seed=seed, variant=variant,
                                       label=recipes.row_label(variant, f), needs=needs, cmds=[cmd])
                 targets.append(p["run"])

@@ -246,7 +246,8 @@ def select(o, jobs, targets):
         v, pidx = o["job_args"][0], array_arg(o["job_args"][1])
         if v not in o["variants"]:
             raise Error(f"variant '{v}' is not in --variants ({' '.join(o['variants'])})")
-        return index(int(pair(pidx) and pidx) * nv + o["variants"].index(v))
+        pair(pidx)   # checks the pair index
+        return index(int(pidx) * nv + o["variants"].index(v))
     if act == "run-modules":
         t = array_arg(o["run_modules"])
         t = o["tasks"][int(t)] if t.isdigit() and int(t) < len(o["tasks"]) else t
