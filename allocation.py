@@ -126,7 +126,11 @@ def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chun
     perm = torch.cat([torch.zeros(1, dtype=torch.long, device=device), 1 + score.argsort(descending=True)])
     G, B = G[perm][:, perm], B[perm]
     lam = ridge * float(G.diagonal().mean().clamp_min(1e-300))
-    L = torch.linalg.cholesky(G + lam * torch.eye(F + 1, dtype=G.dtype, device=device))
+    eye = torch.eye(F + 1, dtype=G.dtype, device=device)
+    L, bad = torch.linalg.cholesky_ex(G + lam * eye)
+    while bad:  # fewer fitted tokens than units (or dead units): rank-deficient; more ridge until it factors
+        lam *= 10
+        L, bad = torch.linalg.cholesky_ex(G + lam * eye)
     Z = torch.linalg.solve_triangular(L, B, upper=False)
     curve, pred = {}, None
     for s in range(0, len(val_tok), chunk):

@@ -91,6 +91,17 @@ def test_ffn_curve_equals_refitting_every_width():
 
 
 @torch.no_grad()
+def test_ffn_curve_with_fewer_tokens_than_units():
+    """Fewer fitted tokens than FFN units (a tiny --fit_tokens): the Gram matrix is singular; the curve is still
+    measured (more ridge) instead of failing in the Cholesky factorisation."""
+    torch.manual_seed(0)
+    teacher = FeedForward(16, 64).eval()
+    x = _tokens(60, 16, 5)
+    curve = allocation.ffn_curve(teacher, x, teacher(x), torch.arange(40), torch.arange(40, 60), [0, 32, 64], "cpu")
+    assert all(v == v and v >= 0 for v in curve.values()) and curve[64] < curve[0]
+
+
+@torch.no_grad()
 def test_attention_curve_is_exact_at_full_rank_and_the_mean_at_zero():
     torch.manual_seed(0)
     H, nh = 16, 4
