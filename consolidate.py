@@ -91,7 +91,8 @@ def load_results(results_dir):
 
 # run_superglue.py settings that are no setting of a row: per seed, per run or a path that holds the seed
 NOT_ROW_SETTINGS = {"seed", "output_dir", "modules_dir", "distill_from", "model_name_or_path", "overwrite", "resume",
-                    "threads", "device", "no_save_model", "eval_batch_size", "recipe", "variant", "data_dir"}
+                    "threads", "device", "no_save_model", "eval_batch_size", "recipe", "variant", "data_dir",
+                    "task"}  # a row's tasks are its columns
 # the fine-tune settings a compressed row shares with the baseline it is compared with
 FINETUNE_SETTINGS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length",
                      "no_group_by_length", "max_train_samples", "max_eval_samples", "hf_model")

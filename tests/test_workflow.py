@@ -119,14 +119,15 @@ def test_sbatch_args_become_snakemake_resources():
 
 # ------------------------------------------------------------------ consolidate.py: runs of other settings
 def result(root, sub, seed, score, variant="modular-data-alloc-ft+kd", compression=2.0, lr=1e-4, epochs=3,
-           recipe="default"):
+           recipe="default", task="stsb"):
     fields = dict(recipes.RECIPES[recipe], ft_lr=lr, ft_epochs=epochs)
     if variant == "baseline":
         fields = {k: fields[k] for k in recipes.BASELINE_FIELDS}
-    r = {"task": "stsb", "model": "minilm", "variant": variant, "compression": None if variant == "baseline"
+    r = {"task": task, "model": "minilm", "variant": variant, "compression": None if variant == "baseline"
          else compression, "seed": seed, "params": 1, "recipe": {"name": recipe, "fields": fields},
-         "settings": {"seed": seed, "lr": lr, "epochs": epochs, "output_dir": sub},
-         "epochs": [{"score": score, "pearson": score / 100, "spearman": score / 100}]}
+         "settings": {"task": task, "seed": seed, "lr": lr, "epochs": epochs, "output_dir": sub},
+         "epochs": [{"score": score, "pearson": score / 100, "spearman": score / 100, "accuracy": score / 100,
+                     "f1": score / 100}]}
     path = os.path.join(root, sub, f"seed{seed}", "results.json")
     os.makedirs(os.path.dirname(path))
     json.dump(r, open(path, "w"))
@@ -145,6 +146,16 @@ def test_runs_of_other_settings_are_other_rows_with_their_own_baseline(tmp_path)
     assert len(warnings) == 2 and "separate rows" in warnings[0]
     ret = C.retention(rows)
     assert sorted(ret.values()) == pytest.approx([1.0, 1.1])   # each against the baseline of its own lr
+
+
+def test_the_tasks_of_a_row_are_its_columns_not_other_settings(tmp_path):
+    for task in ("stsb", "mrpc"):
+        result(tmp_path, f"b-{task}", 1, 80.0, variant="baseline", task=task)
+        result(tmp_path, f"m-{task}", 1, 80.0, task=task)
+    warnings = []
+    _, tables, _ = C.build(C.load_results(str(tmp_path)), warnings=warnings)
+    assert len(tables["last"]) == 2 and not warnings
+    assert all(set(r["tasks"]) == {"stsb", "mrpc"} for r in tables["last"])
 
 
 def test_seeds_of_other_epochs_are_never_one_median(tmp_path):
