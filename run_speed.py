@@ -67,21 +67,22 @@ def build_variants(base, compressions, int8_backends=tuple(DEFAULT_SCHEMES), onn
     with torchscript / compile_, TorchScript (`ts ...`) / torch.compile (`compiled ...`) of the compressed
     PyTorch models. `saved` ({c: model}): fine-tuned checkpoints at their own per-layer sizes, timed beside the
     uniform ones (c: their multiply-add ratio, saved_compression)."""
-    models = {1.0: base}
+    models = {"c=1": base}
     for c in compressions:
-        models[float(c)] = compress(copy.deepcopy(base), c, "svd").eval()
-    models.update(saved or {})
-    variants = {f"fp32 c={c:g}": m for c, m in models.items()}
+        models[f"c={c:g}"] = compress(copy.deepcopy(base), c, "svd").eval()
+    models.update({f"c={c:g} ckpt": m for c, m in (saved or {}).items()})
+    variants = {f"fp32 {c}": m for c, m in models.items()}
     for scheme in int8_backends:
         for bits in activation_bits:
-            variants.update({f"{int8_label(scheme, bits)} c={c:g}":
+            variants.update({f"{int8_label(scheme, bits)} {c}":
                              int8(m, scheme, keep_fp32, calibration, activation_bits=bits) for c, m in models.items()})
     if onnx_dir:
         for c, m in models.items():
-            ort = onnx_models(m, onnx_dir, f"model_c{c:g}", torch.get_num_threads(), ort_schemes)
-            variants.update({(f"ort-{k}" if k != "fp32" else "ort") + f" c={c:g}": v for k, v in ort.items()})
+            ort = onnx_models(m, onnx_dir, "model_" + c.replace("=", "").replace(" ", "_"), torch.get_num_threads(),
+                              ort_schemes)
+            variants.update({(f"ort-{k}" if k != "fp32" else "ort") + f" {c}": v for k, v in ort.items()})
             if ort_no_spin:
-                variants.update({f"ort{'' if k == 'fp32' else '-int8'}[no-spin] c={c:g}":
+                variants.update({f"ort{'' if k == 'fp32' else '-int8'}[no-spin] {c}":
                                  OnnxModel(ort[k].path, ort[k].threads, spin=False) for k in ("fp32", "int8")})
     compressed = [n for n in variants if not n.startswith("ort") and not n.endswith("c=1")]
     if torchscript:
@@ -93,7 +94,12 @@ def build_variants(base, compressions, int8_backends=tuple(DEFAULT_SCHEMES), onn
 
 
 def variant_compression(name):
-    return float(name.rsplit("c=", 1)[1])
+    return float(model_key(name)[2:].split()[0])
+
+
+def model_key(name):
+    """The model a variant runs: 'c=2' (uniform, SVD start) or 'c=3.01 ckpt' (a --models checkpoint)."""
+    return "c=" + name.rsplit("c=", 1)[1]
 
 
 def is_int8(name):
@@ -163,7 +169,7 @@ def real_lengths(task_name, tokenizer, data_dir=None, n=200, seed=0):
 def speed_rows(args, variants, base_config, lengths=None):
     """Rows of every (sequence length, batch size); `lengths` ({label: [token counts]}) adds rows timed over those
     real lengths (batch 1 only), their FLOP bound averaged over them."""
-    configs = {variant_compression(n): m.config for n, m in variants.items() if n.startswith("fp32")}
+    configs = {model_key(n): m.config for n, m in variants.items() if n.startswith("fp32")}
     rows = []
     shapes = [(T_, bs, T_) for T_ in args.seq_lens for bs in args.batch_sizes]
     shapes += [(label, 1, lens) for label, lens in (lengths or {}).items()]
@@ -173,8 +179,9 @@ def speed_rows(args, variants, base_config, lengths=None):
         res = time_variants(variants, bs, lens, base_config.vocab_size, args.repeats, args.warmup)
         ref, peer = res["fp32 c=1"][0], res.get(PEER, (None,))[0]
         for name, (med, p10, p90) in res.items():
-            b = bounds[variant_compression(name)]
-            rows.append({"variant": name, "compression": variant_compression(name), "batch_size": bs,
+            b = bounds[model_key(name)]
+            rows.append({"variant": name, "compression": variant_compression(name),
+                         "checkpoint": model_key(name).endswith(" ckpt"), "batch_size": bs,
                          "seq_len": T_ if isinstance(lens, int) else f"{T_} ({len(lens)} examples, mean "
                                                                      f"{sum(lens) / len(lens):.1f} tokens)",
                          "threads": args.threads,

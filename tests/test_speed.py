@@ -90,13 +90,14 @@ def test_saved_checkpoints_and_real_lengths(tiny_teacher, tmp_path):
                     "--warmup", "0", "--threads", "1", "--no_int8", "--models", str(tmp_path / "ckpt"),
                     "--real_lengths", "stsb", "--real_examples", "5", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert {r["variant"] for r in rows} == {"fp32 c=1", "fp32 c=2", f"fp32 c={c:g}"} and c > 2
+    assert {r["variant"] for r in rows} == {"fp32 c=1", "fp32 c=2", f"fp32 c={c:g} ckpt"} and c > 2
+    assert [r["checkpoint"] for r in rows if r["variant"].endswith("ckpt")] == [True, True]
     real = [r for r in rows if isinstance(r["seq_len"], str)]
     assert len(real) == 3 and all(r["seq_len"].startswith("stsb (5 examples") and r["batch_size"] == 1 for r in real)
     lens = run_speed.real_lengths("stsb", run_speed.AutoTokenizer.from_pretrained(tiny_teacher), n=5)
     cfg0 = ModDistilBertForSequenceClassification.from_teacher(tiny_teacher, num_labels=2).config
     bound = sum(run_speed.model_macs(cfg0, t) for t in lens) / sum(run_speed.model_macs(m.config, t) for t in lens)
-    assert [r["flop_bound"] for r in real if r["variant"] == f"fp32 c={c:g}"] == [round(bound, 3)]
+    assert [r["flop_bound"] for r in real if r["variant"] == f"fp32 c={c:g} ckpt"] == [round(bound, 3)]
 
 
 def test_default_scheme_and_every_row_family(tiny_teacher, tmp_path):
