@@ -40,6 +40,29 @@ def test_points_table_and_png(tmp_path):
                      "| rte | modular | 4 | 3.50x | 1 | 55.0 | 55.0 |"]
 
 
+def test_checkpoint_rows_precisions_and_the_peer(tmp_path):
+    """An allocated variant takes its own checkpoint's speed (run_speed --models), the others the uniform model's
+    of the same c; one column and curve per precision; the peer row is marked."""
+    res = tmp_path / "res"
+    write_result(res, "stsb", 1, [(0.8, 0.8)], variant="baseline", compression=None)
+    write_result(res, "stsb", 1, [(0.79, 0.79)], variant="joint", compression=3.0)
+    write_result(res, "stsb", 1, [(0.5, 0.5)], variant="modular", compression=3.0)
+    rows = [{"variant": v, "compression": c, "checkpoint": ck, "batch_size": 1, "seq_len": 128, "speedup": x}
+            for v, c, ck, x in (("fp32 c=1", 1.0, False, 1.0), ("fp32 c=3", 3.0, False, 2.0),
+                                ("fp32 c=3 ckpt", 3.0, True, 2.5), ("ort-int8 c=1", 1.0, False, 3.0),
+                                ("ort-int8 c=3", 3.0, False, 6.0), ("ort-int8 c=3 ckpt", 3.0, True, 7.0))]
+    speed = tmp_path / "speed.json"
+    speed.write_text(json.dumps({"rows": rows}))
+    table = tmp_path / "p.md"
+    pareto.main(["--results", str(res), "--tasks", "stsb", "--speed", str(speed), "--png", str(tmp_path / "p.png"),
+                 "--precisions", "fp32", "ort-int8", "--checkpoint_variants", "joint", "--peer", "--table", str(table)])
+    lines = table.read_text().splitlines()[2:]
+    assert lines == ["| stsb | baseline | 1 | 1.00x | 3.00x | 1 | 80.0 | 80.0 |",
+                     "| stsb | joint | 3 | 2.50x | 7.00x | 1 | 79.0 | 79.0 |",
+                     "| stsb | modular | 3 | 2.00x | 6.00x | 1 | 50.0 | 50.0 |",
+                     "| | peer: ONNX Runtime INT8 c=1 | 1 | 3.00x (its score not measured) | | | |"]
+
+
 def test_missing_speed_row_and_duplicates_are_user_errors(tmp_path):
     res = tmp_path / "res"
     write_result(res, "rte", 1, [0.6], variant="modular", compression=3.0)
@@ -81,8 +104,9 @@ def test_collect_results_copies_and_refuses_duplicates(tmp_path):
 def test_speedups_read_both_json_layouts():
     rows = [{"variant": "fp32 c=2", "compression": 2.0, "batch_size": 1, "seq_len": 128, "speedup": 1.9},
             {"variant": "int8 c=2", "compression": 2.0, "batch_size": 1, "seq_len": 128, "speedup": 5.0}]
-    assert pareto.speedups(rows, 1, 128) == {2.0: 1.9}                       # older run_speed.py: a bare list
-    assert pareto.speedups({"machine": {}, "rows": rows}, 1, 128) == {2.0: 1.9}
+    assert pareto.speedups(rows, 1, 128) == {(2.0, False): 1.9}                       # older run_speed.py: a bare list
+    assert pareto.speedups({"machine": {}, "rows": rows}, 1, 128) == {(2.0, False): 1.9}
+    assert pareto.speedups(rows, 1, 128, "int8") == {(2.0, False): 5.0}
 
 
 def test_collect_results_relabels_and_records_the_old_label(tmp_path):
