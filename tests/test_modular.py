@@ -414,14 +414,21 @@ def test_run_superglue_with_modules_dir(tiny_dir, tiny_modules, tmp_path):
 
 
 # ------------------------------------------------------------------ bad inputs
-def test_modules_at_other_compression_are_refused(tiny_dir, tiny_modules):
+def test_modules_at_other_compression_are_refused(tiny_dir, tiny_modules, tmp_path):
     m = ModDistilBertForSequenceClassification.from_teacher(tiny_dir, num_labels=2)
     compress(m, 4.0, "svd")
     with pytest.raises(UserError) as e:
         compression.load_modules(m, tiny_modules)
     msg = str(e.value)
-    # first file (sorted): layer00_ffn, lin1 is 32x32 at c=2 but 16x32 at c=4
-    assert "layer 0" in msg and "(32, 32)" in msg and "(16, 32)" in msg and "--compression" in msg
+    # first file (sorted): layer00_ffn, recorded as made for c=2 (its metadata is checked before its shapes)
+    assert "layer00_ffn" in msg and "made for --compression 2.0, but this run says 4" in msg
+    for path in glob.glob(os.path.join(tiny_modules, "*.safetensors")):   # without the record: the shapes tell
+        with safe_open(path, "pt") as f:
+            meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        meta.pop("compression")
+        save_file(state, str(tmp_path / os.path.basename(path)), metadata=meta)
+    with pytest.raises(UserError, match=r"layer 0 ffn lin1.weight has shape \(32, 32\) in the module but \(16, 32\)"):
+        compression.load_modules(m, str(tmp_path))
 
 
 def test_empty_or_foreign_modules_dir_is_refused(tmp_path):
