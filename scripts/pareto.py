@@ -70,6 +70,9 @@ def speed_of(speed, variant, c, checkpoint_variants):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", nargs="+", required=True)
+    p.add_argument("--more_results", nargs="+", default=[],
+                   help="more points (e.g. another recipe's sweep) whose uncompressed baselines are left out: the "
+                        "baseline comes from --results")
     p.add_argument("--tasks", nargs="+", required=True)
     p.add_argument("--speed", required=True)
     p.add_argument("--batch_size", type=int, default=1)
@@ -79,10 +82,13 @@ def main(argv=None):
     p.add_argument("--checkpoint_variants", nargs="+", default=[],
                    help="variants whose speed is their own checkpoint's row (run_speed --models)")
     p.add_argument("--peer", action="store_true", help="mark the peer row (ort-int8 c=1) at the baseline's score")
+    p.add_argument("--skip_missing_speed", action="store_true",
+                   help="leave out (and name) the points whose c has no speed row, instead of an error")
     p.add_argument("--png", required=True)
     p.add_argument("--table", default=None, help="also write the points as a markdown table here")
     args = p.parse_args(argv)
     results = [r for d in args.results for r in load_results(d)]
+    results += [r for d in args.more_results for r in load_results(d) if r["variant"] != "baseline"]
     with open(args.speed) as f:
         raw = json.load(f)
     speed = {prec: speedups(raw, args.batch_size, args.seq_len, prec) for prec in args.precisions}
@@ -94,8 +100,13 @@ def main(argv=None):
     for task in args.tasks:
         if not by["last"][task]:
             raise UserError(f"no results for task {task}")
-        for (variant, c), scores in sorted(by["last"][task].items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for (variant, c), scores in sorted(list(by["last"][task].items()), key=lambda kv: (kv[0][1], kv[0][0])):
             xs = [speed_of(speed[prec], variant, c, args.checkpoint_variants) for prec in args.precisions]
+            if xs[0] is None and args.skip_missing_speed:
+                print(f"left out: {task} {variant} c={c:g} (no {args.precisions[0]} speed row)")
+                for which in by:
+                    by[which][task].pop((variant, c))
+                continue
             if xs[0] is None:
                 raise UserError(f"{task} {variant} c={c:g}: no speed row for c={c:g} ({args.precisions[0]}) in "
                                 f"{args.speed}")
@@ -103,7 +114,8 @@ def main(argv=None):
             lines.append(f"| {task} | {variant} | {c:g} | " + " | ".join("-" if x is None else f"{x:.2f}x" for x in xs)
                          + f" | {len(scores)} | {statistics.median(scores):.1f} | {statistics.median(best):.1f} |")
     if peer is not None:
-        lines.append(f"| | peer: ONNX Runtime INT8 c=1 | 1 | {peer:.2f}x (its score not measured) | | | |")
+        lines.append(f"| | peer: ONNX Runtime INT8 c=1 | 1 | {peer:.2f}x over fp32 c=1 |" + " |" * len(args.precisions)
+                     + " (its score not measured) | |")
     table = "\n".join(lines) + "\n"
     print(table)
 

@@ -60,7 +60,7 @@ def test_checkpoint_rows_precisions_and_the_peer(tmp_path):
     assert lines == ["| stsb | baseline | 1 | 1.00x | 3.00x | 1 | 80.0 | 80.0 |",
                      "| stsb | joint | 3 | 2.50x | 7.00x | 1 | 79.0 | 79.0 |",
                      "| stsb | modular | 3 | 2.00x | 6.00x | 1 | 50.0 | 50.0 |",
-                     "| | peer: ONNX Runtime INT8 c=1 | 1 | 3.00x (its score not measured) | | | |"]
+                     "| | peer: ONNX Runtime INT8 c=1 | 1 | 3.00x over fp32 c=1 | | | (its score not measured) | |"]
 
 
 def test_missing_speed_row_and_duplicates_are_user_errors(tmp_path):
