@@ -128,8 +128,11 @@ def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chun
     lam = ridge * float(G.diagonal().mean().clamp_min(1e-300))
     eye = torch.eye(F + 1, dtype=G.dtype, device=device)
     L, bad = torch.linalg.cholesky_ex(G + lam * eye)
+    tries = 0
     while bad:  # fewer fitted tokens than units (or dead units): rank-deficient; more ridge until it factors
-        lam *= 10
+        if tries == 30 or not torch.isfinite(G).all():
+            raise UserError("the FFN curve's Gram matrix is not finite or cannot be factored (an overflowed capture?)")
+        lam, tries = lam * 10, tries + 1
         L, bad = torch.linalg.cholesky_ex(G + lam * eye)
     Z = torch.linalg.solve_triangular(L, B, upper=False)
     curve, pred = {}, None
@@ -200,11 +203,11 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         return {"dims": dims, "budget": _budget(config, length, full, budget, dims), "curves": None}
     seq_lengths = store.sequence_info()[0]
     subset = subsample(seq_lengths, train_idx, curve_tokens, seed)
-    val_idx = subsample(seq_lengths, val_idx, heldout_tokens, seed)
-    keep = torch.unique(torch.cat([subset, val_idx]))
-    fit_idx, val_idx = torch.searchsorted(keep, subset), torch.searchsorted(keep, torch.as_tensor(val_idx).long())
-    if len(val_idx) == 0:
-        val_idx = fit_idx  # --holdout 0: the curves are measured on the fitted tokens
+    held = subsample(seq_lengths, val_idx, heldout_tokens, seed)
+    if len(held) == 0:
+        held = subset  # --holdout 0: the curves are measured on the fitted tokens
+    keep = torch.unique(torch.cat([subset, held]))
+    fit_idx, val_idx = torch.searchsorted(keep, subset), torch.searchsorted(keep, held)
     options, curves = {}, {}
     for l in layers:
         x, lengths = select_sequences(*store.load_layer(l), keep)
@@ -229,7 +232,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
     return {"dims": dims, "budget": _budget(config, length, full, budget, dims),
             "predicted_error": sum(curves[l][k][pick[(l, k)]] for l in layers for k in ("mha", "ffn")),
             "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
-            "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[val_idx].sum()),
+            "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[held].sum()),
             "curves": {str(l): {k: {str(s): e for s, e in c.items()} for k, c in cs.items()}
                        for l, cs in curves.items()}}
 

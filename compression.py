@@ -179,7 +179,7 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False, t
         raise UserError(f"no module checkpoints (layerNN_mha/ffn.safetensors) in {modules_dir}")
     base = model.base_model
     config = base.config
-    loaded, found = [], set()
+    loaded, found, allocations = [], set(), {}
     for path in files:
         m = re.fullmatch(r"layer(\d+)_(mha|ffn)\.safetensors", os.path.basename(path))
         if not m:
@@ -206,6 +206,11 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False, t
                             f"{config.compression:g}")
         if task is not None and meta.get("task") not in (None, "None", task):
             raise UserError(f"{path}: fitted on {meta['task']} data, but this run is {task}")
+        if meta.get("allocated") == "True" and meta.get("allocation") not in (None, "None"):
+            allocations.setdefault(meta["allocation"], path)
+            if len(allocations) > 1:
+                raise UserError(f"{path} and {next(iter(allocations.values()))} come from two different "
+                                "allocations (a stage rerun with other settings into the same dir): rerun both")
         block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
         dims = config.attn_dims if kind == "mha" else config.ffn_dims
         inner = int(meta.get("inner_size", -1))

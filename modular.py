@@ -178,9 +178,11 @@ def train_blocks(args):
     train_idx, val_idx = holdout_split(example_ids, args.holdout, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     sizes = {l: reduced_dims(config, l, args.compression)[0 if kind == "mha" else 1] for l in layers}
+    allocation_id = None
     if args.allocate:
         dims = joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, device)
         sizes = {l: dims[l][0 if kind == "mha" else 1] for l in layers}
+        allocation_id = json.dumps({l: list(d) for l, d in sorted(dims.items())})  # load_modules: one per dir
     keep = None
     if args.epochs == 0:  # nothing trained: only the sequences the start is fitted on and the held-out ones are read
         fit_idx = subsample(seq_lengths, train_idx, args.fit_tokens, args.seed) if args.init == "data" \
@@ -223,7 +225,7 @@ def train_blocks(args):
                               mixup=args.mixup, seed=args.seed + layer, device=device,
                               desc=f"layer {layer} {kind}")
         meta = {"block": kind, "layer": layer, "hidden_size": config.hidden_size, "inner_size": inner,
-                "allocated": bool(getattr(args, "allocate", False)),
+                "allocated": bool(getattr(args, "allocate", False)), "allocation": allocation_id,
                 "num_heads": config.num_attention_heads, "compression": args.compression, "init": args.init,
                 "teacher": store.model, "teacher_sha256": teacher_sha, "task": store.manifest.get("task"),
                 "settings": settings}

@@ -291,7 +291,10 @@ def main(argv=None):
         m = ModDistilBertForSequenceClassification.from_pretrained(d).eval()
         if (m.config.hidden_size, m.config.num_hidden_layers) != (base.config.hidden_size, base.config.num_hidden_layers):
             raise UserError(f"--models {d}: hidden size / layers differ from the base model's (--model_name_or_path)")
-        saved[saved_compression(base.config, m)] = m
+        c = saved_compression(base.config, m)
+        if c in saved:
+            raise UserError(f"--models: {d} and another checkpoint both run at c={c:g}: time them in separate runs")
+        saved[c] = m
         print(f"{d}: c={saved_compression(base.config, m):g} (attn_dims {m.config.attn_dims}, "
               f"ffn_dims {m.config.ffn_dims})")
     variants = build_variants(base, args.compression, schemes, args.onnx_dir, args.int8_keep_fp32, calibration,

@@ -208,6 +208,27 @@ def test_allocate_spends_one_budget_on_both_blocks(stsb_capture, tiny_bert_dir, 
     assert os.path.getmtime(os.path.join(out, "allocation.json")) == mtime
 
 
+def test_blocks_of_two_allocations_in_one_dir_are_refused(stsb_capture, tiny_bert_dir, tmp_path):
+    """A stage rerun into the same dir with other settings makes a new allocation while the other stage's blocks
+    keep the old sizes: together they would not keep the budget, so load_modules refuses the mix (each block
+    records the allocation it was sized by)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    out = str(tmp_path / "mod")
+    _stages(stsb_capture, out, 3)
+    model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=1)
+    compress(model, 3.0, "svd")
+    load_modules(model, out)                                     # one allocation: fine
+    path = os.path.join(out, "layer00_mha.safetensors")
+    with safe_open(path, "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, path, metadata={**meta, "allocation": meta["allocation"].replace("[", "[1", 1)})
+    model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=1)
+    compress(model, 3.0, "svd")
+    with pytest.raises(UserError, match="two different allocations"):
+        load_modules(model, out)
+
+
 def test_allocate_at_c1_keeps_every_block_whole(stsb_capture, tmp_path):
     alloc = _stages(stsb_capture, str(tmp_path / "mod"), 1)
     assert all(d == [32, 64] for d in alloc["dims"].values()) and alloc["budget"]["achieved_compression"] == 1

@@ -98,6 +98,9 @@ def test_saved_checkpoints_and_real_lengths(tiny_teacher, tmp_path):
     cfg0 = ModDistilBertForSequenceClassification.from_teacher(tiny_teacher, num_labels=2).config
     bound = sum(run_speed.model_macs(cfg0, t) for t in lens) / sum(run_speed.model_macs(m.config, t) for t in lens)
     assert [r["flop_bound"] for r in real if r["variant"] == f"fp32 c={c:g} ckpt"] == [round(bound, 3)]
+    with pytest.raises(UserError, match="both run at c="):       # two checkpoints of one c: never one row
+        run_speed.main(["--model_name_or_path", tiny_teacher, "--no_int8", "--models", str(tmp_path / "ckpt"),
+                        str(tmp_path / "ckpt")])
 
 
 def test_default_scheme_and_every_row_family(tiny_teacher, tmp_path):
