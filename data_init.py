@@ -245,11 +245,6 @@ def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-
     return {**info, "fit_tokens": int(torch.as_tensor(lengths)[index].sum())}
 
 
-def is_removed(block):
-    """A block of size 0 (attention inner size or FFN width): it only adds a constant, its bias."""
-    return len(block.state_dict()) == 1
-
-
 @torch.no_grad()
 def fit_removed(student, targets, tokens):
     """A removed block's closed form: the constant closest to the targets, their mean over `tokens`."""
@@ -261,7 +256,7 @@ def fit_removed(student, targets, tokens):
 
 def _fit(teacher, student, inputs, targets, lengths, index, device, eps):
     student.to(device)
-    if is_removed(student):
+    if student.removed:  # size 0: a constant
         return fit_removed(student, targets, flat_positions(lengths, index))
     if isinstance(student, MultiHeadSelfAttention):
         info = fit_mha(teacher, student, mha_statistics(teacher, inputs, lengths, index, device), eps)

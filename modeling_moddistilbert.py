@@ -147,9 +147,14 @@ class MultiHeadSelfAttention(nn.Module):
             self.out_lin = Bias(hidden_size)
         self.dropout, self.out_dropout = dropout, nn.Dropout(out_dropout)
 
+    @property
+    def removed(self):
+        """Size 0: the block only adds a constant, its output bias."""
+        return isinstance(self.out_lin, Bias)
+
     def forward(self, x, mask=None):
         """x: (B, T, H); mask: (B, 1, 1, T) bool or None. Returns the block output (before residual + LayerNorm)."""
-        if isinstance(self.out_lin, Bias):  # removed: a learned constant
+        if self.removed:  # a learned constant
             return self.out_dropout(self.out_lin.bias.expand_as(x))
         B, T, _ = x.shape
         split = lambda t: t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
@@ -170,7 +175,7 @@ class MultiHeadSelfAttention(nn.Module):
         """Inference only, in place: q_lin, k_lin and v_lin become one Linear `qkv_lin` (one GEMM, and under
         dynamic INT8 one quantization of x instead of three). The same function; the state dict changes, so
         a fused model is for running, not for saving. Nothing to fuse in a removed block."""
-        if isinstance(self.out_lin, Bias):
+        if self.removed:
             return self
         lins = (self.q_lin, self.k_lin, self.v_lin)
         fused = nn.Linear(lins[0].in_features, sum(m.out_features for m in lins)).to(lins[0].weight)
@@ -193,8 +198,13 @@ class FeedForward(nn.Module):
             self.lin2 = Bias(hidden_size)
         self.act, self.dropout = ACT2FN[act], nn.Dropout(dropout)
 
+    @property
+    def removed(self):
+        """Width 0: the block only adds a constant, its output bias."""
+        return isinstance(self.lin2, Bias)
+
     def forward(self, x, mask=None):  # mask unused: same signature as attention, for the shared trainer
-        if isinstance(self.lin2, Bias):  # removed: a learned constant
+        if self.removed:  # a learned constant
             return self.dropout(self.lin2.bias.expand_as(x))
         return self.dropout(self.lin2(self.act(self.lin1(x))))
 

@@ -203,22 +203,24 @@ def train_blocks(args):
         inputs, targets = data_init.block_io(teacher.layers[layer], kind, x, lengths, device)
         del x
         held = len(val_idx) > 0  # --holdout 0: nothing held out, no errors to report (None)
-        svd_err = fit_info = None
-        if inner:  # a removed block (size 0, --allocate) has no SVD start: it is a constant
+
+        def err(block):
+            return relative_error(block.to(device), inputs, targets, lengths, val_idx, device) if held else None
+
+        student, fit_info = make_block(config, layer, kind, inner), None
+        if args.init == "data":  # fitted on the training sequences only, never the held-out ones
+            fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device,
+                                           max_tokens=args.fit_tokens, seed=args.seed)
+        else:  # svd, or random from one generator per block (a --layers subset or a resume draws the same)
+            init_block(tblock, student, args.init, config.initializer_range,
+                       generator=block_generator(args.seed, layer, kind))
+        init_err = err(student)
+        data_err = init_err if args.init == "data" else None
+        svd_err = init_err if args.init == "svd" else None
+        if args.init != "svd" and not student.removed:  # the SVD start stays the reference (a constant has none)
             svd_block = make_block(config, layer, kind, inner)
             init_block(tblock, svd_block, "svd", config.initializer_range)
-            svd_err = relative_error(svd_block.to(device), inputs, targets, lengths, val_idx, device) if held else None
-        student, init_err, data_err = (svd_block if inner else None), svd_err, None
-        if args.init != "svd" or not inner:  # the SVD error above stays the reference
-            student = make_block(config, layer, kind, inner)
-            if args.init == "data":  # fitted on the training sequences only, never the held-out ones
-                fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device,
-                                               max_tokens=args.fit_tokens, seed=args.seed)
-            else:
-                init_block(tblock, student, args.init, config.initializer_range,  # one generator per block:
-                           generator=block_generator(args.seed, layer, kind))       # a --layers subset or resume draws the same
-            init_err = relative_error(student.to(device), inputs, targets, lengths, val_idx, device) if held else None
-            data_err = init_err if args.init == "data" else None
+            svd_err = err(svd_block)
         t_init = time.time()
         history = train_block(student, tblock, inputs, targets, lengths, train_idx, val_idx,
                               epochs=args.epochs if inner else 0, batch_size=args.batch_size, lr=args.lr,

@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, DistilBertConfig
 
 import tasks as T
 
+from allocation import encoder_macs
 from compression import compress
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher, resolve_model_path
 from inference import (INT8_SCHEMES, ORT_INT8_SCHEMES, OnnxModel, Traced, checkpoint_data, choose_alpha,
@@ -42,13 +43,10 @@ DEFAULT_SCHEMES = ["dynamic_per_channel"]
 
 
 def model_macs(config, seq_len, num_labels=2):
-    """Multiply-adds of one sequence through the encoder and the classification head (lookups are free)."""
-    H, T, total = config.hidden_size, seq_len, 0
-    for a, f in zip(config.attn_dims, config.ffn_dims):
-        total += T * (3 * H * a + a * H)   # q, k, v, out projections
-        total += 2 * T * T * a             # scores and weighted values
-        total += 2 * T * H * f             # FFN
-    return total + H * H + H * num_labels  # pre_classifier + classifier on [CLS]
+    """Multiply-adds of one sequence through the encoder (allocation.encoder_macs: what --compression budgets)
+    and the classification head on [CLS] (pre_classifier + classifier; lookups are free)."""
+    H = config.hidden_size
+    return encoder_macs(config, seq_len) + H * H + H * num_labels
 
 
 def random_batches(vocab, n=2, batch_size=8, seq_len=128, seed=0):
