@@ -59,6 +59,15 @@ def block_io(layer, kind, x, lengths, device, batch=64):
     return ins, outs
 
 
+@torch.no_grad()
+def ffn_io(layer, mha_in, mha_out, chunk=8192):
+    """The FFN block's (inputs, targets) from its layer's attention (inputs, outputs), flat [tokens, H] on the
+    layer's device: h = sa_layer_norm(x + attention(x)) and ffn(h), what block_io(layer, "ffn", ...) gives,
+    without running the attention a second time."""
+    ins = layer.sa_layer_norm(mha_in + mha_out)
+    return ins, torch.cat([layer.ffn(ins[s:s + chunk]) for s in range(0, len(ins), chunk)])
+
+
 def _batches(inputs, lengths, index, batch, device, targets=None):
     offsets, index = sequence_offsets(lengths), by_length(lengths, index)
     for s in range(0, len(index), batch):
@@ -304,7 +313,7 @@ def compress_with_data(model, dims, data, sequential=False, device=None, index=N
             x_s = x_t
         fit_idx = torch.arange(len(lengths)) if index is None else torch.as_tensor(index).long()
         mha_in, mha_out = block_io(layer, "mha", x_t, lengths, device)
-        ffn_in_t, ffn_out = block_io(layer, "ffn", x_t, lengths, device)
+        ffn_in_t, ffn_out = ffn_io(layer, mha_in, mha_out)
         x_in = x_s.to(device)
         new_attn = make_block(config, i, "mha", dims[i][0])
         fit_block(layer.attention, new_attn, x_in, mha_out + (mha_in - x_in), lengths, fit_idx, device,
