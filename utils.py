@@ -1,4 +1,7 @@
-"""Small helpers shared by every stage: errors, seeds, devices, atomic writes, provenance."""
+"""Small helpers shared by every stage: errors, seeds, devices, atomic writes, provenance.
+
+torch and numpy are imported by the functions that need them, so that the workflow controller (workflow.py,
+which only plans jobs and writes records) uses these helpers without loading torch."""
 import argparse
 import contextlib
 import hashlib
@@ -11,9 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-
-import numpy as np
-import torch
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,6 +45,8 @@ def run_main(main):
 
 
 def set_seed(seed: int):
+    import numpy as np
+    import torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -58,7 +60,8 @@ def best_epoch(epochs):
     return max(scored, key=lambda e: e["score"]) if scored else None  # max keeps the first of ties
 
 
-def get_device(name: str = "auto") -> torch.device:
+def get_device(name: str = "auto"):
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -117,6 +120,7 @@ def file_sha256(path: str) -> str:
 def state_dict_sha256(module) -> str:
     """Fingerprint of a model's weights: sha256 over every tensor's name, dtype, shape and bytes, in name order.
     Captures and module checkpoints record their teacher's, so that another teacher is caught, not used."""
+    import torch
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().cpu().contiguous()
@@ -169,6 +173,7 @@ def git_commit(repo_dir=None):
 def provenance(device) -> dict:
     """What produced a result: python, torch and transformers versions, the git commit, the device
     ('cpu', or the CUDA device's name)."""
+    import torch
     import transformers
     device = torch.device(device)
     name = str(device)
@@ -200,6 +205,7 @@ def cpu_info(cpuinfo_path="/proc/cpuinfo") -> dict:
     except OSError:
         pass
     model = model or platform.processor() or platform.machine()
+    import torch
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)()
     return {"cpu": model, "isa": [f for f in ISA_FLAGS if f in flags], "cores": os.cpu_count(),
             "torch_cpu_capability": capability, "torch": torch.__version__}

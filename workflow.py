@@ -11,7 +11,6 @@ A stage is done when its record (done.json, or run_superglue.py's results.json) 
 input fingerprints; its directory is locked while it runs, so concurrent runs that share a stage wait for it.
 """
 import fcntl
-import hashlib
 import json
 import os
 import shlex
@@ -20,31 +19,12 @@ import sys
 import time
 
 import recipes
+from utils import UserError as Error  # a one-line error (exit 2)
+from utils import atomic_write_json as write_json
+from utils import file_sha256 as sha256
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_FILES = ("train.jsonl", "val.jsonl", "train.tsv", "dev.tsv")
-
-
-class Error(Exception):
-    """A one-line error (exit 2)."""
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_json(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path):

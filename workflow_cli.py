@@ -277,6 +277,7 @@ def engine(o, jobs, targets, chosen, slurm):
     out = o["out_dir"]
     body = {"jobs": jobs, "targets": chosen, "out_dir": out, "python": o["python"]}
     path = os.path.join(out, ".workflow", f"plan-{recipes.short_hash(body, 12)}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(path, dict(body, plan_path=path))
     cmd = [o["python"], "-m", "snakemake", *chosen, "--snakefile", os.path.join(ROOT, "Snakefile"), "--directory", out,
            "--configfile", path, "--rerun-incomplete", "--nolock", "--rerun-triggers", "input", "--keep-going"]
