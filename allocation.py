@@ -8,10 +8,17 @@ errors say it is needed:
 - Cost per block (`block_macs`), at T tokens, hidden H: attention of inner size D = heads x head dim costs
   D (4TH + 2T^2) (q, k, v, out projections and the two T x T products), an FFN of width F costs 2THF.
   A size of 0 removes the block (the layer keeps only its residual and a constant bias): cost 0.
-- One currency for every block: the held-out squared error of the block's closed-form start, divided by the
-  energy of the residual stream it is added to (||x + block(x)||^2 over the same tokens, the LayerNorm's input).
-  A block's own relative error would not do: attention and FFN outputs have different norms, and a layer whose
-  block output is small next to its residual stream can afford a larger relative error.
+- One currency for every block (`currency="layernorm"`, the default): what the block's held-out error becomes
+  after the LayerNorm its output is added into, relative to that LayerNorm's output. The model is post-LN: a
+  block's error e joins the residual stream r = x + block(x) and the next layer sees LN(r), which removes e's
+  mean over the hidden dims, divides by r's standard deviation per token and scales dim d by gamma_d; so the
+  currency is sum_t sum_d (gamma_d (e_td - mean_d e_t) / sigma_t)^2 / sum_t ||gamma (r_t - mean r_t) / sigma_t||^2.
+  A block's own relative error would not do (attention and FFN outputs have different norms), nor does the
+  error relative to the residual stream's energy (`currency="residual"`, allocation.json's version joint/1): in
+  BERT-family models a few outlier dims carry most of that energy before the FFN's LayerNorm (MiniLM's STS-B
+  teacher: 3 of 384 dims hold 89% of it in layer 0, where gamma is below its median), so it under-rates an FFN's
+  error in every other dim; at c=2 it cut the FFNs instead of the attention and lost 0.8 STS-B points
+  (results/joint_allocation.md).
 - Curves, per layer, on a seeded subset of the captured training tokens, measured on the held-out examples:
   attention at every head dim of `head_dim_grid` (the closed form: data_init.fit_mha + refit_out_lin; 0 = the
   mean output); FFN at every width of `width_grid` in one pass: the units ranked once by the closed-form score,
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 
 import data_init
-from activations import flat_positions, select_sequences, subsample
+from activations import by_length, flat_positions, pad_sequences, select_sequences, sequence_offsets, subsample
 from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d
 from utils import UserError, atomic_write_json
 
@@ -81,10 +88,32 @@ def _energy(t):
     return float((t.double() ** 2).sum())
 
 
+CURRENCIES = ("layernorm", "residual")
+
+
+def currency(name, layer_norm, resid, val_tok):
+    """The function (error rows e, their token positions t) -> that error in the currency `name` (see the top
+    of this file), for a block whose output is added into the residual stream `resid` (flat [tokens, H], the
+    teacher's x + block(x)) before `layer_norm`; relative to the stream's energy on the held-out tokens val_tok."""
+    if name == "residual":
+        total = _energy(resid[val_tok])
+        return lambda e, t: _energy(e) / total
+    if name != "layernorm":
+        raise ValueError(f"currency must be one of {CURRENCIES}, not {name!r}")
+    r = resid.double()
+    inv_var = 1.0 / (r.var(-1, unbiased=False) + layer_norm.eps)           # 1 / sigma_t^2 per token
+    g2 = layer_norm.weight.detach().to(r.device).double() ** 2
+    centred = lambda m: m - m.mean(-1, keepdim=True)
+    total = float((inv_var[val_tok, None] * centred(r[val_tok]) ** 2 * g2).sum())
+    return lambda e, t: float((inv_var[t.to(r.device), None] * centred(e.double().to(r.device)) ** 2 * g2).sum()) / total
+
+
 @torch.no_grad()
-def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device):
-    """{head dim: held-out squared error} of the closed-form attention start (fitted on train_idx) at each head
-    dim; 0 is the block removed (the training tokens' mean output)."""
+def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, measure=None):
+    """{head dim: held-out error} of the closed-form attention start (fitted on train_idx) at each head dim; 0 is
+    the block removed (the training tokens' mean output). measure(e, t): the error rows e of the flat token
+    positions t in a currency (default: the squared error)."""
+    measure = measure or (lambda e, t: _energy(e))
     stats = data_init.mha_statistics(teacher, inputs, lengths, train_idx, device)
     H, nh = teacher.q_lin.in_features, teacher.num_heads
     val_tok = flat_positions(lengths, val_idx).to(targets.device)
@@ -92,26 +121,31 @@ def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_
     curve = {}
     for r in head_dims:
         if r == 0:
-            curve[0] = _energy(targets[val_tok] - mean.to(targets.dtype))
+            curve[0] = measure(targets[val_tok] - mean.to(targets.dtype), val_tok)
             continue
         s = MultiHeadSelfAttention(H, nh, nh * r).to(device)
         data_init.fit_mha(teacher, s, stats)
         s.to(device)
         data_init.refit_out_lin(s, inputs, targets, lengths, train_idx, device)
-        err = 0.0
-        for xb, mask, yb in data_init._batches(inputs, lengths, val_idx, 64, device, targets):
-            err += _energy((s(xb, attention_mask_4d(mask)) - yb)[mask])
-        curve[r] = err
+        pred = torch.empty_like(targets)
+        offsets, order = sequence_offsets(lengths), by_length(lengths, val_idx)
+        for b in range(0, len(order), 64):
+            xb, mask = pad_sequences(inputs, lengths, order[b:b + 64], offsets)
+            xb, mask = xb.to(device).float(), mask.to(device)
+            pred[flat_positions(lengths, order[b:b + 64], offsets).to(pred.device)] = \
+                s(xb, attention_mask_4d(mask))[mask].to(pred.dtype)
+        curve[r] = measure(pred[val_tok] - targets[val_tok], val_tok)
     return curve
 
 
 @torch.no_grad()
-def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chunk=8192, ridge=1e-6):
-    """{width: held-out squared error} of the closed-form FFN start at every width: the units ranked by
+def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chunk=8192, ridge=1e-6, measure=None):
+    """{width: held-out error (measure, as in attention_curve)} of the closed-form FFN start at every width: the units ranked by
     data_init.fit_ffn's score (sum h_j^2 ||W2[:, j]||^2 on train_tok), lin2 and its bias refitted by ridge least
     squares on the leading units. One Gram matrix, one Cholesky factor L of it (bias first, then the units in
     rank order): the fit on the first k columns has held-out predictions Q[:, :k] @ Z[:k], Q = A_val L^-T,
     Z = L^-1 A^T Y, since the leading k x k block of L is the factor of the leading block of the Gram matrix."""
+    measure = measure or (lambda e, t: _energy(e))
     teacher = teacher.to(device).eval()
     F, H = teacher.lin1.out_features, teacher.lin2.out_features
     ones = lambda n: torch.ones(n, 1, device=device)
@@ -145,7 +179,7 @@ def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chun
         for w in sorted(widths):
             pred += Q[:, done:w + 1] @ Z[done:w + 1]
             done = w + 1
-            curve[w] = curve.get(w, 0.0) + float(((y - pred) ** 2).sum())
+            curve[w] = curve.get(w, 0.0) + measure(y - pred, t)
     return curve
 
 
@@ -190,7 +224,7 @@ def choose(options, budget):
 
 # ------------------------------------------------------------------ a capture's allocation
 def allocate(teacher, store, train_idx, val_idx, compression, device, length=128, curve_tokens=CURVE_TOKENS,
-             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, log=print):
+             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="layernorm", log=print):
     """The joint allocation of a capture's teacher at `compression`: {"dims": {layer: [attn inner, ffn width]},
     "budget": ..., "curves": ...}. Every layer of the encoder shares the budget."""
     config = teacher.config
@@ -215,16 +249,17 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         d, F = config.attn_dims[l] // nh, config.ffn_dims[l]
         ins, outs = data_init.block_io(layer, "mha", x, lengths, device)
         val_tok = flat_positions(lengths, val_idx)
-        resid = _energy(ins[val_tok] + outs[val_tok])
-        mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, head_dim_grid(d), device)
+        measure = currency(currency_name, layer.sa_layer_norm, ins + outs, val_tok)
+        mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, head_dim_grid(d), device,
+                              measure)
         ins, outs = data_init.ffn_io(layer, ins, outs)
-        resid_f = _energy(ins[val_tok] + outs[val_tok])
-        ffn = ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok, width_grid(F), device)
-        curves[l] = {"mha": {r * nh: e / resid for r, e in mha.items()},
-                     "ffn": {w: e / resid_f for w, e in ffn.items()}}
+        measure = currency(currency_name, layer.output_layer_norm, ins + outs, val_tok)
+        ffn = ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok, width_grid(F), device,
+                        measure=measure)
+        curves[l] = {"mha": {r * nh: e for r, e in mha.items()}, "ffn": dict(ffn)}
         for kind in ("mha", "ffn"):
             options[(l, kind)] = {s: (block_macs(config, kind, s, length), e) for s, e in curves[l][kind].items()}
-        log(f"layer {l}: error / residual energy, attention by head dim "
+        log(f"layer {l}: error ({currency_name} currency), attention by head dim "
             + " ".join(f"{s // nh}:{e:.2e}" for s, e in curves[l]["mha"].items())
             + "; FFN by width " + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::8]))
     pick = choose(options, budget)

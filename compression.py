@@ -27,11 +27,15 @@ from utils import UserError, written_atomically
 # Low-rank MHA (same heads, head_dim / c) and FFN (width / c), and their starts.
 # ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
-def reduced_dims(config, layer, compression):
-    """(attention inner size, FFN width) of `layer` after dividing head_dim and FFN width by `compression`."""
+def check_compression(compression):
     if isinstance(compression, bool) or not isinstance(compression, numbers.Real) or not math.isfinite(compression) \
             or compression < 1:
         raise UserError(f"compression must be a finite number >= 1, got {compression}")
+
+
+def reduced_dims(config, layer, compression):
+    """(attention inner size, FFN width) of `layer` after dividing head_dim and FFN width by `compression`."""
+    check_compression(compression)
     heads = config.num_attention_heads
     head_dim, width = config.attn_dims[layer] // heads, config.ffn_dims[layer]
     new_head_dim, new_width = round(head_dim / compression), round(width / compression)
@@ -96,6 +100,8 @@ def init_block(teacher, student, init, std=0.02, generator=None):
     copies to the block's device, so a block's start depends on its seed only, not on the device or on the
     blocks drawn before it. The activation-aware start ("data") needs the layer's inputs: data_init.fit_block,
     or compress(..., data=)."""
+    if student.removed and init in ("svd", "random"):
+        return  # a removed block is a constant (zero here); its fitted value comes with the modules
     if init == "svd":
         (svd_init_mha if isinstance(student, MultiHeadSelfAttention) else svd_init_ffn)(teacher, student)
     elif init == "random":
@@ -111,7 +117,7 @@ def init_block(teacher, student, init, std=0.02, generator=None):
         raise UserError(f"init must be 'svd', 'random' or 'data', not {init!r}")
 
 
-def compress(model, compression=2.0, init="svd", layers=None, data=None, device=None, seed=None):
+def compress(model, compression=2.0, init="svd", layers=None, data=None, device=None, seed=None, dims=None):
     """Replace the MHA and FFN of the chosen layers (all by default) with low-rank blocks, in place.
 
     MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`.
@@ -119,14 +125,20 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
     as captured from the teacher (activations.ActivationStore.load_layer); every token is used for the fit, on
     `device` (default: the model's own; the model stays there, each block in its own mode).
     init "random" draws each block from block_generator(seed, layer, kind); seed None: torch.initial_seed(),
-    the seed the global RNG was last seeded with (utils.set_seed), without drawing from it."""
+    the seed the global RNG was last seeded with (utils.set_seed), without drawing from it.
+    dims: {layer: (attention inner size, FFN width)} instead of the uniform sizes (an allocated modules dir's,
+    module_dims: the budget `compression` may then be beyond what uniform sizes can reach)."""
     base = model.base_model
     config = base.config
     if config.compression:
         raise UserError(f"the model is already compressed (compression {config.compression}); "
                         "compress the uncompressed teacher instead")
     layers = range(config.num_hidden_layers) if layers is None else layers
-    dims = {i: reduced_dims(config, i, compression) for i in layers}  # every size checked before any change
+    if dims is not None:
+        check_compression(compression)
+        dims = {i: tuple(dims[i]) for i in layers}
+    else:
+        dims = {i: reduced_dims(config, i, compression) for i in layers}  # every size checked before any change
     if init == "data":
         missing = [i for i in layers if data is None or i not in data]
         if missing:
@@ -240,6 +252,22 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False, t
         raise UserError(f"{modules_dir} lacks {names}: those blocks would stay at their start under a 'modular' "
                         "label (--allow_partial_modules to use it anyway; the variant then says so)")
     return loaded, missing
+
+
+def module_dims(modules_dir):
+    """{layer: (attention inner size, FFN width)} of an allocated modules dir (what --allocate chose, from the
+    checkpoints' metadata), or None when its blocks have uniform sizes (or it has none)."""
+    dims = {}
+    for path in sorted(glob.glob(os.path.join(modules_dir, "layer*_*.safetensors"))):
+        m = re.fullmatch(r"layer(\d+)_(mha|ffn)\.safetensors", os.path.basename(path))
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+        except Exception:
+            continue  # load_modules says what is wrong with it
+        if m and meta.get("allocated") == "True" and meta.get("inner_size", "").isdigit():
+            dims.setdefault(int(m.group(1)), {})[m.group(2)] = int(meta["inner_size"])
+    return dims or None
 
 
 def checkpoint_settings(path):

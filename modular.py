@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 import allocation
 import data_init
 from activations import ActivationStore, by_length, pad_sequences, select_sequences, sequence_offsets, subsample
-from compression import block_generator, checkpoint_path, checkpoint_settings, init_block, reduced_dims, save_block
+from compression import (block_generator, check_compression, checkpoint_path, checkpoint_settings, init_block,
+                         reduced_dims, save_block)
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, make_block
 from utils import (HelpFormatter, UserError, atomic_write_json, get_device, set_seed, state_dict_sha256,
                    written_atomically)
@@ -115,6 +116,10 @@ def build_parser(kind, doc):
                         "written once per output dir to allocation.json, read by both stages)")
     p.add_argument("--budget_length", type=int, default=128,
                    help="--allocate: the sequence length the multiply-add budget is counted at")
+    p.add_argument("--currency", choices=allocation.CURRENCIES, default="layernorm",
+                   help="--allocate: how block errors are compared: after the LayerNorm the block feeds "
+                        "(layernorm), or relative to the residual stream's energy (residual: session 6's "
+                        "joint/1 allocations)")
     p.add_argument("--fit_tokens", type=int, default=None,
                    help="--init data: fit on a seeded subset of the training sequences with at most this many "
                         "tokens (default: all)")
@@ -134,7 +139,8 @@ def block_settings(args, store, teacher_sha, layer, inner):
     """What determines a block checkpoint: equal settings on a rerun mean the layer is done (skipped)."""
     keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed", "fit_tokens",
             "allocate", "budget_length")
-    return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k, None) for k in keys},
+    extra = {"currency": args.currency} if getattr(args, "allocate", False) else {}  # its sizes' allocation
+    return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k, None) for k in keys}, **extra,
                        "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
                        "teacher_sha256": teacher_sha}, sort_keys=True)
 
@@ -177,9 +183,11 @@ def train_blocks(args):
     seq_lengths, example_ids, _ = store.sequence_info()
     train_idx, val_idx = holdout_split(example_ids, args.holdout, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-    sizes = {l: reduced_dims(config, l, args.compression)[0 if kind == "mha" else 1] for l in layers}
     allocation_id = None
-    if args.allocate:
+    if not args.allocate:  # uniform sizes (with --allocate the budget may be beyond what they can reach)
+        sizes = {l: reduced_dims(config, l, args.compression)[0 if kind == "mha" else 1] for l in layers}
+    else:
+        check_compression(args.compression)
         dims = joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, device)
         sizes = {l: dims[l][0 if kind == "mha" else 1] for l in layers}
         allocation_id = json.dumps({l: list(d) for l, d in sorted(dims.items())})  # load_modules: one per dir
@@ -256,7 +264,8 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
     and written there (once, under a lock: the MHA and FFN stages share it). Returns {layer: (attn, ffn)}."""
     if args.init != "data":
         raise UserError("--allocate chooses the block sizes from the closed-form start's errors: --init data")
-    settings = {"version": allocation.VERSION, "compression": args.compression, "length": args.budget_length,
+    settings = {"version": allocation.VERSION, "currency": args.currency,
+                "compression": args.compression, "length": args.budget_length,
                 "holdout": args.holdout, "seed": args.seed, "curve_tokens": allocation.CURVE_TOKENS,
                 "curve_heldout_tokens": allocation.CURVE_HELDOUT_TOKENS,
                 "inputs_sha256": store.manifest["settings"].get("inputs_sha256"), "teacher_sha256": teacher_sha}
@@ -266,7 +275,8 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
                    f"at most {allocation.CURVE_TOKENS} training tokens per layer, measured on at most "
                    f"{allocation.CURVE_HELDOUT_TOKENS} held-out tokens)")
         return allocation.allocate(teacher, store, train_idx, val_idx, args.compression, device,
-                                   length=args.budget_length, seed=args.seed, log=tqdm.write)
+                                   length=args.budget_length, seed=args.seed, currency_name=args.currency,
+                                   log=tqdm.write)
 
     result = allocation.load_or_allocate(os.path.join(args.output_dir, "allocation.json"), settings, compute)
     dims = {int(l): tuple(d) for l, d in result["dims"].items()}

@@ -154,14 +154,15 @@ def saved_compression(base_config, model):
 
 
 def real_lengths(task_name, tokenizer, data_dir=None, n=200, seed=0):
-    """Token counts of a seeded sample of `n` validation examples of the task (truncated at 128): what batch-1
-    inference on that task's inputs runs at."""
+    """Token counts of the sequences of a seeded sample of `n` validation examples of the task (truncated at 128):
+    what batch-1 inference on that task's inputs runs at. A multiple-choice example is one sequence per choice
+    (each choice is its own forward: all of them are counted, not only the first)."""
     task = T.get_task(task_name)
     rows = T.load_rows(task, "validation", data_dir or T.default_data_dir(task))
     enc = T.encode(task, rows, tokenizer, 128)["input_ids"]
-    lens = [len(e[0]) if task.num_choices else len(e) for e in enc]
-    idx = torch.randperm(len(lens), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    return [lens[i] for i in idx]
+    per_example = [[len(c) for c in e] if task.num_choices else [len(e)] for e in enc]
+    idx = torch.randperm(len(per_example), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return [t for i in idx for t in per_example[i]]
 
 
 def speed_rows(args, variants, base_config, lengths=None):
@@ -180,7 +181,7 @@ def speed_rows(args, variants, base_config, lengths=None):
             b = bounds[model_key(name)]
             rows.append({"variant": name, "compression": variant_compression(name),
                          "checkpoint": model_key(name).endswith(" ckpt"), "batch_size": bs,
-                         "seq_len": T_ if isinstance(lens, int) else f"{T_} ({len(lens)} examples, mean "
+                         "seq_len": T_ if isinstance(lens, int) else f"{T_} ({len(lens)} sequences, mean "
                                                                      f"{sum(lens) / len(lens):.1f} tokens)",
                          "threads": args.threads,
                          "median_ms": round(med, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3),

@@ -279,3 +279,43 @@ def test_removed_blocks_load_run_save_and_reload(tiny_bert_dir, tmp_path):
     again = ModDistilBertForSequenceClassification.from_pretrained(str(tmp_path / "saved")).eval()
     with torch.no_grad():
         assert torch.allclose(again(ids, torch.ones_like(ids)).logits, ref, atol=1e-6)
+
+
+def test_allocate_beyond_uniform_sizes(stsb_capture, tiny_bert_dir, tmp_path):
+    """--allocate spends any budget: at c = 20 uniform sizes do not exist for the tiny model (head dim 8 / 20
+    rounds to 0), but the allocation does (blocks thin or removed); the stages and run_superglue take it."""
+    out = str(tmp_path / "mod")
+    with pytest.raises(UserError, match="too large"):          # uniform sizes: refused, as before
+        mha_modular.main(["--activations_dir", stsb_capture, "--output_dir", str(tmp_path / "u"), "--init", "data",
+                          "--epochs", "0", "--compression", "20", "--threads", "1"])
+    alloc = _stages(stsb_capture, out, 20)
+    assert alloc["budget"]["achieved_compression"] >= 20
+    ft = tmp_path / "ft"
+    run_superglue.main(["--model_name_or_path", tiny_bert_dir, "--task", "stsb", "--output_dir", str(ft),
+                        "--compression", "20", "--init", "data", "--modules_dir", out, "--epochs", "1",
+                        "--max_train_samples", "16", "--max_eval_samples", "8", "--threads", "1"])
+    with open(ft / "results.json") as f:
+        assert json.load(f)["macs"]["achieved_compression"] >= 20
+
+
+def test_layernorm_currency_is_the_error_after_the_layernorm():
+    """The default currency: a small error e added to the residual stream r changes LN(r) by what the currency
+    says (to first order), relative to LN(r)'s own energy; the residual currency is ||e||^2 / ||r||^2."""
+    torch.manual_seed(0)
+    ln = torch.nn.LayerNorm(64)
+    with torch.no_grad():
+        ln.weight.uniform_(0.2, 2.0)
+        ln.bias.normal_()
+    r = torch.randn(200, 64) * torch.linspace(0.5, 3, 64) + 1.0
+    r[:, 3] += 40.0                                              # an outlier dim, as BERT's residual streams have
+    e = 1e-3 * torch.randn(200, 64)
+    val = torch.arange(100, 200)
+    with torch.no_grad():
+        moved = ((ln(r[val]) - ln(r[val] - e[val])) ** 2).sum() / ((ln(r[val]) - ln.bias) ** 2).sum()
+    got = allocation.currency("layernorm", ln, r, val)(e[val], val)
+    assert got == pytest.approx(float(moved), rel=0.05)
+    resid = allocation.currency("residual", ln, r, val)(e[val], val)
+    assert resid == pytest.approx(float((e[val] ** 2).sum() / (r[val] ** 2).sum()), rel=1e-9)
+    assert got > 3 * resid                                       # the outlier inflates the residual's energy
+    with pytest.raises(ValueError, match="currency must be one of"):
+        allocation.currency("own", ln, r, val)

@@ -93,11 +93,17 @@ def test_saved_checkpoints_and_real_lengths(tiny_teacher, tmp_path):
     assert {r["variant"] for r in rows} == {"fp32 c=1", "fp32 c=2", f"fp32 c={c:g} ckpt"} and c > 2
     assert [r["checkpoint"] for r in rows if r["variant"].endswith("ckpt")] == [True, True]
     real = [r for r in rows if isinstance(r["seq_len"], str)]
-    assert len(real) == 3 and all(r["seq_len"].startswith("stsb (5 examples") and r["batch_size"] == 1 for r in real)
+    assert len(real) == 3 and all(r["seq_len"].startswith("stsb (5 sequences") and r["batch_size"] == 1 for r in real)
     lens = run_speed.real_lengths("stsb", run_speed.AutoTokenizer.from_pretrained(tiny_teacher), n=5)
     cfg0 = ModDistilBertForSequenceClassification.from_teacher(tiny_teacher, num_labels=2).config
     bound = sum(run_speed.model_macs(cfg0, t) for t in lens) / sum(run_speed.model_macs(m.config, t) for t in lens)
     assert [r["flop_bound"] for r in real if r["variant"] == f"fp32 c={c:g} ckpt"] == [round(bound, 3)]
+    tok = run_speed.AutoTokenizer.from_pretrained(tiny_teacher)     # a COPA example is two forwards, both timed
+    copa = run_speed.real_lengths("copa", tok, n=3)
+    enc = run_speed.T.encode(run_speed.T.get_task("copa"), run_speed.T.load_rows(run_speed.T.get_task("copa"),
+                             "validation", run_speed.T.default_data_dir(run_speed.T.get_task("copa"))), tok, 128)
+    assert len(copa) == 6                                            # 3 examples x 2 choices
+    assert set(copa) <= {len(c) for e in enc["input_ids"] for c in e}
     with pytest.raises(UserError, match="both run at c="):       # two checkpoints of one c: never one row
         run_speed.main(["--model_name_or_path", tiny_teacher, "--no_int8", "--models", str(tmp_path / "ckpt"),
                         str(tmp_path / "ckpt")])
