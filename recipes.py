@@ -16,6 +16,8 @@ FIELDS = {
     "teacher": (str, "finetuned", "pretrained (capture from MODEL: the paper) | finetuned (this seed's baseline)"),
     "init": (str, "data", "svd | data | random: start of the low-rank blocks"),
     "allocate": (int, 1, "--init data: allocate head dims and FFN widths per layer, same FLOPs (0|1)"),
+    "currency": (str, "layernorm", "--allocate: block errors compared after their LayerNorm (layernorm) or "
+                                   "relative to the residual stream (residual: session 6's)"),
     "fit_tokens": (str, "65536", "--init data: fit the closed form on at most N training tokens per layer | all"),
     "module_epochs": (int, 0, "epochs of mha/ffn module training (the paper: 200)"),
     "module_seed": (int, 42, "seed of capture + module training"),
@@ -42,7 +44,7 @@ RECIPES = {
 }
 VARIANTS = ("baseline", "modular", "svd", "random")
 CHOICES = {"teacher": ("pretrained", "finetuned"), "init": ("svd", "data", "random"), "allocate": (0, 1),
-           "mixup": (0, 1), "distill": (0, 1)}
+           "mixup": (0, 1), "distill": (0, 1), "currency": ("layernorm", "residual")}
 
 
 class RecipeError(ValueError):
@@ -137,8 +139,8 @@ def fmt_c(c):
 # ------------------------------------------------------------------ which fields each stage depends on
 BASELINE_FIELDS = ("model", "ft_epochs", "ft_lr", "max_train_samples", "max_eval_samples", "ft_args")
 CAPTURE_FIELDS = ("capture_samples", "augment", "module_seed", "capture_args")
-MODULE_FIELDS = ("compression", "init", "allocate", "fit_tokens", "module_epochs", "mixup", "module_seed",
-                 "module_args")
+MODULE_FIELDS = ("compression", "init", "allocate", "currency", "fit_tokens", "module_epochs", "mixup",
+                 "module_seed", "module_args")
 
 
 def capture_tokens(fields):
@@ -169,7 +171,7 @@ def paths(task, seed, variant, fields, data_key):
         cap = {k: f[k] for k in CAPTURE_FIELDS}
         cap["max_tokens"] = capture_tokens(f)
         cap_name = f"{teacher}-{short_hash([cap, data_key, f['model']])}"
-        mod = {k: f[k] for k in MODULE_FIELDS}
+        mod = {k: f[k] for k in MODULE_FIELDS if k != "currency" or f["allocate"]}  # (no allocation: no currency)
         mod_name = (f"c{fmt_c(f['compression'])}-{f['init']}{'-alloc' if f['allocate'] else ''}-"
                     f"{short_hash([cap_name, mod])}")
         out["capture"] = f"{task}/capture/{cap_name}/done.json"

@@ -110,7 +110,8 @@ def plan(o):
                              "--compression", f"{f['compression']:g}", "--init", f["init"],
                              "--epochs", str(f["module_epochs"]), "--seed", str(f["module_seed"])]
                         m += ["--mixup"] if f["mixup"] else []
-                        m += ["--allocate"] if f["allocate"] else []   # one joint allocation (allocation.json), both stages
+                        if f["allocate"]:   # one joint allocation (allocation.json), both stages
+                            m += ["--allocate", "--currency", f["currency"]]
                         m += [] if f["fit_tokens"] == "all" else ["--fit_tokens", f["fit_tokens"]]
                         mods.append(m + shlex.split(f["module_args"]))
                     jobs[p["modules"]] = dict(stage="modules", task=task, seed=seed, needs=[p["capture"]], cmds=mods)
