@@ -40,7 +40,7 @@ import torch
 
 import data_init
 from activations import by_length, flat_positions, pad_sequences, select_sequences, sequence_offsets, subsample
-from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d
+from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d, make_block
 from utils import UserError, atomic_write_json
 
 VERSION = "joint/1"          # what allocation.json's curves mean; a change invalidates old files
@@ -88,7 +88,7 @@ def _energy(t):
     return float((t.double() ** 2).sum())
 
 
-CURRENCIES = ("layernorm", "residual")
+CURRENCIES = ("layernorm", "output", "residual")
 
 
 def currency(name, layer_norm, resid, val_tok):
@@ -98,7 +98,7 @@ def currency(name, layer_norm, resid, val_tok):
     if name == "residual":
         total = _energy(resid[val_tok])
         return lambda e, t: _energy(e) / total
-    if name != "layernorm":
+    if name not in ("layernorm", "output"):  # output: the layernorm curve, scaled afterwards (allocate)
         raise ValueError(f"currency must be one of {CURRENCIES}, not {name!r}")
     r = resid.double()
     inv_var = 1.0 / (r.var(-1, unbiased=False) + layer_norm.eps)           # 1 / sigma_t^2 per token
@@ -109,10 +109,12 @@ def currency(name, layer_norm, resid, val_tok):
 
 
 @torch.no_grad()
-def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, measure=None):
+def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, measure=None,
+                    keep=None):
     """{head dim: held-out error} of the closed-form attention start (fitted on train_idx) at each head dim; 0 is
     the block removed (the training tokens' mean output). measure(e, t): the error rows e of the flat token
-    positions t in a currency (default: the squared error)."""
+    positions t in a currency (default: the squared error). keep: a head dim whose fitted block is returned too
+    ((curve, block))."""
     measure = measure or (lambda e, t: _energy(e))
     stats = data_init.mha_statistics(teacher, inputs, lengths, train_idx, device)
     H, nh = teacher.q_lin.in_features, teacher.num_heads
@@ -135,7 +137,9 @@ def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_
             pred[flat_positions(lengths, order[b:b + 64], offsets).to(pred.device)] = \
                 s(xb, attention_mask_4d(mask))[mask].to(pred.dtype)
         curve[r] = measure(pred[val_tok] - targets[val_tok], val_tok)
-    return curve
+        if r == keep:
+            kept = s
+    return curve if keep is None else (curve, kept)
 
 
 @torch.no_grad()
@@ -242,7 +246,12 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         held = subset  # --holdout 0: the curves are measured on the fitted tokens
     keep = torch.unique(torch.cat([subset, held]))
     fit_idx, val_idx = torch.searchsorted(keep, subset), torch.searchsorted(keep, held)
-    options, curves = {}, {}
+    options, curves, sensitivity = {}, {}, {}
+    output = currency_name == "output"
+    if output:  # the teacher's encoder output on the held-out sequences, what each block's error is carried to
+        last = config.num_hidden_layers - 1
+        out_t = data_init.layer_forward(teacher.layers[last], *select_sequences(*store.load_layer(last), held), device)
+        out_energy = _energy(out_t - teacher.layers[last].output_layer_norm.bias.detach().to(out_t))
     for l in layers:
         x, lengths = select_sequences(*store.load_layer(l), keep)
         layer = teacher.layers[l]
@@ -250,13 +259,25 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         ins, outs = data_init.block_io(layer, "mha", x, lengths, device)
         val_tok = flat_positions(lengths, val_idx)
         measure = currency(currency_name, layer.sa_layer_norm, ins + outs, val_tok)
+        r_cal = _nearest(head_dim_grid(d), d / compression)
         mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, head_dim_grid(d), device,
-                              measure)
+                              measure, keep=r_cal if output else None)
+        if output:
+            mha, cal = mha
+            sensitivity[l] = {"mha": _carried(teacher, l, "attention", cal, x, lengths, val_idx, out_t, device)
+                              / out_energy / max(mha[r_cal], 1e-30)}
         ins, outs = data_init.ffn_io(layer, ins, outs)
         measure = currency(currency_name, layer.output_layer_norm, ins + outs, val_tok)
         ffn = ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok, width_grid(F), device,
                         measure=measure)
         curves[l] = {"mha": {r * nh: e for r, e in mha.items()}, "ffn": dict(ffn)}
+        if output:
+            w_cal = _nearest(width_grid(F), F / compression)
+            cal = make_block(config, l, "ffn", w_cal).to(device)
+            data_init.fit_ffn(layer.ffn, cal, ins, outs, flat_positions(lengths, fit_idx), device)
+            sensitivity[l]["ffn"] = (_carried(teacher, l, "ffn", cal, x, lengths, val_idx, out_t, device)
+                                     / out_energy / max(ffn[w_cal], 1e-30))
+            curves[l] = {k: {s: e * sensitivity[l][k] for s, e in c.items()} for k, c in curves[l].items()}
         for kind in ("mha", "ffn"):
             options[(l, kind)] = {s: (block_macs(config, kind, s, length), e) for s, e in curves[l][kind].items()}
         log(f"layer {l}: error ({currency_name} currency), attention by head dim "
@@ -266,10 +287,33 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
     dims = {l: [pick[(l, "mha")], pick[(l, "ffn")]] for l in layers}
     return {"dims": dims, "budget": _budget(config, length, full, budget, dims),
             "predicted_error": sum(curves[l][k][pick[(l, k)]] for l in layers for k in ("mha", "ffn")),
+            "sensitivity": {str(l): v for l, v in sensitivity.items()} or None,
             "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
             "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[held].sum()),
             "curves": {str(l): {k: {str(s): e for s, e in c.items()} for k, c in cs.items()}
                        for l, cs in curves.items()}}
+
+
+def _nearest(grid, size):
+    """The nonzero grid size nearest `size` (the uniform size at the budget: where the output currency's
+    sensitivity is measured)."""
+    return min((g for g in grid if g), key=lambda g: (abs(g - size), g))
+
+
+@torch.no_grad()
+def _carried(teacher, l, name, block, x, lengths, index, out_t, device):
+    """Squared error of the encoder's output on the sequences `index` (flat teacher inputs x of layer l) when
+    layer l's `name` ("attention" or "ffn") is `block` and every other block is the teacher's."""
+    layer = teacher.layers[l]
+    old = getattr(layer, name)
+    setattr(layer, name, block)
+    try:
+        h, lens = select_sequences(x, lengths, index)
+        for j in range(l, len(teacher.layers)):
+            h = data_init.layer_forward(teacher.layers[j], h, lens, device)
+    finally:
+        setattr(layer, name, old)
+    return _energy(h - out_t.to(h))
 
 
 def _budget(config, length, full, budget, dims):

@@ -44,7 +44,7 @@ RECIPES = {
 }
 VARIANTS = ("baseline", "modular", "svd", "random")
 CHOICES = {"teacher": ("pretrained", "finetuned"), "init": ("svd", "data", "random"), "allocate": (0, 1),
-           "mixup": (0, 1), "distill": (0, 1), "currency": ("layernorm", "residual")}
+           "mixup": (0, 1), "distill": (0, 1), "currency": ("layernorm", "output", "residual")}
 
 
 class RecipeError(ValueError):

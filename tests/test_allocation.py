@@ -12,7 +12,9 @@ import capture_data
 import data_init
 import ffn_modular
 import mha_modular
+import modular
 import run_superglue
+from activations import ActivationStore
 from compression import compress, load_modules, save_block
 from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassification, MultiHeadSelfAttention,
                                     attention_mask_4d, make_block)
@@ -319,3 +321,21 @@ def test_layernorm_currency_is_the_error_after_the_layernorm():
     assert got > 3 * resid                                       # the outlier inflates the residual's energy
     with pytest.raises(ValueError, match="currency must be one of"):
         allocation.currency("own", ln, r, val)
+
+
+def test_output_currency_is_the_layernorm_curve_times_a_measured_sensitivity(stsb_capture):
+    """--currency output: each block's layernorm curve scaled by how much of its error reaches the encoder's
+    output (measured once per block, with the block at its uniform size and every other block the teacher's)."""
+    store = ActivationStore(stsb_capture)
+    teacher, _ = modular.load_capture_teacher(store)
+    train_idx, val_idx = modular.holdout_split(store.sequence_info()[1], 0.2, 0)
+    got = {c: allocation.allocate(teacher, store, train_idx, val_idx, 2.0, "cpu", currency_name=c, log=lambda m: 0)
+           for c in ("layernorm", "output")}
+    sens = got["output"]["sensitivity"]
+    assert set(sens) == {"0", "1"} and all(v > 0 for s in sens.values() for v in s.values())
+    for l, cs in got["layernorm"]["curves"].items():
+        for kind, curve in cs.items():
+            for size, e in curve.items():
+                assert got["output"]["curves"][l][kind][size] == pytest.approx(e * sens[l][kind], rel=1e-9)
+    # the last layer's FFN feeds the output directly: its sensitivity is the layernorm currency's own scale
+    assert 0.2 < sens["1"]["ffn"] < 5
