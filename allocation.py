@@ -8,17 +8,23 @@ errors say it is needed:
 - Cost per block (`block_macs`), at T tokens, hidden H: attention of inner size D = heads x head dim costs
   D (4TH + 2T^2) (q, k, v, out projections and the two T x T products), an FFN of width F costs 2THF.
   A size of 0 removes the block (the layer keeps only its residual and a constant bias): cost 0.
-- One currency for every block (`currency="layernorm"`, the default): what the block's held-out error becomes
-  after the LayerNorm its output is added into, relative to that LayerNorm's output. The model is post-LN: a
-  block's error e joins the residual stream r = x + block(x) and the next layer sees LN(r), which removes e's
-  mean over the hidden dims, divides by r's standard deviation per token and scales dim d by gamma_d; so the
-  currency is sum_t sum_d (gamma_d (e_td - mean_d e_t) / sigma_t)^2 / sum_t ||gamma (r_t - mean r_t) / sigma_t||^2.
-  A block's own relative error would not do (attention and FFN outputs have different norms), nor does the
-  error relative to the residual stream's energy (`currency="residual"`, allocation.json's version joint/1): in
-  BERT-family models a few outlier dims carry most of that energy before the FFN's LayerNorm (MiniLM's STS-B
-  teacher: 3 of 384 dims hold 89% of it in layer 0, where gamma is below its median), so it under-rates an FFN's
-  error in every other dim; at c=2 it cut the FFNs instead of the attention and lost 0.8 STS-B points
-  (results/joint_allocation.md).
+- One currency for every block: how much of the block's held-out error reaches the encoder's output
+  (`currency="output"`, the default). Built in two steps:
+  1. `layernorm`: what the error becomes after the LayerNorm the block's output is added into, relative to that
+     LayerNorm's output. The model is post-LN: a block's error e joins the residual stream r = x + block(x) and
+     the next layer sees LN(r), which removes e's mean over the hidden dims, divides by r's standard deviation
+     per token and scales dim d by gamma_d: sum_t sum_d (gamma_d (e_td - mean_d e_t) / sigma_t)^2 /
+     sum_t ||gamma (r_t - mean r_t) / sigma_t||^2.
+  2. `output`: each block's layernorm curve times its sensitivity, measured once per block: the squared error of
+     the encoder's output (held-out sequences, relative to its energy) with that block alone at its uniform size
+     for this c and every other block the teacher's, divided by the block's layernorm error at that size. The
+     later layers shrink most errors (MiniLM's STS-B teacher: 0.1-0.2 for most blocks) but not all (layer 1's
+     attention: 3.3-3.9; the last FFN: 1.0, as it should).
+  Why not simpler ones: a block's own relative error ignores that attention and FFN outputs have different
+  norms; the error relative to the residual stream's energy (`currency="residual"`, session 6) is dominated by
+  a few outlier dims before the FFN's LayerNorm (3 of 384 hold 89% of it in layer 0), so it under-rates FFN
+  errors (c=2 lost 0.8 STS-B points); `layernorm` fixes that but, blind to what the later layers do, took too
+  much from the attention at c=4 (81.5 against 84.3). Measured: results/joint_allocation.md.
 - Curves, per layer, on a seeded subset of the captured training tokens, measured on the held-out examples:
   attention at every head dim of `head_dim_grid` (the closed form: data_init.fit_mha + refit_out_lin; 0 = the
   mean output); FFN at every width of `width_grid` in one pass: the units ranked once by the closed-form score,
@@ -228,7 +234,7 @@ def choose(options, budget):
 
 # ------------------------------------------------------------------ a capture's allocation
 def allocate(teacher, store, train_idx, val_idx, compression, device, length=128, curve_tokens=CURVE_TOKENS,
-             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="layernorm", log=print):
+             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="output", log=print):
     """The joint allocation of a capture's teacher at `compression`: {"dims": {layer: [attn inner, ffn width]},
     "budget": ..., "curves": ...}. Every layer of the encoder shares the budget."""
     config = teacher.config

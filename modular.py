@@ -116,10 +116,10 @@ def build_parser(kind, doc):
                         "written once per output dir to allocation.json, read by both stages)")
     p.add_argument("--budget_length", type=int, default=128,
                    help="--allocate: the sequence length the multiply-add budget is counted at")
-    p.add_argument("--currency", choices=allocation.CURRENCIES, default="layernorm",
-                   help="--allocate: how block errors are compared: after the LayerNorm the block feeds "
-                        "(layernorm), or relative to the residual stream's energy (residual: session 6's "
-                        "joint/1 allocations)")
+    p.add_argument("--currency", choices=allocation.CURRENCIES, default="output",
+                   help="--allocate: how block errors are compared: the share that reaches the encoder's output "
+                        "(output), after the LayerNorm the block feeds (layernorm), or relative to the residual "
+                        "stream's energy (residual: session 6's allocations); allocation.py")
     p.add_argument("--fit_tokens", type=int, default=None,
                    help="--init data: fit on a seeded subset of the training sequences with at most this many "
                         "tokens (default: all)")

@@ -16,8 +16,9 @@ FIELDS = {
     "teacher": (str, "finetuned", "pretrained (capture from MODEL: the paper) | finetuned (this seed's baseline)"),
     "init": (str, "data", "svd | data | random: start of the low-rank blocks"),
     "allocate": (int, 1, "--init data: allocate head dims and FFN widths per layer, same FLOPs (0|1)"),
-    "currency": (str, "layernorm", "--allocate: block errors compared after their LayerNorm (layernorm) or "
-                                   "relative to the residual stream (residual: session 6's)"),
+    "currency": (str, "output", "--allocate: block errors compared by what reaches the encoder's output "
+                                "(output), after their LayerNorm (layernorm) or relative to the residual stream "
+                                "(residual: session 6's)"),
     "fit_tokens": (str, "65536", "--init data: fit the closed form on at most N training tokens per layer | all"),
     "module_epochs": (int, 0, "epochs of mha/ffn module training (the paper: 200)"),
     "module_seed": (int, 42, "seed of capture + module training"),
