@@ -16,8 +16,8 @@ errors say it is needed:
      per token and scales dim d by gamma_d: sum_t sum_d (gamma_d (e_td - mean_d e_t) / sigma_t)^2 /
      sum_t ||gamma (r_t - mean r_t) / sigma_t||^2.
   2. `output`: each block's layernorm curve times its sensitivity, measured once per block: the squared error of
-     the encoder's output (held-out sequences, relative to its energy) with that block alone at its uniform size
-     for this c and every other block the teacher's, divided by the block's layernorm error at that size. The
+     the encoder's output (held-out sequences, relative to its energy) with that block alone at the nonzero grid
+     size nearest its uniform size for this c (head dim / c, width / c) and every other block the teacher's, divided by the block's layernorm error at that size. The
      later layers shrink most errors (MiniLM's STS-B teacher: 0.1-0.2 for most blocks) but not all (layer 1's
      attention: 3.3-3.9; the last FFN: 1.0, as it should).
   Why not simpler ones: a block's own relative error ignores that attention and FFN outputs have different
@@ -100,7 +100,8 @@ CURRENCIES = ("layernorm", "output", "residual")
 def currency(name, layer_norm, resid, val_tok):
     """The function (error rows e, their token positions t) -> that error in the currency `name` (see the top
     of this file), for a block whose output is added into the residual stream `resid` (flat [tokens, H], the
-    teacher's x + block(x)) before `layer_norm`; relative to the stream's energy on the held-out tokens val_tok."""
+    teacher's x + block(x)) before `layer_norm`; relative, on the held-out tokens val_tok, to the stream's energy
+    (residual) or to the energy of the LayerNorm's output less its bias (layernorm, output)."""
     if name == "residual":
         total = _energy(resid[val_tok])
         return lambda e, t: _energy(e) / total

@@ -8,6 +8,7 @@ model finds it beside compress().
 """
 import glob
 import hashlib
+import json
 import math
 import numbers
 import os
@@ -267,6 +268,12 @@ def module_dims(modules_dir):
             continue  # load_modules says what is wrong with it
         if m and meta.get("allocated") == "True" and meta.get("inner_size", "").isdigit():
             dims.setdefault(int(m.group(1)), {})[m.group(2)] = int(meta["inner_size"])
+    alloc = os.path.join(modules_dir, "allocation.json")
+    if dims and os.path.exists(alloc):  # a block not (yet) in the dir: the size its allocation gave it
+        with open(alloc) as f:
+            for l, (attn, ffn) in json.load(f).get("dims", {}).items():
+                for kind, size in (("mha", attn), ("ffn", ffn)):
+                    dims.setdefault(int(l), {}).setdefault(kind, int(size))
     return dims or None
 
 

@@ -253,7 +253,8 @@ def main(argv=None):
                         "shape")
     p.add_argument("--real_lengths", nargs="+", default=[], metavar="TASK",
                    help="also time batch 1 over a seeded sample of --real_examples validation examples of each "
-                        "TASK, each at its own length (truncated at 128), interleaved: ms per example")
+                        "TASK, each sequence at its own length (truncated at 128; a multiple-choice example is one sequence "
+                        "per choice), interleaved: mean ms per sequence")
     p.add_argument("--real_examples", type=int, default=200)
     p.add_argument("--json", default=None, help="write {machine, command, rows} here")
     p.add_argument("--accuracy_json", default=None, help="with --checkpoint: write the fp32/INT8 scores here")

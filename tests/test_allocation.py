@@ -298,10 +298,15 @@ def test_allocate_beyond_uniform_sizes(stsb_capture, tiny_bert_dir, tmp_path):
                         "--max_train_samples", "16", "--max_eval_samples", "8", "--threads", "1"])
     with open(ft / "results.json") as f:
         assert json.load(f)["macs"]["achieved_compression"] >= 20
+    os.remove(os.path.join(out, "layer01_ffn.safetensors"))     # a partial dir: the missing block takes the
+    from finetune import build_model                             # size its allocation.json gave it
+    from tasks import get_task
+    model, _, _ = build_model(tiny_bert_dir, get_task("stsb"), 20.0, "data", out, allow_partial_modules=True)
+    assert [[a, w] for a, w in zip(model.config.attn_dims, model.config.ffn_dims)] == list(alloc["dims"].values())
 
 
 def test_layernorm_currency_is_the_error_after_the_layernorm():
-    """The default currency: a small error e added to the residual stream r changes LN(r) by what the currency
+    """The layernorm currency: a small error e added to the residual stream r changes LN(r) by what the currency
     says (to first order), relative to LN(r)'s own energy; the residual currency is ||e||^2 / ||r||^2."""
     torch.manual_seed(0)
     ln = torch.nn.LayerNorm(64)
