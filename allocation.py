@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 import data_init
-from activations import by_length, flat_positions, pad_sequences, select_sequences, sequence_offsets, subsample
-from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d, make_block
+from activations import flat_positions, select_sequences, subsample
+from modeling_moddistilbert import MultiHeadSelfAttention, make_block
 from utils import UserError, atomic_write_json
 
 VERSION = "joint/1"          # what allocation.json's curves mean; a change invalidates old files
@@ -136,14 +136,8 @@ def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_
         data_init.fit_mha(teacher, s, stats)
         s.to(device)
         data_init.refit_out_lin(s, inputs, targets, lengths, train_idx, device)
-        pred = torch.empty_like(targets)
-        offsets, order = sequence_offsets(lengths), by_length(lengths, val_idx)
-        for b in range(0, len(order), 64):
-            xb, mask = pad_sequences(inputs, lengths, order[b:b + 64], offsets)
-            xb, mask = xb.to(device).float(), mask.to(device)
-            pred[flat_positions(lengths, order[b:b + 64], offsets).to(pred.device)] = \
-                s(xb, attention_mask_4d(mask))[mask].to(pred.dtype)
-        curve[r] = measure(pred[val_tok] - targets[val_tok], val_tok)
+        pred = data_init.attention_outputs(s, inputs, lengths, val_idx, device)
+        curve[r] = measure(pred.to(targets) - targets[val_tok], val_tok)
         if r == keep:
             kept = s
     return curve if keep is None else (curve, kept)

@@ -34,36 +34,36 @@ from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d, ma
 
 # ------------------------------------------------------------------ data
 @torch.no_grad()
-def block_io(layer, kind, x, lengths, device, batch=64):
-    """(inputs, targets) of block `kind` of the teacher `layer` on its layer inputs x, as flat [tokens, H]
-    tensors on `device`, in the order of x: MHA inputs = x, targets = attention(x); FFN inputs =
-    sa_layer_norm(x + attention(x)), targets = ffn(FFN inputs). Computed in batches of sequences of similar
-    length (little padding); the per-token parts (LayerNorm, FFN) run on the real tokens only."""
-    layer = layer.to(device).eval()
+def attention_outputs(attention, x, lengths, index, device, batch=64):
+    """attention(x) on the sequences `index` of the flat inputs x: flat [tokens, H] on `device`, in the order of
+    flat_positions(lengths, index). Computed in batches of sequences of similar length (little padding)."""
     lengths = torch.as_tensor(lengths).long()
-    offsets = sequence_offsets(lengths)
+    offsets, order = sequence_offsets(lengths), by_length(lengths, index)
     x = x.to(device).float()
-    ins = x if kind == "mha" else torch.empty_like(x)
     outs = torch.empty_like(x)
-    order = by_length(lengths, torch.arange(len(lengths)))
     for s in range(0, len(order), batch):
         idx = order[s:s + batch]
         xb, mask = pad_sequences(x, lengths, idx, offsets)
-        pos = flat_positions(lengths, idx, offsets).to(device)
-        a = layer.attention(xb, attention_mask_4d(mask))[mask]
-        if kind == "mha":
-            outs[pos] = a
-        else:
-            h = layer.sa_layer_norm(xb[mask] + a)
-            ins[pos], outs[pos] = h, layer.ffn(h)
-    return ins, outs
+        outs[flat_positions(lengths, idx, offsets).to(device)] = attention(xb, attention_mask_4d(mask))[mask]
+    return outs[flat_positions(lengths, index, offsets).to(device)]
+
+
+@torch.no_grad()
+def block_io(layer, kind, x, lengths, device, batch=64):
+    """(inputs, targets) of block `kind` of the teacher `layer` on its layer inputs x, as flat [tokens, H]
+    tensors on `device`, in the order of x: MHA inputs = x, targets = attention(x); FFN inputs =
+    sa_layer_norm(x + attention(x)), targets = ffn(FFN inputs) (ffn_io)."""
+    layer = layer.to(device).eval()
+    x = x.to(device).float()
+    a = attention_outputs(layer.attention, x, lengths, torch.arange(len(lengths)), device, batch)
+    return (x, a) if kind == "mha" else ffn_io(layer, x, a)
 
 
 @torch.no_grad()
 def ffn_io(layer, mha_in, mha_out, chunk=8192):
     """The FFN block's (inputs, targets) from its layer's attention (inputs, outputs), flat [tokens, H] on the
-    layer's device: h = sa_layer_norm(x + attention(x)) and ffn(h), what block_io(layer, "ffn", ...) gives,
-    without running the attention a second time."""
+    layer's device: h = sa_layer_norm(x + attention(x)) and ffn(h), in chunks of tokens (so a caller that has the
+    attention's outputs does not run it a second time)."""
     ins = layer.sa_layer_norm(mha_in + mha_out)
     return ins, torch.cat([layer.ffn(ins[s:s + chunk]) for s in range(0, len(ins), chunk)])
 

@@ -133,16 +133,17 @@ def test_a_removed_block_is_fitted_to_the_mean_output():
     assert info["removed"] and torch.allclose(s(x[None])[0, 0], y[:50].mean(0), atol=1e-6)
 
 
-def test_ffn_io_from_the_attention_equals_block_io(tiny_bert_dir):
-    """The FFN's inputs and targets from the attention's (what allocate and compress_with_data use) equal
-    block_io's, which runs the attention again."""
+def test_attention_outputs_of_a_subset_follow_its_order(tiny_bert_dir):
+    """attention_outputs on sequences (2, 0) gives sequence 2's rows, then sequence 0's (the order of
+    flat_positions, which the curves index the targets with), each as the attention computes it alone."""
     model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=2).eval()
     lengths = torch.tensor([5, 9, 3, 7])
     x = _tokens(int(lengths.sum()), 32, 6)
-    layer = model.base_model.layers[0]
-    a_in, a_out = data_init.block_io(layer, "mha", x, lengths, "cpu")
-    for got, want in zip(data_init.ffn_io(layer, a_in, a_out), data_init.block_io(layer, "ffn", x, lengths, "cpu")):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    attn = model.base_model.layers[0].attention
+    got = data_init.attention_outputs(attn, x, lengths, torch.tensor([2, 0]), "cpu")
+    with torch.no_grad():
+        want = torch.cat([attn(x[14:17][None])[0], attn(x[0:5][None])[0]])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_fit_tokens_subset_follows_the_seed():
