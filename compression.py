@@ -167,6 +167,7 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
 # Module checkpoints: one block per file, safetensors + string metadata (no pickles).
 # ---------------------------------------------------------------------------------------------
 CKPT_FORMAT = "modular-block/1"
+KINDS = ("mha", "ffn")
 
 
 def checkpoint_path(out_dir, layer, kind):
@@ -255,10 +256,16 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False, t
     return loaded, missing
 
 
-def module_dims(modules_dir):
-    """{layer: (attention inner size, FFN width)} of an allocated modules dir (what --allocate chose, from the
-    checkpoints' metadata), or None when its blocks have uniform sizes (or it has none)."""
+def module_dims(modules_dir, num_layers):
+    """{layer: (attention inner size, FFN width)} of an allocated modules dir: every block's size from its
+    checkpoint's metadata, or for a block not (yet) in the dir from the dir's allocation.json; None when the
+    blocks have uniform sizes (or not every size is known: load_modules then says what is missing)."""
     dims = {}
+    alloc = os.path.join(modules_dir, "allocation.json")
+    if os.path.exists(alloc):
+        with open(alloc) as f:
+            dims = {(int(l), k): int(v) for l, d in json.load(f).get("dims", {}).items() for k, v in zip(KINDS, d)}
+    allocated = False
     for path in sorted(glob.glob(os.path.join(modules_dir, "layer*_*.safetensors"))):
         m = re.fullmatch(r"layer(\d+)_(mha|ffn)\.safetensors", os.path.basename(path))
         try:
@@ -267,14 +274,10 @@ def module_dims(modules_dir):
         except Exception:
             continue  # load_modules says what is wrong with it
         if m and meta.get("allocated") == "True" and meta.get("inner_size", "").isdigit():
-            dims.setdefault(int(m.group(1)), {})[m.group(2)] = int(meta["inner_size"])
-    alloc = os.path.join(modules_dir, "allocation.json")
-    if dims and os.path.exists(alloc):  # a block not (yet) in the dir: the size its allocation gave it
-        with open(alloc) as f:
-            for l, (attn, ffn) in json.load(f).get("dims", {}).items():
-                for kind, size in (("mha", attn), ("ffn", ffn)):
-                    dims.setdefault(int(l), {}).setdefault(kind, int(size))
-    return dims or None
+            dims[(int(m.group(1)), m.group(2))], allocated = int(meta["inner_size"]), True
+    if not allocated or any((l, k) not in dims for l in range(num_layers) for k in KINDS):
+        return None
+    return {l: tuple(dims[(l, k)] for k in KINDS) for l in range(num_layers)}
 
 
 def checkpoint_settings(path):

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import MultipleChoiceModelOutput
 
 import tasks as T
 from allocation import encoder_macs
-from compression import compress, load_modules, module_dims, reduced_dims
+from compression import compress, load_modules, module_dims
 from distill import EXAMPLE_INDEX
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     resolve_model_path)
@@ -85,11 +85,7 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         raise UserError("--init data: the closed-form blocks come from the trainers (mha_modular.py / "
                         "ffn_modular.py --init data --epochs 0); give their --modules_dir")
     if compression:  # an allocated modules dir's blocks have their own sizes (any c, even beyond uniform sizes)
-        allocated = module_dims(modules_dir) if modules_dir else None
-        size = lambda l, i, k: allocated.get(l, {}).get(k, None)
-        dims = None if allocated is None else {
-            l: tuple(reduced_dims(model.config, l, compression)[i] if size(l, i, k) is None else size(l, i, k)
-                     for i, k in enumerate(("mha", "ffn"))) for l in range(model.config.num_hidden_layers)}
+        dims = module_dims(modules_dir, model.config.num_hidden_layers) if modules_dir else None
         compress(model, compression, "svd" if init == "data" else init, seed=seed, dims=dims)  # data: the modules
     modules, missing = None, []
     if modules_dir:
