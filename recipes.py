@@ -111,6 +111,12 @@ def resolve(name, overrides):
     return name, fields
 
 
+def settings(fields):
+    """The fields that are settings of a run: all, less the currency where nothing is allocated (so the paths and
+    records of runs without --allocate are what they were before the field existed)."""
+    return {k: v for k, v in fields.items() if k != "currency" or fields["allocate"]}
+
+
 def row_label(variant, fields):
     """The row label of a variant under these fields, the one place labels are made: VARIANT, then for
     modular -INIT (unless svd), -alloc, -ft (fine-tuned teacher); +kd when distilled.
@@ -172,7 +178,7 @@ def paths(task, seed, variant, fields, data_key):
         cap = {k: f[k] for k in CAPTURE_FIELDS}
         cap["max_tokens"] = capture_tokens(f)
         cap_name = f"{teacher}-{short_hash([cap, data_key, f['model']])}"
-        mod = {k: f[k] for k in MODULE_FIELDS if k != "currency" or f["allocate"]}  # (no allocation: no currency)
+        mod = {k: v for k, v in settings(f).items() if k in MODULE_FIELDS}
         mod_name = (f"c{fmt_c(f['compression'])}-{f['init']}{'-alloc' if f['allocate'] else ''}-"
                     f"{short_hash([cap_name, mod])}")
         out["capture"] = f"{task}/capture/{cap_name}/done.json"

@@ -124,8 +124,8 @@ def plan(o):
                     cmd += ["--distill_from", os.path.join(base_dir, "model")]
                 if not o["save_model"]:
                     cmd.append("--no_save_model")
-                if variant == "modular":   # the currency is a setting only of allocated modules
-                    fields = {k: v for k, v in f.items() if k != "currency" or f["allocate"]}
+                if variant == "modular":
+                    fields = recipes.settings(f)
                 else:   # no capture, no modules: their fields are no setting of this run
                     unused = set(recipes.CAPTURE_FIELDS + recipes.MODULE_FIELDS) - {"compression"} | {"teacher"}
                     fields = {k: v for k, v in f.items() if k not in unused}

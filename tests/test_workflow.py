@@ -92,10 +92,20 @@ def test_plan_chains_baseline_capture_modules_finetune(tmp_path):
     mod = jobs[[n for n in run["needs"] if n.endswith("done.json")][0]]
     cap = jobs[mod["needs"][0]]
     assert mod["stage"] == "modules" and cap["stage"] == "capture" and cap["needs"] == [targets[0]]
-    assert all("--allocate" in c for c in mod["cmds"])          # both stages: one joint allocation
+    assert all(c[c.index("--allocate"):c.index("--allocate") + 3] == ["--allocate", "--currency", "output"]
+               for c in mod["cmds"])                            # both stages: one joint allocation
     cmd = run["cmds"][0]
     assert cmd[cmd.index("--distill_from") + 1].startswith(os.path.join(str(tmp_path), "copa/baseline/seed1-"))
     assert json.loads(cmd[cmd.index("--recipe") + 1])["name"] == "default"
+    assert json.loads(cmd[cmd.index("--recipe") + 1])["fields"]["currency"] == "output"
+    # without an allocation the currency is no setting: neither recorded nor in the modules' path
+    o = opts("sweep", "--tasks", "copa", "--seeds", "1", "--out_dir", str(tmp_path), "--recipe", "paper")
+    jobs, targets = workflow.plan(o)
+    cmd = jobs[targets[-1]]["cmds"][0]
+    assert "currency" not in json.loads(cmd[cmd.index("--recipe") + 1])["fields"]
+    _, f = recipes.resolve("paper", {})
+    assert recipes.paths("copa", 1, "modular", f, "d") == \
+        recipes.paths("copa", 1, "modular", dict(f, currency="residual"), "d")
 
 
 def test_worker_flags_select_one_job(tmp_path):
