@@ -17,9 +17,10 @@ errors say it is needed:
      sum_t ||gamma (r_t - mean r_t) / sigma_t||^2.
   2. `output`: each block's layernorm curve times its sensitivity, measured once per block: the squared error of
      the encoder's output (held-out sequences, relative to its energy) with that block alone at the nonzero grid
-     size nearest its uniform size for this c (head dim / c, width / c) and every other block the teacher's, divided by the block's layernorm error at that size. The
-     later layers shrink most errors (MiniLM's STS-B teacher: 0.1-0.2 for most blocks) but not all (layer 1's
-     attention: 3.3-3.9; the last FFN: 1.0, as it should).
+     size nearest its uniform size for this c (head dim / c, width / c) and every other block the teacher's,
+     divided by the block's layernorm error at that size. The later layers shrink most errors (MiniLM's STS-B
+     teacher: 0.1-0.25 for most blocks; layers 2 and 5's attention 0.5-0.8) but not all (layer 1's attention:
+     3.3-3.9; the last FFN: 1.0, as it should).
   Why not simpler ones: a block's own relative error ignores that attention and FFN outputs have different
   norms; the error relative to the residual stream's energy (`currency="residual"`, session 6) is dominated by
   a few outlier dims before the FFN's LayerNorm (3 of 384 hold 89% of it in layer 0), so it under-rates FFN
