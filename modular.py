@@ -135,11 +135,13 @@ def build_parser(kind, doc):
     return p
 
 
-def block_settings(args, store, teacher_sha, layer, inner):
-    """What determines a block checkpoint: equal settings on a rerun mean the layer is done (skipped)."""
+def block_settings(args, store, teacher_sha, layer, inner, allocation_id=None):
+    """What determines a block checkpoint: equal settings on a rerun mean the layer is done (skipped). An
+    allocated block also records the allocation that sized it: a block whose size a new allocation left as it
+    was is refitted all the same, so that a modules dir never mixes two allocations (load_modules refuses)."""
     keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed", "fit_tokens",
             "allocate", "budget_length")
-    extra = {"currency": args.currency} if getattr(args, "allocate", False) else {}  # its sizes' allocation
+    extra = {"currency": args.currency, "allocation": allocation_id} if getattr(args, "allocate", False) else {}
     return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k, None) for k in keys}, **extra,
                        "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
                        "teacher_sha256": teacher_sha}, sort_keys=True)
@@ -200,7 +202,7 @@ def train_blocks(args):
         t0 = time.time()
         inner = sizes[layer]
         path = checkpoint_path(args.output_dir, layer, kind)
-        settings = block_settings(args, store, teacher_sha, layer, inner)
+        settings = block_settings(args, store, teacher_sha, layer, inner, allocation_id)
         if os.path.exists(path) and checkpoint_settings(path) == settings:
             tqdm.write(f"layer {layer} {kind}: {path} holds these settings already, skipped")
             continue

@@ -244,6 +244,30 @@ def test_blocks_of_two_allocations_in_one_dir_are_refused(stsb_capture, tiny_ber
         load_modules(model, out)
 
 
+def test_a_new_allocation_refits_blocks_whose_size_it_kept(stsb_capture, tiny_bert_dir, tmp_path, monkeypatch):
+    """Both stages rerun into the same dir after the allocation changed (here: a new allocation.VERSION, and one
+    block's size moved) refit every block, also those whose size stayed: the dir then holds one allocation and
+    loads (the blocks used to be skipped with the old allocation recorded, and load_modules refused the dir)."""
+    out = str(tmp_path / "mod")
+    first = _stages(stsb_capture, out, 3)
+    real = allocation.allocate
+
+    def moved(*a, **k):  # the same allocation but layer 0's attention one grid step away
+        result = real(*a, **k)
+        grid = [s * 4 for s in allocation.head_dim_grid(8)]  # the tiny model: 4 heads of dim 8
+        result["dims"][0][0] = grid[(grid.index(result["dims"][0][0]) + 1) % len(grid)]
+        return result
+
+    monkeypatch.setattr(allocation, "VERSION", allocation.VERSION + "-test")
+    monkeypatch.setattr(allocation, "allocate", moved)
+    second = _stages(stsb_capture, out, 3)
+    assert second["dims"]["0"][0] != first["dims"]["0"][0] and second["dims"]["1"] == first["dims"]["1"]
+    model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=1)
+    compress(model, 3.0, "svd")
+    load_modules(model, out)
+    assert [[a, w] for a, w in zip(model.config.attn_dims, model.config.ffn_dims)] == list(second["dims"].values())
+
+
 def test_allocate_at_c1_keeps_every_block_whole(stsb_capture, tmp_path):
     alloc = _stages(stsb_capture, str(tmp_path / "mod"), 1)
     assert all(d == [32, 64] for d in alloc["dims"].values()) and alloc["budget"]["achieved_compression"] == 1
