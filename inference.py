@@ -358,17 +358,20 @@ class OnnxModel:
     spin (default): the worker threads spin while a run dispatches its operators (no sleep/wake per parallel
     section) and stop spinning as soon as the run returns (`session.force_spinning_stop`), so they do not slow
     whatever runs next on the same cores, e.g. the PyTorch model timed right after in an interleaved loop.
-    spin=False: they never spin (`allow_spinning` 0; the setting of the rows measured before)."""
+    spin=False: they never spin (`allow_spinning` 0; the setting of the rows measured before).
+    threads=None: ONNX Runtime's own defaults, untouched (a thread per physical core, spinning on, not stopped
+    after a run): how the peer runs in a process of its own (run_speed.py --peer_process)."""
 
     SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 
     def __init__(self, path, threads, spin=True, profile_prefix=None):
         import onnxruntime as ort
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        for k in self.SPIN_KEYS:
-            opts.add_session_config_entry(k, "1" if spin else "0")
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
+        if threads is not None:
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            for k in self.SPIN_KEYS:
+                opts.add_session_config_entry(k, "1" if spin else "0")
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         if profile_prefix:  # ONNX Runtime's own profiler: every operator's time, end_profiling() writes the JSON
             opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
         self.path, self.threads, self.spin = path, threads, spin
@@ -407,6 +410,12 @@ def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128, 
         b.pop("labels")
         calibration.append(dict(b))
     return model, task, loader, calibration
+
+
+def time_onnx_alone(path, batch_size, seq_len, vocab, repeats, warmup):
+    """time_variants of one ONNX model with ONNX Runtime's default session options, meant to run in a process of
+    its own (nothing else loaded or timed beside it): (median, p10, p90) in ms."""
+    return time_variants({"alone": OnnxModel(path, None)}, batch_size, seq_len, vocab, repeats, warmup)["alone"]
 
 
 @torch.inference_mode()

@@ -126,3 +126,32 @@ def test_collect_results_relabels_and_records_the_old_label(tmp_path):
     assert [str(p.relative_to(only)) for p in only.rglob("results.json")] == ["rte/ft-data-alloc+kd_c2/seed1/results.json"]
     with pytest.raises(UserError, match="expected OLD=NEW"):
         collect_results.main([str(a), "--dest", str(tmp_path / "d3"), "--relabel", "nolabel"])
+
+
+def test_speed_spread_over_runs_by_hand(tmp_path):
+    """scripts/speed_spread.py: per row, the median and range over the runs of its ms, speedup and vs-peer;
+    rows missing from a run are left out; one run or runs from two CPUs are refused."""
+    import speed_spread
+    row = lambda v, ms, sp, peer: {"variant": v, "batch_size": 1, "seq_len": 128, "median_ms": ms, "speedup": sp,
+                                   "vs_peer": peer}
+    runs = [[row("fp32 c=1", 60.0, 1.0, 0.3), row("ort-int8 c=1", 18.0, 3.3, 1.0), row("x", 1, 1, 1)],
+            [row("fp32 c=1", 66.0, 1.0, 0.25), row("ort-int8 c=1", 16.5, 4.0, 1.0)],
+            [row("fp32 c=1", 63.0, 1.0, 0.2), row("ort-int8 c=1", 21.0, 3.0, 1.0)]]
+    paths = []
+    for i, rows in enumerate(runs):
+        paths.append(str(tmp_path / f"run{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump({"machine": {"model": "cpu A"}, "command": ["run_speed.py"], "rows": rows}, f)
+    out = tmp_path / "spread.json"
+    speed_spread.main(paths + ["--json", str(out), "--table", str(tmp_path / "spread.md")])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"fp32 c=1", "ort-int8 c=1"}
+    assert rows["fp32 c=1"]["median_ms"] == {"median": 63.0, "min": 60.0, "max": 66.0, "values": [60.0, 66.0, 63.0]}
+    assert rows["ort-int8 c=1"]["speedup"]["median"] == 3.3 and rows["fp32 c=1"]["vs_peer"]["median"] == 0.25
+    assert "63.00 (60.00-66.00)" in (tmp_path / "spread.md").read_text()
+    with pytest.raises(UserError, match="at least two runs"):
+        speed_spread.main(paths[:1])
+    with open(paths[0], "w") as f:
+        json.dump({"machine": {"model": "cpu B"}, "rows": runs[0]}, f)
+    with pytest.raises(UserError, match="different CPUs"):
+        speed_spread.main(paths)

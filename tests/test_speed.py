@@ -177,6 +177,36 @@ def test_onnx_export_fused_and_int8(tmp_path, c):
     assert not torch.equal(got, out.logits) and (got - expected).abs().max() < 0.1 * expected.abs().max() + 1e-2
 
 
+def test_peer_in_its_own_process(tiny_teacher, tmp_path):
+    """--peer_process adds the peer timed in a fresh process with ONNX Runtime's defaults; 'vs peer' is against
+    the faster of the two peer rows, named in every row; without --onnx_dir it is refused."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "speed.json"
+    run_speed.main(["--model_name_or_path", tiny_teacher, "--batch_sizes", "1", "--seq_lens", "8", "--repeats",
+                    "3", "--warmup", "1", "--threads", "1", "--no_int8", "--onnx_dir", str(tmp_path / "onnx"),
+                    "--peer_process", "--json", str(out)])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {f"{v} c={c}" for c in (1, 2) for v in ("fp32", "ort", "ort-int8")} | {run_speed.PEER_ALONE}
+    faster = min((run_speed.PEER, run_speed.PEER_ALONE), key=lambda n: rows[n]["median_ms"])
+    for r in rows.values():
+        assert r["peer"] == faster
+        assert r["vs_peer"] == pytest.approx(rows[faster]["median_ms"] / r["median_ms"], rel=0.05)  # ms rounded
+    assert rows[faster]["vs_peer"] == 1.0 and rows[run_speed.PEER]["vs_peer"] <= 1.0 >= rows[run_speed.PEER_ALONE]["vs_peer"]
+    with pytest.raises(UserError, match="needs --onnx_dir"):
+        run_speed.main(["--model_name_or_path", tiny_teacher, "--peer_process"])
+
+
+def test_onnx_sessions_with_onnx_runtimes_defaults(tmp_path):
+    """threads=None leaves ONNX Runtime's session options as they come (no thread count, no spin settings)."""
+    pytest.importorskip("onnxruntime")
+    path = inference.export_onnx(tiny_model(), str(tmp_path / "m.onnx"))
+    opts = inference.OnnxModel(path, None).session.get_session_options()
+    assert opts.intra_op_num_threads == 0
+    for key in ("session.force_spinning_stop", *inference.OnnxModel.SPIN_KEYS):
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            opts.get_session_config_entry(key)
+
+
 def test_onnx_sessions_spin_only_during_a_run(tmp_path):
     pytest.importorskip("onnxruntime")
     path = inference.export_onnx(tiny_model(), str(tmp_path / "m.onnx"))
