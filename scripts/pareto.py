@@ -81,6 +81,8 @@ def main(argv=None):
                    help="run_speed row prefixes, one curve each (fp32, int8,x8, ort-int8, ts int8,x8 ...)")
     p.add_argument("--checkpoint_variants", nargs="+", default=[],
                    help="variants whose speed is their own checkpoint's row (run_speed --models)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="draw only these variants (and the baseline); default: every variant found")
     p.add_argument("--peer", action="store_true", help="mark the peer row (ort-int8 c=1) at the baseline's score")
     p.add_argument("--skip_missing_speed", action="store_true",
                    help="leave out (and name) the points whose c has no speed row, instead of an error")
@@ -89,6 +91,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     results = [r for d in args.results for r in load_results(d)]
     results += [r for d in args.more_results for r in load_results(d) if r["variant"] != "baseline"]
+    if args.variants:
+        results = [r for r in results if r["variant"] == "baseline" or r["variant"] in args.variants]
     with open(args.speed) as f:
         raw = json.load(f)
     speed = {prec: speedups(raw, args.batch_size, args.seq_len, prec) for prec in args.precisions}

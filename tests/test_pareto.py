@@ -38,6 +38,9 @@ def test_points_table_and_png(tmp_path):
                      "| rte | modular | 2 | 1.90x | 2 | 65.0 | 75.0 |",     # last 60/70, best 70/80
                      "| rte | svd | 2 | 1.90x | 1 | 50.0 | 50.0 |",
                      "| rte | modular | 4 | 3.50x | 1 | 55.0 | 55.0 |"]
+    pareto.main(["--results", str(res), "--tasks", "rte", "--speed", speed, "--png", str(png), "--table", str(table),
+                 "--variants", "svd"])                                          # only these (and the baseline)
+    assert table.read_text().splitlines()[2:] == [lines[0], lines[2]]
 
 
 def test_checkpoint_rows_precisions_and_the_peer(tmp_path):
