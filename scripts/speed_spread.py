@@ -57,9 +57,9 @@ def main(argv=None):
     for path in args.runs:
         with open(path) as f:
             runs.append(json.load(f))
-    machines = {r["machine"].get("model") for r in runs}
+    machines = {json.dumps({k: r["machine"].get(k) for k in ("cpu", "isa", "cores")}, sort_keys=True) for r in runs}
     if len(machines) > 1:
-        raise UserError(f"the runs come from different CPUs ({sorted(map(str, machines))}): compare them apart")
+        raise UserError(f"the runs come from different CPUs ({sorted(machines)}): compare them apart")
     rows = spread(runs)
     text = table(rows)
     print(text)

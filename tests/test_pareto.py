@@ -144,7 +144,7 @@ def test_speed_spread_over_runs_by_hand(tmp_path):
     for i, rows in enumerate(runs):
         paths.append(str(tmp_path / f"run{i}.json"))
         with open(paths[-1], "w") as f:
-            json.dump({"machine": {"model": "cpu A"}, "command": ["run_speed.py"], "rows": rows}, f)
+            json.dump({"machine": {"cpu": "AMD EPYC", "isa": ["avx2"], "cores": 2}, "command": ["run_speed.py"], "rows": rows}, f)
     out = tmp_path / "spread.json"
     speed_spread.main(paths + ["--json", str(out), "--table", str(tmp_path / "spread.md")])
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
@@ -155,6 +155,6 @@ def test_speed_spread_over_runs_by_hand(tmp_path):
     with pytest.raises(UserError, match="at least two runs"):
         speed_spread.main(paths[:1])
     with open(paths[0], "w") as f:
-        json.dump({"machine": {"model": "cpu B"}, "rows": runs[0]}, f)
+        json.dump({"machine": {"cpu": "AMD EPYC", "isa": ["avx2", "avx512_vnni"], "cores": 2}, "rows": runs[0]}, f)
     with pytest.raises(UserError, match="different CPUs"):
         speed_spread.main(paths)
