@@ -1,0 +1,37 @@
+#!/bin/bash
+# One issue-18 job (session 8): TASK SEED C CURRENCY. Default recipe with the joint allocation (--allocate on both
+# stages, --currency CURRENCY) at compression C, from this seed's fine-tuned baseline (teacher + distillation),
+# 3 epochs, lr 1e-4. Code: the snapshot in /work/meas5 (commit 2542ac0; provenance in each results.json).
+# Output dirs: joint{out,ln,}_cC by currency (output, layernorm, residual), as the session-6/7 scripts named them.
+set -euo pipefail
+task=$1 seed=$2 c=$3 cur=$4
+case $cur in output) tag=jointout;; layernorm) tag=jointln;; residual) tag=joint;; *) echo "bad currency $cur"; exit 2;; esac
+cd /work/meas5
+PY=/work/main/.venv/bin/python
+export OMP_NUM_THREADS=1 TQDM_MININTERVAL=120 PYTHONUNBUFFERED=1
+R=/work/runs18/$task
+dd=(); [ -d data/$task ] || dd=(--data_dir /work/shared/data)
+BASE=$R/baseline/seed$seed
+CAP=$R/teacher_seed$seed/cap
+MOD=$R/teacher_seed$seed/mod_${tag}_c$c
+OUT=$R/${tag}_c$c/seed$seed
+[ -f $BASE/model/config.json ] || { echo "no baseline $BASE"; exit 1; }
+if [ -f $OUT/results.json ]; then echo "done $OUT"; exit 0; fi
+SAVE=--no_save_model; [ "$seed" != 1 ] || SAVE=""   # seed 1 keeps its model (speed, INT8 accuracy)
+t0=$(date +%s)
+( flock 9
+  if ! grep -q '"status": "complete"' $CAP/manifest.json 2>/dev/null; then
+    $PY capture_data.py --model_name_or_path $BASE/model --task $task --output_dir $CAP --augment 0 --seed 42 \
+        --max_tokens 72818 "${dd[@]}"
+  fi ) 9>$R/teacher_seed$seed.lock
+t1=$(date +%s)
+for kind in mha ffn; do
+  $PY ${kind}_modular.py --activations_dir $CAP --output_dir $MOD --compression $c --init data --epochs 0 --seed 42 \
+      --allocate --currency $cur --fit_tokens 65536 --threads 1
+done
+t2=$(date +%s)
+$PY run_superglue.py --model_name_or_path $BASE/model --task $task --output_dir $OUT --seed $seed --epochs 3 --lr 1e-4 \
+    --resume --variant modular-data-$tag-ft+kd --compression $c --init data --modules_dir $MOD \
+    --distill_from $BASE/model $SAVE --threads 1 "${dd[@]}"
+t3=$(date +%s)
+echo "{\"task\": \"$task\", \"seed\": $seed, \"c\": $c, \"currency\": \"$cur\", \"capture_s\": $((t1-t0)), \"modules_s\": $((t2-t1)), \"finetune_s\": $((t3-t2))}" >> /work/runs18/times8.jsonl
