@@ -19,27 +19,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils import UserError, atomic_write_json, run_main, written_atomically  # noqa: E402
 
 FIELDS = ("median_ms", "speedup", "vs_peer")
+ONE_RUN = ("p10_ms", "p90_ms", "fraction_of_bound")  # one run's figures: left out of the summary rows
 
 
 def spread(runs):
-    """[{variant, batch_size, seq_len, runs, FIELD: {median, min, max, values}}] over the rows every run has."""
+    """The rows every run has, in the first run's order: each keeps the first run's fields (variant, compression,
+    checkpoint, flop_bound, ...; not its p10/p90) with median_ms, speedup and vs_peer replaced by their median over the runs (so that
+    scripts/pareto.py reads the file like a run_speed.py JSON), and `spread`: {field: {min, max, values}}."""
     keyed = [{(r["variant"], r["batch_size"], str(r["seq_len"])): r for r in run["rows"]} for run in runs]
     common = [k for k in keyed[0] if all(k in rows for rows in keyed[1:])]
     out = []
     for k in common:
-        row = {"variant": k[0], "batch_size": k[1], "seq_len": k[2], "runs": len(keyed)}
+        row = {f: v for f, v in keyed[0][k].items() if f not in ONE_RUN}
+        row.update(runs=len(keyed), spread={})
         for f in FIELDS:
             vals = [rows[k][f] for rows in keyed if rows[k].get(f) is not None]
-            row[f] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "values": vals} \
-                if vals else None
+            row[f] = statistics.median(vals) if vals else None
+            row["spread"][f] = {"min": min(vals), "max": max(vals), "values": vals} if vals else None
         out.append(row)
     return out
 
 
 def table(rows):
-    cell = lambda s, fmt: "" if s is None else f"{fmt(s['median'])} ({fmt(s['min'])}-{fmt(s['max'])})"
-    return tabulate([[r["variant"], r["batch_size"], r["seq_len"], cell(r["median_ms"], lambda v: f"{v:.2f}"),
-                      cell(r["speedup"], lambda v: f"{v:.2f}x"), cell(r["vs_peer"], lambda v: f"{v:.2f}x")]
+    def cell(r, f, fmt):
+        s = r["spread"][f]
+        return "" if s is None else f"{fmt(r[f])} ({fmt(s['min'])}-{fmt(s['max'])})"
+    return tabulate([[r["variant"], r["batch_size"], r["seq_len"], cell(r, "median_ms", lambda v: f"{v:.2f}"),
+                      cell(r, "speedup", lambda v: f"{v:.2f}x"), cell(r, "vs_peer", lambda v: f"{v:.2f}x")]
                      for r in rows],
                     headers=["variant", "bs", "seq", "median ms (runs' range)", "speedup vs fp32 c=1",
                              "vs peer"], tablefmt="github")
