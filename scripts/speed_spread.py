@@ -19,19 +19,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils import UserError, atomic_write_json, run_main, written_atomically  # noqa: E402
 
 FIELDS = ("median_ms", "speedup", "vs_peer")
-ONE_RUN = ("p10_ms", "p90_ms", "fraction_of_bound")  # one run's figures: left out of the summary rows
+ONE_RUN = ("p10_ms", "p90_ms", "fraction_of_bound", "peer")  # one run's figures: not carried into the summary
 
 
 def spread(runs):
-    """The rows every run has, in the first run's order: each keeps the first run's fields (variant, compression,
-    checkpoint, flop_bound, ...; not its p10/p90) with median_ms, speedup and vs_peer replaced by their median over the runs (so that
-    scripts/pareto.py reads the file like a run_speed.py JSON), and `spread`: {field: {min, max, values}}."""
+    """The rows every run has, in the first run's order: each keeps the first run's other fields (variant,
+    compression, checkpoint, flop_bound, ...) with median_ms, speedup and vs_peer replaced by their median over
+    the runs (so that scripts/pareto.py reads the file like a run_speed.py JSON), `spread`: {field: {min, max,
+    values}}, and `peer_by_run`: which peer row each run's vs_peer was against."""
     keyed = [{(r["variant"], r["batch_size"], str(r["seq_len"])): r for r in run["rows"]} for run in runs]
     common = [k for k in keyed[0] if all(k in rows for rows in keyed[1:])]
     out = []
     for k in common:
         row = {f: v for f, v in keyed[0][k].items() if f not in ONE_RUN}
-        row.update(runs=len(keyed), spread={})
+        row.update(runs=len(keyed), spread={}, peer_by_run=[rows[k].get("peer") for rows in keyed])
         for f in FIELDS:
             vals = [rows[k][f] for rows in keyed if rows[k].get(f) is not None]
             row[f] = statistics.median(vals) if vals else None

@@ -153,6 +153,7 @@ def test_speed_spread_over_runs_by_hand(tmp_path):
     assert rows["fp32 c=1"]["spread"]["median_ms"] == {"min": 60.0, "max": 66.0, "values": [60.0, 66.0, 63.0]}
     assert rows["ort-int8 c=1"]["speedup"] == 3.3 and rows["fp32 c=1"]["vs_peer"] == 0.25
     assert rows["ort-int8 c=1"]["seq_len"] == 128                # the run's own fields kept: pareto.py reads it
+    assert "p10_ms" not in rows["fp32 c=1"] and rows["fp32 c=1"]["peer_by_run"] == [None, None, None]
     assert "63.00 (60.00-66.00)" in (tmp_path / "spread.md").read_text()
     with pytest.raises(UserError, match="at least two runs"):
         speed_spread.main(paths[:1])
