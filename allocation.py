@@ -50,7 +50,8 @@ from activations import flat_positions, select_sequences, subsample
 from modeling_moddistilbert import MultiHeadSelfAttention, make_block
 from utils import UserError, atomic_write_json
 
-VERSION = "joint/1"          # what allocation.json's curves mean; a change invalidates old files
+VERSION = "joint/2"          # what allocation.json's curves mean; a change invalidates old files
+                             # (2: the value statistics as the d x d context moment, the full head dim not fitted)
 CURVE_TOKENS = 16384         # training tokens per layer the curves are fitted on (a seeded subset) ...
 CURVE_HELDOUT_TOKENS = 4096  # ... and held-out tokens they are measured on (the blocks are then fitted on more)
 MAX_STATES = 200_000         # cost units of the dynamic programme (costs are rounded up beyond this)
@@ -120,9 +121,10 @@ def currency(name, layer_norm, resid, val_tok):
 def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, measure=None,
                     keep=None):
     """{head dim: held-out error} of the closed-form attention start (fitted on train_idx) at each head dim; 0 is
-    the block removed (the training tokens' mean output). measure(e, t): the error rows e of the flat token
-    positions t in a currency (default: the squared error). keep: a head dim whose fitted block is returned too
-    ((curve, block))."""
+    the block removed (the training tokens' mean output), the teacher's own head dim 0 exactly (the closed form
+    keeps every score and value direction there, so it is not fitted). measure(e, t): the error rows e of the
+    flat token positions t in a currency (default: the squared error). keep: a head dim whose fitted block is
+    returned too ((curve, block))."""
     measure = measure or (lambda e, t: _energy(e))
     stats = data_init.mha_statistics(teacher, inputs, lengths, train_idx, device)
     H, nh = teacher.q_lin.in_features, teacher.num_heads
@@ -132,6 +134,9 @@ def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_
     for r in head_dims:
         if r == 0:
             curve[0] = measure(targets[val_tok] - mean.to(targets.dtype), val_tok)
+            continue
+        if r == teacher.head_dim and r != keep:
+            curve[r] = 0.0
             continue
         s = MultiHeadSelfAttention(H, nh, nh * r).to(device)
         data_init.fit_mha(teacher, s, stats)

@@ -12,7 +12,8 @@ inputs, in float64, on the training sequences only:
   the best rank-r M' in ||X~ (M - M') X^T|| (X~ = [X, 1]) is the SVD of R~ M_h R^T, truncated and mapped back.
   The dropped share of its squared singular values is the predicted share of score energy lost.
 - Values, per head: N_h = Wv_h^T Wo_h^T acts on the attention-mixed inputs Z_h = P_h X (P_h: the teacher's
-  attention probabilities), so it is truncated in the metric of Z_h^T Z_h. The value bias folds into the
+  attention probabilities), so it is truncated in the metric of Z_h^T Z_h, which it only meets through the
+  d x d moment of the teacher's value context P_h X Wv_h^T (mha_statistics). The value bias folds into the
   output bias exactly (attention rows sum to 1).
 - Refit: one ridge least-squares fit of `out_lin` (all heads, weight and bias) on the student's own head
   outputs against the teacher block's outputs (the targets given: the teacher's block output in the isolated
@@ -123,22 +124,28 @@ def _heads(t, B, T, nh):
 
 @torch.no_grad()
 def mha_statistics(teacher, inputs, lengths, index, device, batch=32):
-    """Second moments over the real tokens of sequences `index`: C~ of [x, 1] ((H+1)^2) and, per head, of the
-    attention-mixed inputs P_h X (nh x H x H), P_h the teacher's attention probabilities. float64."""
+    """Second moments over the real tokens of sequences `index`, float64: C~ of [x, 1] ((H+1)^2) and, per head,
+    of the teacher's value context without its bias, P_h X Wv_h^T (nh x d x d; P_h the attention probabilities).
+
+    The value path only needs the latter: the best rank-r N' in ||Z_h (N_h - N')|| (Z_h = P_h X, N_h =
+    Wv_h^T Wo_h^T) has Z_h N' in the column space of Z_h Wv_h^T, so N' = Wv_h^T A and the metric on A is
+    Wv_h Z_h^T Z_h Wv_h^T, the d x d moment of the context. Accumulating Z_h^T Z_h itself (H x H per head) cost
+    as much as a layer's forward pass per token; this costs nh d^2."""
     teacher = teacher.to(device).eval()
     H, nh, d = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim
     Cx = torch.zeros(H + 1, H + 1, dtype=torch.float64, device=device)
-    Cz = torch.zeros(nh, H, H, dtype=torch.float64, device=device)
+    Cv = torch.zeros(nh, d, d, dtype=torch.float64, device=device)
+    Wv = teacher.v_lin.weight.detach().to(device).float()
     for xb, mask, _ in _batches(inputs, lengths, index, batch, device):
         B, T, _ = xb.shape
         x1 = torch.cat([xb[mask], torch.ones(int(mask.sum()), 1, device=device)], 1)
         Cx += (x1.T @ x1).double()
         q, k = _heads(teacher.q_lin(xb), B, T, nh), _heads(teacher.k_lin(xb), B, T, nh)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
-        p = scores.masked_fill(~attention_mask_4d(mask), float("-inf")).softmax(-1)   # (B, nh, T, T)
-        z = (p @ xb[:, None]).transpose(0, 1)[:, mask]                              # (nh, tokens, H)
-        Cz += (z.transpose(1, 2) @ z).double()
-    return {"Cx1": Cx, "Cz": Cz}
+        v = _heads(torch.nn.functional.linear(xb, Wv), B, T, nh)                   # X Wv_h^T, no bias
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask_4d(mask))
+        c = ctx.transpose(0, 1)[:, mask]                                           # (nh, tokens, d)
+        Cv += (c.transpose(1, 2) @ c).double()
+    return {"Cx1": Cx, "Cv": Cv}
 
 
 @torch.no_grad()
@@ -153,8 +160,8 @@ def fit_mha(teacher, student, stats, eps=1e-6):
     white = stats.setdefault("whiteners", {})  # they do not depend on r: once per statistics (allocate's curves)
     if eps not in white:
         white[eps] = (whitener(stats["Cx1"], eps), whitener(stats["Cx1"][:H, :H], eps),
-                      [whitener(stats["Cz"][h], eps) for h in range(nh)])
-    (R1, R1inv), (R, Rinv), Z = white[eps]
+                      [whitener(stats["Cv"][h], eps) for h in range(nh)])
+    (R1, R1inv), (R, Rinv), V = white[eps]
     W = {n: getattr(teacher, n).weight.detach().to(dev).double() for n in ("q_lin", "k_lin", "v_lin", "out_lin")}
     bq, bv = teacher.q_lin.bias.detach().to(dev).double(), teacher.v_lin.bias.detach().to(dev).double()
     new = {k: torch.zeros_like(p, dtype=torch.float64, device=dev) for k, p in student.state_dict().items()}
@@ -167,9 +174,9 @@ def fit_mha(teacher, student, stats, eps=1e-6):
         L = L * math.sqrt(r / d)                                        # keep the 1/sqrt(head_dim) temperature
         new["q_lin.weight"][s], new["q_lin.bias"][s], new["k_lin.weight"][s] = L[:H].T, L[H], Rk.T
         score_err.append(dropped_share(sv, r))
-        Rz, Rzinv = Z[h]
-        Lv, Ro, sz = top_r(W["v_lin"][t] @ Rz.T, W["out_lin"][:, t].T, rv)  # Rz Wv^T Wo^T, truncated
-        Lv, Ro = balance(Rzinv @ Lv, Ro)
+        Rc, Rcinv = V[h]                                                # Rc^T Rc = Wv_h Z_h^T Z_h Wv_h^T
+        La, Ro, sz = top_r(Rc.T, W["out_lin"][:, t].T, rv)              # Rc Wo_h^T, truncated: A = Rc^-1 La Ro^T
+        Lv, Ro = balance(W["v_lin"][t].T @ Rcinv @ La, Ro)              # N' = Wv_h^T A
         o = slice(h * rv, (h + 1) * rv)
         new["v_lin.weight"][o], new["out_lin.weight"][:, o] = Lv.T, Ro
         value_err.append(dropped_share(sz, rv))
@@ -278,15 +285,21 @@ def _fit(teacher, student, inputs, targets, lengths, index, device, eps):
 # ------------------------------------------------------------------ a whole model
 @torch.no_grad()
 def layer_forward(layer, x, lengths, device, batch=64):
-    """A whole (possibly compressed) layer on flat inputs: its flat outputs (the next layer's inputs)."""
+    """A whole (possibly compressed) layer on flat inputs: its flat outputs (the next layer's inputs), in the
+    order of x; computed in batches of sequences of similar length (little padding)."""
     layer = layer.to(device).eval()
-    outs, offsets = [], sequence_offsets(lengths)
-    for s in range(0, len(lengths), batch):
-        idx = torch.arange(s, min(s + batch, len(lengths)))
+    lengths = torch.as_tensor(lengths).long()
+    offsets, order = sequence_offsets(lengths), by_length(lengths, torch.arange(len(lengths)))
+    outs = None
+    for s in range(0, len(order), batch):
+        idx = order[s:s + batch]
         xb, mask = pad_sequences(x, lengths, idx, offsets)
         xb, mask = xb.to(device).float(), mask.to(device)
-        outs.append(layer(xb, attention_mask_4d(mask))[mask])
-    return torch.cat(outs)
+        y = layer(xb, attention_mask_4d(mask))[mask]
+        if outs is None:
+            outs = torch.empty(int(lengths.sum()), y.shape[-1], dtype=y.dtype, device=y.device)
+        outs[flat_positions(lengths, idx, offsets).to(y.device)] = y
+    return outs if outs is not None else x[:0].float().to(device)
 
 
 @torch.no_grad()

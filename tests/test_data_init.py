@@ -125,6 +125,48 @@ def test_fit_uses_only_the_given_sequences():
         assert torch.equal(v, b.state_dict()[k]), k
 
 
+@torch.no_grad()
+def test_value_path_is_the_best_rank_r_in_the_metric_of_the_mixed_inputs():
+    """From first principles, on explicit Z_h = P_h X (the teacher's attention probabilities times the inputs):
+    the value path's truncation of N_h = Wv_h^T Wo_h^T is the best rank-r one in ||Z_h (N_h - N')||, and its
+    predicted dropped share is that truncation's. (mha_statistics keeps only the d x d moment of Z_h Wv_h^T.)"""
+    torch.manual_seed(0)
+    x, lengths = anisotropic()
+    t, s = MultiHeadSelfAttention(H, NH, H), MultiHeadSelfAttention(H, NH, H // 2)
+    idx = torch.arange(len(lengths))
+    info = data_init.fit_mha(t, s, data_init.mha_statistics(t, x, lengths, idx, "cpu"))
+    xb, m = pad_sequences(x, lengths, idx)
+    B, T, _ = xb.shape
+    d, r = H // NH, H // NH // 2
+    q, k = (data_init._heads(getattr(t, n)(xb), B, T, NH) for n in ("q_lin", "k_lin"))
+    p = (q @ k.transpose(-1, -2) / d ** 0.5).masked_fill(~attention_mask_4d(m), float("-inf")).softmax(-1)
+    for h in range(NH):
+        Z = (p[:, h] @ xb)[m].double()                                   # real tokens x H
+        hs, ss = slice(h * d, (h + 1) * d), slice(h * r, (h + 1) * r)
+        N = t.v_lin.weight[hs].T.double() @ t.out_lin.weight[:, hs].T.double()
+        sv = torch.linalg.svdvals(Z @ N)
+        best = float((sv[r:] ** 2).sum() / (sv ** 2).sum())               # Eckart-Young on Z N
+        Ns = s.v_lin.weight[ss].T.double() @ s.out_lin.weight[:, ss].T.double()
+        got = float(((Z @ (N - Ns)) ** 2).sum() / ((Z @ N) ** 2).sum())
+        assert info["value_dropped_share"][h] == pytest.approx(best, rel=1e-5, abs=1e-9)
+        assert got == pytest.approx(best, rel=1e-3, abs=1e-7)
+
+
+@torch.no_grad()
+def test_layer_forward_keeps_the_order_of_its_inputs(tiny_bert_dir):
+    """Batched by length inside, returned in the order of the flat inputs: each sequence as if alone."""
+    layer = ModDistilBertModel.from_teacher(tiny_bert_dir).layers[0].eval()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(2, 20, (70,), generator=g)
+    x = torch.randn(int(lengths.sum()), layer.attention.q_lin.in_features, generator=g)
+    got = data_init.layer_forward(layer, x, lengths, "cpu", batch=8)
+    start = 0
+    for n in lengths.tolist():
+        alone = layer(x[None, start:start + n], attention_mask_4d(torch.ones(1, n, dtype=torch.bool)))[0]
+        assert torch.allclose(got[start:start + n], alone, atol=1e-5)
+        start += n
+
+
 def test_whitener_clamps_a_singular_covariance():
     x = torch.randn(100, 8, dtype=torch.float64)
     x[:, 3] = x[:, 2]  # rank 7: Cholesky would fail
