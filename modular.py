@@ -290,7 +290,8 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
 
 
 def write_report(args, store, entries):
-    """Merge into OUTPUT_DIR/report.json (both trainers may share one dir) and draw loss_<kind>.png.
+    """Merge into OUTPUT_DIR/report.json (both trainers may share one dir) and draw loss_<kind>.png (when
+    blocks were trained: drawing one costs about as much as a closed-form FFN fit).
     The merge holds a POSIX lock on a sidecar file (report.json.lock): fcntl.lockf works over NFS/Lustre,
     unlike flock on a directory."""
     path = os.path.join(args.output_dir, "report.json")
@@ -300,8 +301,9 @@ def write_report(args, store, entries):
             report = merge_report(path, args, store, entries)
         finally:
             fcntl.lockf(lock, fcntl.LOCK_UN)
-    plot_curves(os.path.join(args.output_dir, f"loss_{args.kind}.png"), args.kind,
-                [e for e in report["layers"] if e["block"] == args.kind])
+    mine = [e for e in report["layers"] if e["block"] == args.kind]
+    if any(e["history"] for e in mine):  # nothing trained (--epochs 0, the default recipe): no curves to draw
+        plot_curves(os.path.join(args.output_dir, f"loss_{args.kind}.png"), args.kind, mine)
 
 
 def merge_report(path, args, store, entries):
