@@ -31,6 +31,7 @@ SAVE=--no_save_model; [ "$seed" != 1 ] || SAVE=""   # seed 1 keeps its model (sp
 t0=$(date +%s)
 if [ -n "$lever" ]; then
   [ -f $MOD/allocation.json ] || { echo "no modules $MOD for the lever run"; exit 1; }
+  t1=$t0
 else
 ( flock 9
   if ! grep -q '"status": "complete"' $CAP/manifest.json 2>/dev/null; then
