@@ -283,23 +283,10 @@ def _fit(teacher, student, inputs, targets, lengths, index, device, eps):
 
 
 # ------------------------------------------------------------------ a whole model
-@torch.no_grad()
 def layer_forward(layer, x, lengths, device, batch=64):
     """A whole (possibly compressed) layer on flat inputs: its flat outputs (the next layer's inputs), in the
-    order of x; computed in batches of sequences of similar length (little padding)."""
-    layer = layer.to(device).eval()
-    lengths = torch.as_tensor(lengths).long()
-    offsets, order = sequence_offsets(lengths), by_length(lengths, torch.arange(len(lengths)))
-    outs = None
-    for s in range(0, len(order), batch):
-        idx = order[s:s + batch]
-        xb, mask = pad_sequences(x, lengths, idx, offsets)
-        xb, mask = xb.to(device).float(), mask.to(device)
-        y = layer(xb, attention_mask_4d(mask))[mask]
-        if outs is None:
-            outs = torch.empty(int(lengths.sum()), y.shape[-1], dtype=y.dtype, device=y.device)
-        outs[flat_positions(lengths, idx, offsets).to(y.device)] = y
-    return outs if outs is not None else x[:0].float().to(device)
+    order of x (a layer takes and returns what a block does: attention_outputs batches it by length)."""
+    return attention_outputs(layer.to(device).eval(), x, lengths, torch.arange(len(lengths)), device, batch)
 
 
 @torch.no_grad()
