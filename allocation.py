@@ -150,12 +150,14 @@ def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_
 
 
 @torch.no_grad()
-def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chunk=8192, ridge=1e-6, measure=None):
+def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chunk=8192, ridge=1e-6, measure=None,
+              hidden=None):
     """{width: held-out error (measure, as in attention_curve)} of the closed-form FFN start at every width: the units ranked by
     data_init.fit_ffn's score (sum h_j^2 ||W2[:, j]||^2 on train_tok), lin2 and its bias refitted by ridge least
     squares on the leading units. One Gram matrix, one Cholesky factor L of it (bias first, then the units in
     rank order): the fit on the first k columns has held-out predictions Q[:, :k] @ Z[:k], Q = A_val L^-T,
-    Z = L^-1 A^T Y, since the leading k x k block of L is the factor of the leading block of the Gram matrix."""
+    Z = L^-1 A^T Y, since the leading k x k block of L is the factor of the leading block of the Gram matrix.
+    hidden: the teacher's hidden activations of every input row (data_init.ffn_io(hidden=True)), or None."""
     measure = measure or (lambda e, t: _energy(e))
     teacher = teacher.to(device).eval()
     F, H = teacher.lin1.out_features, teacher.lin2.out_features
@@ -164,7 +166,7 @@ def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chun
     B = torch.zeros(F + 1, H, dtype=torch.float64, device=device)
     for s in range(0, len(train_tok), chunk):
         t = train_tok[s:s + chunk]
-        a = torch.cat([ones(len(t)), teacher.act(teacher.lin1(inputs[t].to(device).float()))], 1)
+        a = torch.cat([ones(len(t)), data_init.hidden_rows(teacher, inputs, hidden, t, device)], 1)
         G += (a.T @ a).double()
         B += (a.T @ targets[t].to(device).float()).double()
     score = G.diagonal()[1:] * (teacher.lin2.weight.detach().to(device).double() ** 2).sum(0)
@@ -183,7 +185,7 @@ def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chun
     curve, pred = {}, None
     for s in range(0, len(val_tok), chunk):
         t = val_tok[s:s + chunk]
-        a = torch.cat([ones(len(t)), teacher.act(teacher.lin1(inputs[t].to(device).float()))], 1).double()[:, perm]
+        a = torch.cat([ones(len(t)), data_init.hidden_rows(teacher, inputs, hidden, t, device)], 1).double()[:, perm]
         Q = torch.linalg.solve_triangular(L, a.T, upper=False).T         # A_val L^-T
         y = targets[t].to(device).double()
         pred, done = torch.zeros_like(y), 0
@@ -273,15 +275,15 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             mha, cal = mha
             sensitivity[l] = {"mha": _carried(teacher, l, "attention", cal, x, lengths, val_idx, out_t, device)
                               / out_energy / max(mha[r_cal], 1e-30)}
-        ins, outs = data_init.ffn_io(layer, ins, outs)
+        ins, outs, hidden = data_init.ffn_io(layer, ins, outs, hidden=True)
         measure = currency(currency_name, layer.output_layer_norm, ins + outs, val_tok)
         ffn = ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok, width_grid(F), device,
-                        measure=measure)
+                        measure=measure, hidden=hidden)
         curves[l] = {"mha": {r * nh: e for r, e in mha.items()}, "ffn": dict(ffn)}
         if output:
             w_cal = _nearest(width_grid(F), F / compression)
             cal = make_block(config, l, "ffn", w_cal).to(device)
-            data_init.fit_ffn(layer.ffn, cal, ins, outs, flat_positions(lengths, fit_idx), device)
+            data_init.fit_ffn(layer.ffn, cal, ins, outs, flat_positions(lengths, fit_idx), device, hidden=hidden)
             sensitivity[l]["ffn"] = (_carried(teacher, l, "ffn", cal, x, lengths, val_idx, out_t, device)
                                      / out_energy / max(ffn[w_cal], 1e-30))
             curves[l] = {k: {s: e * sensitivity[l][k] for s, e in c.items()} for k, c in curves[l].items()}

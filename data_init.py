@@ -49,24 +49,37 @@ def attention_outputs(attention, x, lengths, index, device, batch=64):
     return outs[flat_positions(lengths, index, offsets).to(device)]
 
 
+HIDDEN_LIMIT = 2 ** 28  # floats of an FFN's hidden activations kept for reuse (1 GiB); beyond, they are recomputed
+
+
 @torch.no_grad()
-def block_io(layer, kind, x, lengths, device, batch=64):
+def block_io(layer, kind, x, lengths, device, batch=64, hidden=False):
     """(inputs, targets) of block `kind` of the teacher `layer` on its layer inputs x, as flat [tokens, H]
     tensors on `device`, in the order of x: MHA inputs = x, targets = attention(x); FFN inputs =
-    sa_layer_norm(x + attention(x)), targets = ffn(FFN inputs) (ffn_io)."""
+    sa_layer_norm(x + attention(x)), targets = ffn(FFN inputs) (ffn_io). hidden=True: a third item, the FFN's
+    hidden activations (ffn_io; None for "mha")."""
     layer = layer.to(device).eval()
     x = x.to(device).float()
     a = attention_outputs(layer.attention, x, lengths, torch.arange(len(lengths)), device, batch)
-    return (x, a) if kind == "mha" else ffn_io(layer, x, a)
+    if kind == "mha":
+        return (x, a, None) if hidden else (x, a)
+    return ffn_io(layer, x, a, hidden=hidden)
 
 
 @torch.no_grad()
-def ffn_io(layer, mha_in, mha_out, chunk=8192):
+def ffn_io(layer, mha_in, mha_out, chunk=8192, hidden=False):
     """The FFN block's (inputs, targets) from its layer's attention (inputs, outputs), flat [tokens, H] on the
     layer's device: h = sa_layer_norm(x + attention(x)) and ffn(h), in chunks of tokens (so a caller that has the
-    attention's outputs does not run it a second time)."""
-    ins = layer.sa_layer_norm(mha_in + mha_out)
-    return ins, torch.cat([layer.ffn(ins[s:s + chunk]) for s in range(0, len(ins), chunk)])
+    attention's outputs does not run it a second time). hidden=True: a third item, the teacher FFN's hidden
+    activations act(lin1(h)) [tokens, F] from which the targets were computed, for fit_ffn and the allocation's
+    FFN curve to rank and refit on instead of recomputing them (None beyond HIDDEN_LIMIT floats)."""
+    ins, ffn = layer.sa_layer_norm(mha_in + mha_out), layer.ffn
+    chunks = range(0, len(ins), chunk)
+    if not hidden or ffn.removed or len(ins) * ffn.lin1.out_features > HIDDEN_LIMIT:
+        outs = torch.cat([ffn(ins[s:s + chunk]) for s in chunks])
+        return (ins, outs, None) if hidden else (ins, outs)
+    h = torch.cat([ffn.act(ffn.lin1(ins[s:s + chunk])) for s in chunks])
+    return ins, torch.cat([ffn.dropout(ffn.lin2(h[s:s + chunk])) for s in chunks]), h
 
 
 def _batches(inputs, lengths, index, batch, device, targets=None):
@@ -217,17 +230,26 @@ def refit_out_lin(student, inputs, targets, lengths, index, device, batch=32, ri
 
 
 # ------------------------------------------------------------------ feed-forward
+def hidden_rows(teacher, inputs, hidden, t, device):
+    """The teacher FFN's hidden activations act(lin1(x)) of the rows t of the flat inputs: taken from `hidden`
+    (ffn_io(hidden=True), the same rows) when given, else computed."""
+    if hidden is not None:
+        return hidden[t.to(hidden.device)].to(device).float()
+    return teacher.act(teacher.lin1(inputs[t].to(device).float()))
+
+
 @torch.no_grad()
-def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge=1e-6):
+def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge=1e-6, hidden=None):
     """Keep the units with the largest sum h_j^2 ||W2[:, j]||^2 on the tokens `tokens` of the flat inputs,
     copy their lin1 rows, refit lin2 and its bias by ridge least squares against `targets`. Two passes: the
     unit scores need only sum h_j^2; the least-squares Gram matrix is then built for the kept units alone
-    (a quarter of the full one's cost at c=2)."""
+    (a quarter of the full one's cost at c=2). hidden: the teacher's hidden activations of every row of
+    `inputs` (ffn_io(hidden=True)), so that neither pass runs lin1 again; None: computed here."""
     teacher = teacher.to(device).eval()
     F = teacher.lin1.out_features
     sq = torch.zeros(F, dtype=torch.float64, device=device)
     for s in range(0, len(tokens), chunk):
-        h = teacher.act(teacher.lin1(inputs[tokens[s:s + chunk]].to(device).float()))
+        h = hidden_rows(teacher, inputs, hidden, tokens[s:s + chunk], device)
         sq += (h * h).sum(0).double()
     score = sq * (teacher.lin2.weight.detach().to(device).double() ** 2).sum(0)
     keep = score.topk(student.lin1.out_features).indices.sort().values
@@ -237,7 +259,10 @@ def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge
     Bm = torch.zeros(n + 1, teacher.lin2.out_features, dtype=torch.float64, device=device)
     for s in range(0, len(tokens), chunk):
         t = tokens[s:s + chunk]
-        h = teacher.act(torch.nn.functional.linear(inputs[t].to(device).float(), w1, b1))
+        if hidden is not None:
+            h = hidden_rows(teacher, inputs, hidden, t, device)[:, keep]
+        else:
+            h = teacher.act(torch.nn.functional.linear(inputs[t].to(device).float(), w1, b1))
         h = torch.cat([h, torch.ones(len(h), 1, device=device)], 1)
         G += (h.T @ h).double()
         Bm += (h.T @ targets[t].to(device).float()).double()
@@ -251,13 +276,16 @@ def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge
 
 
 # ------------------------------------------------------------------ one block
-def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6, max_tokens=None, seed=0):
+def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6, max_tokens=None, seed=0,
+              hidden=None):
     """init="data" for one block (MHA or FFN), fitted on the sequences `index` of the flat (inputs, targets)
     only (a subset of them holding at most `max_tokens` tokens, drawn with `seed`, when given: the statistics
     and the least-squares refits need far fewer tokens than a task has). Returns what the fit predicts (dropped
-    spectra or kept unit energy) and the number of tokens it used."""
+    spectra or kept unit energy) and the number of tokens it used. hidden: an FFN teacher's hidden activations
+    of the inputs (fit_ffn), when the caller has them. A student of the teacher's own size is the teacher's
+    block, copied (the closed form's limit, exact; nothing to fit)."""
     index = subsample(lengths, index, max_tokens, seed)
-    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps)
+    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden)
     return {**info, "fit_tokens": int(torch.as_tensor(lengths)[index].sum())}
 
 
@@ -270,16 +298,24 @@ def fit_removed(student, targets, tokens):
     return {"removed": True}
 
 
-def _fit(teacher, student, inputs, targets, lengths, index, device, eps):
+def _same_size(teacher, student):
+    shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}
+    return type(teacher) is type(student) and shapes(teacher) == shapes(student)
+
+
+def _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden=None):
     student.to(device)
     if student.removed:  # size 0: a constant
         return fit_removed(student, targets, flat_positions(lengths, index))
+    if _same_size(teacher, student):  # nothing compressed (a layer the allocation keeps whole): the teacher's block
+        student.load_state_dict(teacher.state_dict())
+        return {"teacher_copy": True}
     if isinstance(student, MultiHeadSelfAttention):
         info = fit_mha(teacher, student, mha_statistics(teacher, inputs, lengths, index, device), eps)
         student.to(device)
         refit_out_lin(student, inputs, targets, lengths, index, device)
         return info
-    return fit_ffn(teacher, student, inputs, targets, flat_positions(lengths, index), device)
+    return fit_ffn(teacher, student, inputs, targets, flat_positions(lengths, index), device, hidden=hidden)
 
 
 # ------------------------------------------------------------------ a whole model
@@ -313,7 +349,7 @@ def compress_with_data(model, dims, data, sequential=False, device=None, index=N
             x_s = x_t
         fit_idx = torch.arange(len(lengths)) if index is None else torch.as_tensor(index).long()
         mha_in, mha_out = block_io(layer, "mha", x_t, lengths, device)
-        ffn_in_t, ffn_out = ffn_io(layer, mha_in, mha_out)
+        ffn_in_t, ffn_out, hidden = ffn_io(layer, mha_in, mha_out, hidden=True)  # of the teacher's FFN inputs
         x_in = x_s.to(device)
         new_attn = make_block(config, i, "mha", dims[i][0])
         fit_block(layer.attention, new_attn, x_in, mha_out + (mha_in - x_in), lengths, fit_idx, device,
@@ -325,7 +361,7 @@ def compress_with_data(model, dims, data, sequential=False, device=None, index=N
             ffn_in = ffn_in_t
         new_ffn = make_block(config, i, "ffn", dims[i][1])
         fit_block(layer.ffn, new_ffn, ffn_in, ffn_out + (ffn_in_t - ffn_in), lengths, fit_idx, device,
-                  max_tokens=max_tokens, seed=seed)
+                  max_tokens=max_tokens, seed=seed, hidden=None if sequential else hidden)
         layer.ffn = new_ffn
         config.attn_dims[i], config.ffn_dims[i] = dims[i]
         if sequential:

@@ -210,7 +210,8 @@ def train_blocks(args):
         if keep is not None:
             x, lengths = select_sequences(x, lengths, keep)
         tblock = teacher.layers[layer].attention if kind == "mha" else teacher.layers[layer].ffn
-        inputs, targets = data_init.block_io(teacher.layers[layer], kind, x, lengths, device)
+        # the FFN's hidden activations come along for its closed form (one lin1 pass instead of three)
+        inputs, targets, hidden = data_init.block_io(teacher.layers[layer], kind, x, lengths, device, hidden=True)
         del x
         held = len(val_idx) > 0  # --holdout 0: nothing held out, no errors to report (None)
 
@@ -220,10 +221,11 @@ def train_blocks(args):
         student, fit_info = make_block(config, layer, kind, inner), None
         if args.init == "data":  # fitted on the training sequences only, never the held-out ones
             fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device,
-                                           max_tokens=args.fit_tokens, seed=args.seed)
+                                           max_tokens=args.fit_tokens, seed=args.seed, hidden=hidden)
         else:  # svd, or random from one generator per block (a --layers subset or a resume draws the same)
             init_block(tblock, student, args.init, config.initializer_range,
                        generator=block_generator(args.seed, layer, kind))
+        del hidden
         init_err = err(student)
         data_err = init_err if args.init == "data" else None
         svd_err = init_err if args.init == "svd" else None

@@ -84,10 +84,12 @@ def test_ffn_curve_equals_refitting_every_width():
     train, val = torch.arange(500), torch.arange(500, 600)
     widths = [0, 8, 24, 48]
     curve = allocation.ffn_curve(teacher, x, y, train, val, widths, "cpu")
+    handed = allocation.ffn_curve(teacher, x, y, train, val, widths, "cpu", hidden=teacher.act(teacher.lin1(x)))
     for w in widths[1:]:
         s = FeedForward(H, w).eval()
         data_init.fit_ffn(teacher, s, x, y, train, "cpu")
         assert curve[w] == pytest.approx(float(((s(x[val]) - y[val]) ** 2).sum()), rel=1e-3, abs=1e-9)
+    assert handed == pytest.approx(curve, rel=1e-6, abs=1e-12)  # the hidden activations handed over (ffn_io)
     assert curve[0] == pytest.approx(float(((y[val] - y[train].mean(0)) ** 2).sum()), rel=1e-6)
     assert curve[48] < 1e-6 * curve[0]
 

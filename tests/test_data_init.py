@@ -458,6 +458,53 @@ def test_ffn_fit_in_two_passes_equals_the_full_gram_fit():
     torch.testing.assert_close(s.lin2.bias.double(), w[-1], atol=1e-5, rtol=1e-4)
 
 
+@torch.no_grad()
+def test_ffn_io_hands_over_the_hidden_activations_of_its_targets(monkeypatch):
+    """ffn_io(hidden=True): the same targets, and the hidden activations they were computed from (what fit_ffn
+    then ranks and refits on instead of running lin1 twice more); None beyond HIDDEN_LIMIT."""
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    x, lengths = anisotropic()
+    layer = SimpleNamespace(sa_layer_norm=torch.nn.LayerNorm(H), ffn=FeedForward(H, 4 * H).eval())
+    a = torch.randn_like(x)
+    ins, outs = data_init.ffn_io(layer, x, a, chunk=100)
+    ins2, outs2, hidden = data_init.ffn_io(layer, x, a, chunk=100, hidden=True)
+    assert torch.equal(ins, ins2) and torch.equal(outs, outs2)
+    assert torch.equal(hidden, layer.ffn.act(layer.ffn.lin1(ins)))
+    monkeypatch.setattr(data_init, "HIDDEN_LIMIT", len(x) * 4 * H - 1)
+    ins3, outs3, none = data_init.ffn_io(layer, x, a, chunk=100, hidden=True)
+    assert none is None and torch.equal(outs, outs3)
+
+
+def test_ffn_fit_from_handed_hidden_activations_equals_recomputing_them():
+    torch.manual_seed(0)
+    x, lengths = anisotropic(n_seq=50)
+    t = FeedForward(H, 4 * H).eval()
+    y = outputs(t, x, lengths)
+    s1, s2 = FeedForward(H, 2 * H), FeedForward(H, 2 * H)
+    data_init.fit_block(t, s1, x, y, lengths, torch.arange(40), "cpu")
+    with torch.no_grad():
+        hidden = t.act(t.lin1(x))
+    data_init.fit_block(t, s2, x, y, lengths, torch.arange(40), "cpu", hidden=hidden)
+    assert torch.equal(s1.lin1.weight, s2.lin1.weight)   # the same units kept
+    torch.testing.assert_close(s2.lin2.weight, s1.lin2.weight, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(s2.lin2.bias, s1.lin2.bias, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mha", "ffn"])
+def test_a_block_of_the_teachers_size_is_the_teachers_block(kind):
+    """An allocation that keeps a block whole (its teacher's size): the closed form's limit is the teacher's own
+    block, copied exactly instead of fitted (the fit reproduced it to about 1e-5 at the cost of a full fit)."""
+    torch.manual_seed(0)
+    x, lengths = anisotropic(n_seq=30)
+    make = (lambda: MultiHeadSelfAttention(H, NH, H)) if kind == "mha" else (lambda: FeedForward(H, 4 * H))
+    t, s = make().eval(), make()
+    y = outputs(t, x, lengths)
+    info = data_init.fit_block(t, s, x, y, lengths, torch.arange(30), "cpu")
+    assert info["teacher_copy"]
+    assert all(torch.equal(p, q) for p, q in zip(s.state_dict().values(), t.state_dict().values()))
+
+
 @pytest.mark.parametrize("kind", ["mha", "ffn"])
 def test_a_stage_without_training_reads_only_the_fitted_and_held_out_sequences(tiny_bert_dir, tmp_path, kind,
                                                                               monkeypatch):
