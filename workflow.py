@@ -138,6 +138,10 @@ def plan(o):
 
 
 # ------------------------------------------------------------------ one job (the Snakefile's rules run this)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 def input_fingerprints(job, out_dir):
     """The sha256 of what a capture or module stage reads: the teacher's weights, the capture's manifest."""
     fp = {}
@@ -175,8 +179,11 @@ def run_stage(plan_path, output, log_path=None):
                 job["cmds"][0].append("--overwrite")   # made from other inputs: capture anew
             write_json(state, dict(record, status="started"))
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if env.get("SLURM_CPUS_PER_TASK") and not env.get("OMP_NUM_THREADS"):
-            env["OMP_NUM_THREADS"] = env["SLURM_CPUS_PER_TASK"]
+        # Snakemake sets OMP_NUM_THREADS and its kin to the rule's `threads` (1) for every job, which ran every
+        # stage on one core; a stage gets the threads its run was planned with (plan "threads":
+        # workflow_cli.stage_threads), else (a SLURM job's stage) the cores SLURM gave its job, else every core
+        threads = str(p.get("threads") or env.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
+        env.update({v: threads for v in THREAD_VARS})
         for cmd in job["cmds"]:
             name = job["stage"] if job["stage"] != "modules" else os.path.basename(cmd[1]).split("_")[0]
             t0 = time.time()

@@ -272,10 +272,23 @@ def print_graph(jobs, targets):
         print(f"  {j['stage']:<9} {path}" + (f"  <- {', '.join(j['needs'])}" if j["needs"] else ""))
 
 
+def stage_threads(o, slurm, env=os.environ):
+    """Torch threads of each stage: the caller's OMP_NUM_THREADS when set, else the cores (a SLURM job's, or this
+    machine's) shared by the --parallel jobs; None under the SLURM executor (each job's stage takes the cores
+    of its own job, workflow.run_stage)."""
+    if slurm:
+        return None
+    if env.get("OMP_NUM_THREADS"):
+        return int(env["OMP_NUM_THREADS"])
+    cores = int(env.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
+    return max(1, cores // int(o["parallel"] or 1))
+
+
 def engine(o, jobs, targets, chosen, slurm):
     """Run Snakemake on the plan; its exit status."""
     out = o["out_dir"]
-    body = {"jobs": jobs, "targets": chosen, "out_dir": out, "python": o["python"]}
+    body = {"jobs": jobs, "targets": chosen, "out_dir": out, "python": o["python"],
+            "threads": stage_threads(o, slurm)}
     path = os.path.join(out, ".workflow", f"plan-{recipes.short_hash(body, 12)}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(path, dict(body, plan_path=path))
@@ -337,9 +350,6 @@ def main(argv):
           f"{' '.join(o['variants'])}; out {o['out_dir']}", flush=True)
     slurm = (mode == "sweep" and not o["local"] and o["action"] == "run" and shutil.which("sbatch")
              and not os.environ.get("SLURM_JOB_ID"))
-    if mode == "sweep" and not slurm and o["parallel"] != "1" and not os.environ.get("OMP_NUM_THREADS"):
-        cores = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(o["parallel"])))
     if slurm and not o["wait"] and not o["dry_run"]:
         log = os.path.join(o["out_dir"], "logs", f"controller-{int(__import__('time').time())}.log")
         os.makedirs(os.path.dirname(log), exist_ok=True)

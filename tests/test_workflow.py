@@ -127,6 +127,30 @@ def test_sbatch_args_become_snakemake_resources():
     assert W.slurm_resources("--time=60", "modules:") == ["modules:runtime=60"]
 
 
+def test_a_stage_runs_with_the_planned_threads_not_snakemakes_one(tmp_path, monkeypatch, capfd):
+    """Snakemake sets OMP_NUM_THREADS (and MKL_, OPENBLAS_, ...) to the rule's `threads`, 1, for every job: since
+    the move to Snakemake every stage ran on one core. A stage now runs with the threads of its plan."""
+    o = opts("pipeline", "--out_dir", str(tmp_path))
+    assert W.stage_threads(o, False, {"OMP_NUM_THREADS": "3"}) == 3             # the caller's setting
+    assert W.stage_threads(o, False, {"SLURM_CPUS_PER_TASK": "8"}) == 8          # sbatch modular_pipeline.sh
+    o_par = opts("sweep", "--out_dir", str(tmp_path), "--local", "--parallel", "2")
+    assert W.stage_threads(o_par, False, {"SLURM_CPUS_PER_TASK": "8"}) == 4      # 2 jobs at a time share them
+    assert W.stage_threads(o_par, True, {"OMP_NUM_THREADS": "1"}) is None        # SLURM jobs: their own cores
+    probe = "import os; print('threads', *(os.environ[v] for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')))"
+    job = {"stage": "finetune", "task": "stsb", "seed": 1, "needs": [], "cmds": [["python", "-c", probe]]}
+    job["cmds"][0][0] = __import__("sys").executable
+    for planned, slurm_cpus, seen in ((3, None, "3 3"), (None, "5", "5 5")):
+        plan = tmp_path / f"plan{seen[0]}.json"
+        plan.write_text(json.dumps({"jobs": {"stsb/x/results.json": job}, "out_dir": str(tmp_path),
+                                    "threads": planned}))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")                                 # as Snakemake's shell sets it
+        monkeypatch.setenv("MKL_NUM_THREADS", "1")
+        if slurm_cpus:
+            monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm_cpus)
+        assert workflow.run_stage(str(plan), "stsb/x/results.json") == 0
+        assert f"threads {seen}" in capfd.readouterr().out
+
+
 # ------------------------------------------------------------------ consolidate.py: runs of other settings
 def result(root, sub, seed, score, variant="modular-data-alloc-ft+kd", compression=2.0, lr=1e-4, epochs=3,
            recipe="default", task="stsb"):
