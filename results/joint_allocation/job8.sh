@@ -3,6 +3,8 @@
 # stages, --currency CURRENCY) at compression C, from this seed's fine-tuned baseline (teacher + distillation),
 # 3 epochs, lr 1e-4. Code: the snapshot in $CODE: /work/meas5 (commit 2542ac0) for session 8's jobs; from session 9
 # (its first jobs, started 2026-11-29 23:54, on) /work/meas9 (commit 64e5c8b: cheaper value statistics, same allocation and closed form);
+# from session 10 (2026-11-30 03:40, the COPA/WSC/RTE c=3 jobs) /work/meas10 (commit 1566b36: full-size blocks copied from the teacher,
+# FFN hidden activations reused: allocation and other blocks bit-identical, A/B on MRPC seed 1 c=3);
 # provenance in each results.json, the code dir in times8.jsonl.
 # Output dirs: joint{out,ln,}_cC by currency (output, layernorm, residual), as the session-6/7 scripts named them.
 set -euo pipefail
@@ -15,7 +17,7 @@ EXTRA=(); EPOCHS=3
 case $lever in "") ;; beta) EXTRA=(--distill_beta 1);; ep6) EPOCHS=6;; *) echo "bad lever $lever"; exit 2;; esac
 case $cur in output) tag=jointout;; layernorm) tag=jointln;; residual) tag=joint;; *) echo "bad currency $cur"; exit 2;; esac
 [ -z "$lever" ] || CODE=${CODE:-/work/meas5}   # a lever run: the code its modules were made with
-CODE=${CODE:-/work/meas9}
+CODE=${CODE:-/work/meas10}
 cd $CODE
 PY=/work/main/.venv/bin/python
 export OMP_NUM_THREADS=1 TQDM_MININTERVAL=120 PYTHONUNBUFFERED=1
