@@ -287,6 +287,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             sensitivity[l]["ffn"] = (_carried(teacher, l, "ffn", cal, x, lengths, val_idx, out_t, device)
                                      / out_energy / max(ffn[w_cal], 1e-30))
             curves[l] = {k: {s: e * sensitivity[l][k] for s, e in c.items()} for k, c in curves[l].items()}
+        del hidden  # not held into the next layer's
         for kind in ("mha", "ffn"):
             options[(l, kind)] = {s: (block_macs(config, kind, s, length), e) for s, e in curves[l][kind].items()}
         log(f"layer {l}: error ({currency_name} currency), attention by head dim "

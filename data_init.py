@@ -277,15 +277,16 @@ def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge
 
 # ------------------------------------------------------------------ one block
 def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6, max_tokens=None, seed=0,
-              hidden=None):
+              hidden=None, copy=True):
     """init="data" for one block (MHA or FFN), fitted on the sequences `index` of the flat (inputs, targets)
     only (a subset of them holding at most `max_tokens` tokens, drawn with `seed`, when given: the statistics
     and the least-squares refits need far fewer tokens than a task has). Returns what the fit predicts (dropped
     spectra or kept unit energy) and the number of tokens it used. hidden: an FFN teacher's hidden activations
-    of the inputs (fit_ffn), when the caller has them. A student of the teacher's own size is the teacher's
-    block, copied (the closed form's limit, exact; nothing to fit)."""
+    of the inputs (fit_ffn), when the caller has them. copy: a student of the teacher's own size is the teacher's
+    block, copied (the closed form's limit, exact, when the inputs and targets are the teacher block's own; a
+    caller whose inputs or targets are not, e.g. the sequential fit, passes copy=False to fit it)."""
     index = subsample(lengths, index, max_tokens, seed)
-    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden)
+    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden, copy)
     return {**info, "fit_tokens": int(torch.as_tensor(lengths)[index].sum())}
 
 
@@ -300,14 +301,15 @@ def fit_removed(student, targets, tokens):
 
 def _same_size(teacher, student):
     shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}
-    return type(teacher) is type(student) and shapes(teacher) == shapes(student)
+    return (type(teacher) is type(student) and shapes(teacher) == shapes(student)
+            and getattr(teacher, "num_heads", None) == getattr(student, "num_heads", None))
 
 
-def _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden=None):
+def _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden=None, copy=True):
     student.to(device)
     if student.removed:  # size 0: a constant
         return fit_removed(student, targets, flat_positions(lengths, index))
-    if _same_size(teacher, student):  # nothing compressed (a layer the allocation keeps whole): the teacher's block
+    if copy and _same_size(teacher, student):  # nothing compressed (a layer the allocation keeps whole): the teacher's block
         student.load_state_dict(teacher.state_dict())
         return {"teacher_copy": True}
     if isinstance(student, MultiHeadSelfAttention):
@@ -349,11 +351,14 @@ def compress_with_data(model, dims, data, sequential=False, device=None, index=N
             x_s = x_t
         fit_idx = torch.arange(len(lengths)) if index is None else torch.as_tensor(index).long()
         mha_in, mha_out = block_io(layer, "mha", x_t, lengths, device)
-        ffn_in_t, ffn_out, hidden = ffn_io(layer, mha_in, mha_out, hidden=True)  # of the teacher's FFN inputs
+        if sequential:  # the FFN is fitted on the student's inputs: the teacher's hidden activations are not theirs
+            (ffn_in_t, ffn_out), hidden = ffn_io(layer, mha_in, mha_out), None
+        else:
+            ffn_in_t, ffn_out, hidden = ffn_io(layer, mha_in, mha_out, hidden=True)
         x_in = x_s.to(device)
         new_attn = make_block(config, i, "mha", dims[i][0])
         fit_block(layer.attention, new_attn, x_in, mha_out + (mha_in - x_in), lengths, fit_idx, device,
-                  max_tokens=max_tokens, seed=seed)
+                  max_tokens=max_tokens, seed=seed, copy=not sequential)
         layer.attention = new_attn
         if sequential:
             ffn_in = block_io(layer, "ffn", x_in, lengths, device)[0]  # h_s = LN(x_s + attention_s(x_s))
@@ -361,7 +366,8 @@ def compress_with_data(model, dims, data, sequential=False, device=None, index=N
             ffn_in = ffn_in_t
         new_ffn = make_block(config, i, "ffn", dims[i][1])
         fit_block(layer.ffn, new_ffn, ffn_in, ffn_out + (ffn_in_t - ffn_in), lengths, fit_idx, device,
-                  max_tokens=max_tokens, seed=seed, hidden=None if sequential else hidden)
+                  max_tokens=max_tokens, seed=seed, hidden=hidden, copy=not sequential)
+        del hidden
         layer.ffn = new_ffn
         config.attn_dims[i], config.ffn_dims[i] = dims[i]
         if sequential:

@@ -30,6 +30,6 @@ if [ -z "${PYTHON:-}" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
 fi
 export PYTHON PIPELINE_ROOT=$ROOT PYTHONUNBUFFERED=1
-if [ -n "${SLURM_CPUS_PER_TASK:-}" ] && [ -z "${OMP_NUM_THREADS:-}" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi
+# threads: workflow.py gives each stage the SLURM job's (or this machine's) cores / --parallel, or OMP_NUM_THREADS if set
 if [ ! -t 1 ] && [ -z "${TQDM_MININTERVAL:-}" ]; then export TQDM_MININTERVAL=30; fi  # quieter logs
 exec "$PYTHON" "$ROOT/workflow.py" pipeline "$@"

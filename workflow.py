@@ -142,6 +142,11 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GO
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+def usable_cores():
+    """The cores this process may run on (its CPU affinity: taskset, cgroups), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def input_fingerprints(job, out_dir):
     """The sha256 of what a capture or module stage reads: the teacher's weights, the capture's manifest."""
     fp = {}
@@ -182,7 +187,7 @@ def run_stage(plan_path, output, log_path=None):
         # Snakemake sets OMP_NUM_THREADS and its kin to the rule's `threads` (1) for every job, which ran every
         # stage on one core; a stage gets the threads its run was planned with (plan "threads":
         # workflow_cli.stage_threads), else (a SLURM job's stage) the cores SLURM gave its job, else every core
-        threads = str(p.get("threads") or env.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
+        threads = str(p.get("threads") or env.get("SLURM_CPUS_PER_TASK") or usable_cores())
         env.update({v: threads for v in THREAD_VARS})
         for cmd in job["cmds"]:
             name = job["stage"] if job["stage"] != "modules" else os.path.basename(cmd[1]).split("_")[0]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import recipes
-from workflow import ROOT, Error, plan, run_stage, write_json
+from workflow import ROOT, Error, plan, run_stage, usable_cores, write_json
 
 FIELD_FLAGS = {f"--{k}": k for k in recipes.FIELDS}
 STAGES = ("baseline", "capture", "modules", "mha", "ffn", "finetune", "table", "all")
@@ -278,9 +278,9 @@ def stage_threads(o, slurm, env=os.environ):
     of its own job, workflow.run_stage)."""
     if slurm:
         return None
-    if env.get("OMP_NUM_THREADS"):
-        return int(env["OMP_NUM_THREADS"])
-    cores = int(env.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
+    if env.get("OMP_NUM_THREADS", "").split(",")[0].strip().isdigit():   # OpenMP also takes a list: "4,2"
+        return max(1, int(env["OMP_NUM_THREADS"].split(",")[0]))
+    cores = int(env.get("SLURM_CPUS_PER_TASK") or usable_cores())
     return max(1, cores // int(o["parallel"] or 1))
 
 

@@ -45,22 +45,23 @@ def rel_err(a, b):
     return float(((a - b) ** 2).sum() / (b ** 2).sum())
 
 
-def fit(teacher, student, x, lengths, index=None):
+def fit(teacher, student, x, lengths, index=None, copy=True):
     y = outputs(teacher, x, lengths)
     index = torch.arange(len(lengths)) if index is None else index
-    data_init.fit_block(teacher, student, x, y, lengths, index, "cpu")
+    data_init.fit_block(teacher, student, x, y, lengths, index, "cpu", copy=copy)
     return y
 
 
 # ------------------------------------------------------------------ exactness
 def test_data_start_is_exact_at_c1():
+    """The closed form itself at full size (copy=False: what a full-size block would be if it were fitted)."""
     torch.manual_seed(0)
     x, lengths = anisotropic()
     t, s = MultiHeadSelfAttention(H, NH, H), MultiHeadSelfAttention(H, NH, H)
-    y = fit(t, s, x, lengths)
+    y = fit(t, s, x, lengths, copy=False)
     assert torch.allclose(outputs(s, x, lengths), y, atol=1e-4)
     f, g = FeedForward(H, 64), FeedForward(H, 64)
-    y = fit(f, g, x, lengths)
+    y = fit(f, g, x, lengths, copy=False)
     assert torch.allclose(outputs(g, x, lengths), y, atol=1e-4)
 
 
@@ -503,6 +504,7 @@ def test_a_block_of_the_teachers_size_is_the_teachers_block(kind):
     info = data_init.fit_block(t, s, x, y, lengths, torch.arange(30), "cpu")
     assert info["teacher_copy"]
     assert all(torch.equal(p, q) for p, q in zip(s.state_dict().values(), t.state_dict().values()))
+    assert "teacher_copy" not in data_init.fit_block(t, make(), x, y, lengths, torch.arange(30), "cpu", copy=False)
 
 
 @pytest.mark.parametrize("kind", ["mha", "ffn"])

@@ -136,6 +136,7 @@ def test_a_stage_runs_with_the_planned_threads_not_snakemakes_one(tmp_path, monk
     o_par = opts("sweep", "--out_dir", str(tmp_path), "--local", "--parallel", "2")
     assert W.stage_threads(o_par, False, {"SLURM_CPUS_PER_TASK": "8"}) == 4      # 2 jobs at a time share them
     assert W.stage_threads(o_par, True, {"OMP_NUM_THREADS": "1"}) is None        # SLURM jobs: their own cores
+    assert W.stage_threads(o, False, {"OMP_NUM_THREADS": "4,2"}) == 4             # OpenMP's nested list form
     probe = "import os; print('threads', *(os.environ[v] for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')))"
     job = {"stage": "finetune", "task": "stsb", "seed": 1, "needs": [], "cmds": [["python", "-c", probe]]}
     job["cmds"][0][0] = __import__("sys").executable
