@@ -284,10 +284,12 @@ def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-
     spectra or kept unit energy) and the number of tokens it used. hidden: an FFN teacher's hidden activations
     of the inputs (fit_ffn), when the caller has them. copy: a student of the teacher's own size is the teacher's
     block, copied (the closed form's limit, exact, when the inputs and targets are the teacher block's own; a
-    caller whose inputs or targets are not, e.g. the sequential fit, passes copy=False to fit it)."""
+    caller whose inputs or targets are not, e.g. the sequential fit, passes copy=False to fit it); a copied
+    block reports fit_tokens 0 (it used no data)."""
     index = subsample(lengths, index, max_tokens, seed)
     info = _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden, copy)
-    return {**info, "fit_tokens": int(torch.as_tensor(lengths)[index].sum())}
+    used = 0 if info.get("teacher_copy") else int(torch.as_tensor(lengths)[index].sum())
+    return {**info, "fit_tokens": used}
 
 
 @torch.no_grad()

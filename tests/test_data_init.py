@@ -502,9 +502,10 @@ def test_a_block_of_the_teachers_size_is_the_teachers_block(kind):
     t, s = make().eval(), make()
     y = outputs(t, x, lengths)
     info = data_init.fit_block(t, s, x, y, lengths, torch.arange(30), "cpu")
-    assert info["teacher_copy"]
+    assert info["teacher_copy"] and info["fit_tokens"] == 0   # it used no data (it reported the subset's size)
     assert all(torch.equal(p, q) for p, q in zip(s.state_dict().values(), t.state_dict().values()))
-    assert "teacher_copy" not in data_init.fit_block(t, make(), x, y, lengths, torch.arange(30), "cpu", copy=False)
+    fitted = data_init.fit_block(t, make(), x, y, lengths, torch.arange(30), "cpu", copy=False)
+    assert "teacher_copy" not in fitted and fitted["fit_tokens"] == int(lengths.sum())
 
 
 @pytest.mark.parametrize("kind", ["mha", "ffn"])
