@@ -9,6 +9,9 @@ the layers; without it every block is fitted on the teacher's own inputs (isolat
 mha_modular.py / ffn_modular.py --init data --epochs 0 write, layer by layer in parallel jobs). Both fit on
 the training sequences only; report.json gives, per layer, the held-out relative error of the compressed
 stack's output against the teacher's (||s - t||^2 / ||t||^2 over real tokens).
+
+--allocation OUTPUT_DIR/allocation.json (what mha_modular.py / ffn_modular.py --allocate wrote for this capture)
+fits the blocks at its per-layer sizes instead of the uniform ones: the sequential fit of an allocated budget.
 """
 import argparse
 import copy
@@ -31,6 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", required=True, help="layerNN_{mha,ffn}.safetensors + report.json")
     p.add_argument("--compression", type=float, default=2.0)
     p.add_argument("--sequential", action="store_true", help="fit each layer on the compressed layers' outputs")
+    p.add_argument("--allocation", default=None,
+                   help="an allocation.json of the joint allocation (--allocate) made on this capture at this "
+                        "--compression: fit its per-layer sizes (default: every layer at head dim / C, width / C)")
     p.add_argument("--fit_tokens", type=int, default=None, help="fit on a seeded subset of at most this many tokens")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of examples held out (as the trainers)")
     p.add_argument("--seed", type=int, default=42)
@@ -53,6 +59,29 @@ def stack_errors(model, data, index, device):
     return errors
 
 
+def allocated_dims(args, store, teacher_sha, config):
+    """({layer: (attention inner size, FFN width)}, the allocation's id or None): --allocation's sizes, checked
+    against this capture, teacher and --compression (loud: a budget made for other data is not this one's)."""
+    layers = range(config.num_hidden_layers)
+    if args.allocation is None:
+        return {l: reduced_dims(config, l, args.compression) for l in layers}, None
+    try:
+        with open(args.allocation) as f:
+            found = json.load(f)
+        dims = {int(l): tuple(int(v) for v in d) for l, d in found["dims"].items()}
+        made = found["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--allocation {args.allocation}: not an allocation.json ({e})") from None
+    checks = {"compression": args.compression, "teacher_sha256": teacher_sha,
+              "inputs_sha256": store.manifest["settings"].get("inputs_sha256")}
+    bad = [f"{k} {made.get(k)!r} (this run: {v!r})" for k, v in checks.items()
+           if made.get(k) is not None and made.get(k) != v]
+    if bad or sorted(dims) != list(layers):
+        raise UserError(f"--allocation {args.allocation} was made for another run: "
+                        + (", ".join(bad) or f"layers {sorted(dims)}, the teacher has {len(layers)}"))
+    return dims, json.dumps({l: list(d) for l, d in sorted(dims.items())})
+
+
 def main(argv=None):
     args = parse_args(argv)
     device, store, teacher, teacher_sha = open_capture(args)
@@ -62,12 +91,14 @@ def main(argv=None):
     t0 = time.time()
     data = {l: store.load_layer(l) for l in range(store.num_layers)}
     train_idx, val_idx = holdout_split(store.sequence_info()[1], args.holdout, args.seed)
-    dims = {l: reduced_dims(config, l, args.compression) for l in range(config.num_hidden_layers)}
+    dims, allocation_id = allocated_dims(args, store, teacher_sha, config)
     student = data_init.compress_with_data(copy.deepcopy(teacher), dims, data, sequential=args.sequential,
-                                           device=device, index=train_idx, max_tokens=args.fit_tokens)
+                                           device=device, index=train_idx, max_tokens=args.fit_tokens,
+                                           seed=args.seed)
     fit_seconds = round(time.time() - t0, 1)
     os.makedirs(args.output_dir, exist_ok=True)
     settings = json.dumps({"closed_form": True, "sequential": args.sequential, "compression": args.compression,
+                           "allocation": allocation_id,
                            "fit_tokens": args.fit_tokens, "holdout": args.holdout, "seed": args.seed,
                            "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
                            "teacher_sha256": teacher_sha}, sort_keys=True)
@@ -75,7 +106,8 @@ def main(argv=None):
         for kind, block in (("mha", layer.attention), ("ffn", layer.ffn)):
             meta = {"block": kind, "layer": l, "hidden_size": config.hidden_size,
                     "inner_size": dims[l][0 if kind == "mha" else 1], "num_heads": config.num_attention_heads,
-                    "compression": args.compression, "init": "data", "allocated": False,
+                    "compression": args.compression, "init": "data", "allocated": allocation_id is not None,
+                    "allocation": allocation_id,
                     "sequential": args.sequential, "teacher": store.model, "teacher_sha256": teacher_sha,
                     "task": store.manifest.get("task"), "settings": settings}
             save_block(checkpoint_path(args.output_dir, l, kind), block, meta)

@@ -225,6 +225,35 @@ def test_allocate_spends_one_budget_on_both_blocks(stsb_capture, tiny_bert_dir, 
     assert os.path.getmtime(os.path.join(out, "allocation.json")) == mtime
 
 
+def test_closed_form_script_fits_an_allocation(stsb_capture, tiny_bert_dir, tmp_path):
+    """closed_form.py --allocation: the blocks take the allocation's sizes; isolated, they are the stages' own
+    blocks (the same fit on the same tokens); sequential, they load into the allocated model as the stages'
+    do; an allocation made at another --compression is refused."""
+    import closed_form
+    from safetensors.torch import load_file
+    mod = str(tmp_path / "mod")
+    alloc = _stages(stsb_capture, mod, 3)
+    path = os.path.join(mod, "allocation.json")
+    for sequential in (False, True):
+        out = str(tmp_path / f"cf{int(sequential)}")
+        closed_form.main(["--activations_dir", stsb_capture, "--output_dir", out, "--compression", "3",
+                          "--allocation", path, "--threads", "1"] + (["--sequential"] if sequential else []))
+        model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=1)
+        compress(model, 3.0, "svd")
+        names, missing = load_modules(model, out)
+        assert len(names) == 4 and missing == []
+        assert [[a, w] for a, w in zip(model.config.attn_dims, model.config.ffn_dims)] == list(alloc["dims"].values())
+        for name in names:
+            ours, theirs = load_file(os.path.join(out, name)), load_file(os.path.join(mod, name))
+            assert ours.keys() == theirs.keys()
+            if not sequential:
+                for k in ours:
+                    torch.testing.assert_close(ours[k], theirs[k], atol=1e-5, rtol=1e-4)
+    with pytest.raises(UserError, match="compression"):
+        closed_form.main(["--activations_dir", stsb_capture, "--output_dir", str(tmp_path / "bad"),
+                          "--compression", "2", "--allocation", path, "--threads", "1"])
+
+
 def test_blocks_of_two_allocations_in_one_dir_are_refused(stsb_capture, tiny_bert_dir, tmp_path):
     """A stage rerun into the same dir with other settings makes a new allocation while the other stage's blocks
     keep the old sizes: together they would not keep the budget, so load_modules refuses the mix (each block
