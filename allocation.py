@@ -332,6 +332,12 @@ def _budget(config, length, full, budget, dims):
             "achieved_compression": full / used if used else float("inf")}
 
 
+def allocation_id(dims):
+    """The id an allocated block records ({layer: (attention inner, FFN width)} as JSON): load_modules refuses a
+    modules dir whose blocks name two different ids (they would not keep one budget)."""
+    return json.dumps({int(l): list(d) for l, d in sorted(dims.items(), key=lambda kv: int(kv[0]))})
+
+
 def load_or_allocate(path, settings, compute):
     """allocation.json at `path` when it holds `settings`, else compute() written there (under a POSIX lock on
     path + '.lock', so that the MHA and FFN stages started at once compute it once)."""

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+import allocation
 import data_init
 from activations import flat_positions
 from compression import checkpoint_path, reduced_dims, save_block
@@ -79,7 +80,7 @@ def allocated_dims(args, store, teacher_sha, config):
     if bad or sorted(dims) != list(layers):
         raise UserError(f"--allocation {args.allocation} was made for another run: "
                         + (", ".join(bad) or f"layers {sorted(dims)}, the teacher has {len(layers)}"))
-    return dims, json.dumps({l: list(d) for l, d in sorted(dims.items())})
+    return dims, allocation.allocation_id(dims)
 
 
 def main(argv=None):

@@ -192,7 +192,7 @@ def train_blocks(args):
         check_compression(args.compression)
         dims = joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, device)
         sizes = {l: dims[l][0 if kind == "mha" else 1] for l in layers}
-        allocation_id = json.dumps({l: list(d) for l, d in sorted(dims.items())})  # load_modules: one per dir
+        allocation_id = allocation.allocation_id(dims)
     keep = None
     if args.epochs == 0:  # nothing trained: only the sequences the start is fitted on and the held-out ones are read
         fit_idx = subsample(seq_lengths, train_idx, args.fit_tokens, args.seed) if args.init == "data" \
