@@ -1,10 +1,11 @@
 #!/bin/bash
 # Session 11, issue 18 item 2: the two levers not yet measured at c=4, first on MRPC seed 1 (the c=4 run below 0.99:
-# 82.10, 0.985), then the train lever on more runs. Both start from that run's allocation (mod_jointout_c4/allocation.json, made by 2542ac0) and
-# end in the same distilled fine-tune as job8.sh (3 epochs, lr 1e-4, from the seed's baseline).
-#   train: 4 epochs of module training from the closed-form start (mha/ffn_modular.py --epochs 4), code 2542ac0
-#          (/work/meas5, the allocation's own code: it reads the copied allocation.json instead of re-measuring)
-#   seq:   the sequential closed form at the allocated sizes (closed_form.py --sequential --allocation), code $NEW
+# 82.10, 0.985), then the train lever on more runs. Both start from the plain run's allocation (its
+# mod_jointout_cC/allocation.json) and end in the same distilled fine-tune as job8.sh (3 epochs, lr 1e-4, from the
+# seed's baseline).
+#   train: 4 epochs of module training from the closed-form start (mha/ffn_modular.py --epochs 4), with the code
+#          that made the allocation (below: it reads the copied allocation.json instead of re-measuring)
+#   seq:   the sequential closed form at the allocated sizes (closed_form.py --sequential --allocation), code $NEW (session 11: /work/meas11 = 0476e3e)
 # Usage: levers11.sh train|seq [TASK SEED C] (default mrpc 1 4). The train lever runs with the code that made the
 # allocation (its version: joint/1 = 2542ac0 /work/meas5, joint/2 = 64e5c8b /work/meas9), so that it reads it.
 set -euo pipefail
