@@ -5,12 +5,12 @@
 
 Writes OUTPUT_DIR/layerNN_ffn.safetensors (what run_superglue.py --modules_dir loads), report.json
 (held-out relative error per layer and epoch, trained vs SVD init) and loss_ffn.png."""
-import modular
-from utils import run_main
+from modcomp import modular
+from modcomp.utils import run_main
 
 
 def main(argv=None):
-    modular.train_blocks(modular.build_parser("ffn", __doc__).parse_args(argv))
+    modular.train_blocks(modular.build_parser("ffn", __doc__, argv).parse_args(argv))
 
 
 if __name__ == "__main__":

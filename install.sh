@@ -19,4 +19,5 @@ if [ "$cuda" = 1 ]; then
   .venv/bin/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 fi
 .venv/bin/python -m pip install -q -r requirements.txt
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .   # the modcomp package (editable: the checkout is the code)
 .venv/bin/python -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"

@@ -5,12 +5,12 @@
 
 Writes OUTPUT_DIR/layerNN_mha.safetensors (what run_superglue.py --modules_dir loads), report.json
 (held-out relative error per layer and epoch, trained vs SVD init) and loss_mha.png."""
-import modular
-from utils import run_main
+from modcomp import modular
+from modcomp.utils import run_main
 
 
 def main(argv=None):
-    modular.train_blocks(modular.build_parser("mha", __doc__).parse_args(argv))
+    modular.train_blocks(modular.build_parser("mha", __doc__, argv).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ find_root() {  # under sbatch this script is a copy in the spool dir; the job re
         [ -z "$job_cmd" ] || job_cmd=$(dirname "$job_cmd")
     fi
     for d in "${PIPELINE_ROOT:-}" "$(dirname "${BASH_SOURCE[0]}")" "$job_cmd" "${SLURM_SUBMIT_DIR:-}" "$PWD"; do
-        if [ -n "$d" ] && [ -f "$d/workflow.py" ] && [ -f "$d/run_superglue.py" ]; then (cd "$d" && pwd); return 0; fi
+        if [ -n "$d" ] && [ -f "$d/modcomp/workflow.py" ] && [ -f "$d/run_superglue.py" ]; then (cd "$d" && pwd); return 0; fi
     done
-    echo "$(basename "$0"): error: cannot find the repository (workflow.py); set PIPELINE_ROOT" >&2
+    echo "$(basename "$0"): error: cannot find the repository (modcomp/workflow.py); set PIPELINE_ROOT" >&2
     return 1
 }
 ROOT=$(find_root)
@@ -32,4 +32,4 @@ fi
 export PYTHON PIPELINE_ROOT=$ROOT PYTHONUNBUFFERED=1
 # threads: workflow.py gives each stage the SLURM job's (or this machine's) cores / --parallel, or OMP_NUM_THREADS if set
 if [ ! -t 1 ] && [ -z "${TQDM_MININTERVAL:-}" ]; then export TQDM_MININTERVAL=30; fi  # quieter logs
-exec "$PYTHON" "$ROOT/workflow.py" pipeline "$@"
+exec "$PYTHON" -m modcomp.workflow_cli pipeline "$@"

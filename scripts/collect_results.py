@@ -15,10 +15,9 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from consolidate import load_results  # noqa: E402
-from utils import UserError, run_main  # noqa: E402
+from modcomp.report import load_results  # noqa: E402
+from modcomp.utils import UserError, run_main  # noqa: E402
 
 
 def target(r):

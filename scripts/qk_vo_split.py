@@ -16,12 +16,11 @@ import time
 
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data_init  # noqa: E402
-from activations import ActivationStore, select_sequences, subsample  # noqa: E402
+from modcomp import data_init  # noqa: E402
+from modcomp.activations import ActivationStore, select_sequences, subsample  # noqa: E402
 from modeling_moddistilbert import MultiHeadSelfAttention  # noqa: E402
-from modular import holdout_split, load_capture_teacher, relative_error, restrict  # noqa: E402
-from utils import atomic_write_json, run_main  # noqa: E402
+from modcomp.modular import holdout_split, load_capture_teacher, relative_error, restrict  # noqa: E402
+from modcomp.utils import atomic_write_json, run_main  # noqa: E402
 
 
 class SplitAttention(MultiHeadSelfAttention):

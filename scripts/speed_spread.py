@@ -15,8 +15,7 @@ import sys
 
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils import UserError, atomic_write_json, run_main, written_atomically  # noqa: E402
+from modcomp.utils import UserError, atomic_write_json, run_main, written_atomically  # noqa: E402
 
 FIELDS = ("median_ms", "speedup", "vs_peer")
 ONE_RUN = ("p10_ms", "p90_ms", "fraction_of_bound", "peer")  # one run's figures: not carried into the summary

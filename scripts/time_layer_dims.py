@@ -13,11 +13,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from compression import compress  # noqa: E402
+from modcomp.compression import compress  # noqa: E402
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, make_block  # noqa: E402
-from run_speed import model_macs, time_variants  # noqa: E402
-from utils import atomic_write_json, run_main  # noqa: E402
+from modcomp.speed import model_macs, time_variants  # noqa: E402
+from modcomp.utils import atomic_write_json, run_main  # noqa: E402
 
 
 def main():

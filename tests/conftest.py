@@ -4,7 +4,6 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 # Task data for the tests. FIXTURE_DATA ships with the repo: the first 48 train and 24 validation rows of
 # each task's official files, byte for byte (tests/fixtures/README.md), so a fresh clone runs every test
 # that needs only some real rows. SHARED_DATA holds the project's full copies (optional, outside the repo);

@@ -7,18 +7,18 @@ import os
 import pytest
 import torch
 
-import allocation
-import capture_data
-import data_init
+from modcomp import allocation
+from modcomp import capture as capture_data
+from modcomp import data_init
 import ffn_modular
 import mha_modular
-import modular
-import run_superglue
-from activations import ActivationStore
-from compression import compress, load_modules, save_block
+from modcomp import modular
+from modcomp import runner as run_superglue
+from modcomp.activations import ActivationStore
+from modcomp.compression import compress, load_modules, save_block
 from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassification, MultiHeadSelfAttention,
                                     attention_mask_4d, make_block)
-from utils import UserError
+from modcomp.utils import UserError
 
 
 # ------------------------------------------------------------------ cost and choice
@@ -229,7 +229,7 @@ def test_closed_form_script_fits_an_allocation(stsb_capture, tiny_bert_dir, tmp_
     """closed_form.py --allocation: the blocks take the allocation's sizes; isolated, they are the stages' own
     blocks (the same fit on the same tokens); sequential, they load into the allocated model as the stages'
     do; an allocation made at another --compression is refused."""
-    import closed_form
+    from modcomp import closed_form
     from safetensors.torch import load_file
     mod = str(tmp_path / "mod")
     alloc = _stages(stsb_capture, mod, 3)
@@ -349,7 +349,7 @@ def test_allocate_beyond_uniform_sizes(stsb_capture, tiny_bert_dir, tmp_path):
     out = str(tmp_path / "mod")
     with pytest.raises(UserError, match="too large"):          # uniform sizes: refused, as before
         mha_modular.main(["--activations_dir", stsb_capture, "--output_dir", str(tmp_path / "u"), "--init", "data",
-                          "--epochs", "0", "--compression", "20", "--threads", "1"])
+                          "--epochs", "0", "--compression", "20", "--threads", "1", "--allocate", "0"])
     alloc = _stages(stsb_capture, out, 20)
     assert alloc["budget"]["achieved_compression"] >= 20
     ft = tmp_path / "ft"
@@ -359,8 +359,8 @@ def test_allocate_beyond_uniform_sizes(stsb_capture, tiny_bert_dir, tmp_path):
     with open(ft / "results.json") as f:
         assert json.load(f)["macs"]["achieved_compression"] >= 20
     os.remove(os.path.join(out, "layer01_ffn.safetensors"))     # a partial dir: the missing block takes the
-    from finetune import build_model                             # size its allocation.json gave it
-    from tasks import get_task
+    from modcomp.finetune import build_model                             # size its allocation.json gave it
+    from modcomp.tasks import get_task
     model, _, _ = build_model(tiny_bert_dir, get_task("stsb"), 20.0, "data", out, allow_partial_modules=True)
     assert [[a, w] for a, w in zip(model.config.attn_dims, model.config.ffn_dims)] == list(alloc["dims"].values())
 

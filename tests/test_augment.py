@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from augment import (STOPWORDS, WordNeighbours, _split_word, augment_examples, augment_text,
+from modcomp.augment import (STOPWORDS, WordNeighbours, _split_word, augment_examples, augment_text,
                      neighbours_for)
-from utils import UserError
+from modcomp.utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "fixtures", "data")  # real rows, see tests/fixtures/README.md

@@ -10,12 +10,11 @@ import torch
 from safetensors import safe_open
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import activations as A  # noqa: E402
-import capture_data  # noqa: E402
+from modcomp import activations as A  # noqa: E402
+from modcomp import capture as capture_data  # noqa: E402
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d  # noqa: E402
-from utils import UserError  # noqa: E402
+from modcomp.utils import UserError  # noqa: E402
 
 from conftest import FIXTURE_DATA as DATA  # noqa: E402  (real rows, shipped in tests/fixtures)
 tasks = pytest.importorskip("tasks")

@@ -7,10 +7,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import consolidate as C  # noqa: E402
-from utils import UserError  # noqa: E402
+from modcomp import report as C  # noqa: E402
+from modcomp.utils import UserError  # noqa: E402
 
 METRICS = {"boolq": ["accuracy"], "cb": ["accuracy", "f1"], "copa": ["accuracy"], "rte": ["accuracy"],
            "wic": ["accuracy"], "wsc": ["accuracy"], "stsb": ["pearson", "spearman"],
@@ -296,7 +295,7 @@ def test_json_output_has_no_nan_token(tmp_path):
 
 
 def test_retention_is_the_ratio_of_average_scores_over_shared_tasks():
-    from consolidate import retention
+    from modcomp.report import retention
     cell = lambda s: {"score": s, "metrics": {}, "seeds": [1], "na_seeds": []}
     rows = [{"model": "m", "variant": "baseline", "compression": None, "tasks": {"stsb": cell(80.0), "cb": cell(60.0)}},
             {"model": "m", "variant": "x", "compression": 2.0, "tasks": {"stsb": cell(78.0), "cb": None}},
@@ -308,7 +307,7 @@ def test_retention_is_the_ratio_of_average_scores_over_shared_tasks():
 def test_select_epoch_follows_the_rule_finetune_summarize_records():
     """One rule for the best epoch: consolidate's selection is the epoch results.json names as best_epoch,
     also when no epoch has a score (then neither picks one: it used to pick epoch 1 here)."""
-    from finetune import summarize
+    from modcomp.finetune import summarize
     cases = [[None, 60.0, 70.0, 70.0], [float("nan"), 50.0], [None, None], [float("nan")], [40.0, None]]
     for scores in cases:
         epochs = [{"epoch": i, "score": s, "accuracy": s} for i, s in enumerate(scores, 1)]

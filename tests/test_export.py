@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, DistilBertConfig
 
-import export
-import inference
-import tasks as T
-from compression import compress
-from finetune import label_config
+from modcomp import export
+from modcomp import inference
+from modcomp import tasks as T
+from modcomp.compression import compress
+from modcomp.finetune import label_config
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
-from utils import UserError
+from modcomp.utils import UserError
 
 from conftest import ROOT, TINY_BERT, save_with_tokenizer
 

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import finetune  # noqa: E402
-import run_superglue  # noqa: E402
-import tasks as T  # noqa: E402
-from utils import UserError, run_main  # noqa: E402
+from modcomp import finetune  # noqa: E402
+from modcomp import runner as run_superglue  # noqa: E402
+from modcomp import tasks as T  # noqa: E402
+from modcomp.utils import UserError, run_main  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +44,7 @@ def data(tmp_path):
 def argv(model, data_dir, out, *extra):
     return ["--model_name_or_path", model, "--task", "rte", "--data_dir", data_dir, "--output_dir", str(out),
             "--epochs", "1", "--batch_size", "8", "--max_length", "32", "--device", "cpu", "--threads", "1",
-            *extra]
+            "--init", "svd", *extra]
 
 
 def run(model, data_dir, out, *extra):
@@ -114,7 +113,7 @@ def test_resume_refuses_a_finished_run_of_other_settings_naming_them(tiny_bert_d
     line = fails(tiny_bert_dir, data, out, "--no_save_model", "--resume", "--lr", "3e-4", "--seed", "7",
                  capsys=capsys)
     assert "holds a finished run of other settings or inputs" in line
-    assert "lr 2e-05 -> 0.0003" in line and "seed 42 -> 7" in line and "--overwrite" in line
+    assert "lr 0.0001 -> 0.0003" in line and "seed 1 -> 7" in line and "--overwrite" in line
     assert snapshot(out) == before
     assert run(tiny_bert_dir, data, out, "--no_save_model", "--resume") == first  # the same: nothing to do
     other = run(tiny_bert_dir, data, out, "--no_save_model", "--resume", "--overwrite", "--lr", "3e-4")
@@ -153,7 +152,7 @@ BAD_NUMBERS = {
     "max_train_samples_negative": (["--max_train_samples", "-3"], "--max_train_samples must be at least 1"),
     "seed_negative": (["--seed", "-1"], "--seed must be in [0, 2^32)"),
     "lr_negative": (["--lr", "-1"], "--lr must be a number > 0"),
-    "lr_nan": (["--lr", "nan"], "--lr must be a number > 0"),
+    "lr_nan": (["--lr", "nan"], "argument --ft_lr/--lr: must be a number"),
     "batch_size_0": (["--batch_size", "0"], "--batch_size and --eval_batch_size must be at least 1"),
     "compression_nan": (["--compression", "nan"], "--compression must be a number >= 1"),
     "compression_inf": (["--compression", "inf"], "--compression must be a number >= 1"),
@@ -286,7 +285,7 @@ def test_checkpoints_save_and_restore_the_cuda_generators(tmp_path, monkeypatch)
 def test_random_start_of_a_block_depends_on_its_seed_only(tiny_bert_dir):
     """--init random drew every block from the global RNG in turn: a --layers subset (or a resumed module
     stage that skips finished layers) got other blocks than a whole run. Now one generator per layer and block."""
-    from compression import compress
+    from modcomp.compression import compress
     from modeling_moddistilbert import ModDistilBertForSequenceClassification
     base = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=2)
     blocks = {}
@@ -305,7 +304,7 @@ def test_random_start_of_a_block_depends_on_its_seed_only(tiny_bert_dir):
     assert not torch.equal(model.base_model.layers[0].attention.q_lin.weight,
                            model.base_model.layers[1].attention.q_lin.weight)
     # init_block with one block's generator: the same start whatever was drawn before
-    from compression import block_generator, init_block
+    from modcomp.compression import block_generator, init_block
     t, s1, s2 = base.base_model.layers[0].ffn, blocks["all"].ffn, blocks["layer 1"].ffn
     init_block(t, s1, "random", 0.02, generator=block_generator(3, 0, "ffn"))
     torch.rand(1000)

@@ -9,18 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import compression as C  # noqa: E402
+from modcomp import compression as C  # noqa: E402
 import modeling_moddistilbert as M  # noqa: E402
-from compression import compress  # noqa: E402
+from modcomp.compression import compress  # noqa: E402
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice,  # noqa: E402
                                     ModDistilBertForSequenceClassification, ModDistilBertModel,
                                     config_from_teacher, resolve_model_path)
 from transformers import (AutoModel, AutoModelForMultipleChoice,  # noqa: E402
                           AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel,
                           DistilBertConfig, DistilBertModel, T5Config, T5Model)
-from utils import UserError  # noqa: E402
+from modcomp.utils import UserError  # noqa: E402
 
 TOL = 1e-4
 
@@ -474,7 +473,7 @@ def test_removed_blocks_forward_save_and_reload(removed_model, tmp_path):
 def test_removed_blocks_export_to_onnx(removed_model, tmp_path):
     """A quick check that torch.onnx export runs and ONNX Runtime gives the same logits (export.py tests more)."""
     ort = pytest.importorskip("onnxruntime")
-    import inference
+    from modcomp import inference
     path = inference.export_onnx(removed_model, str(tmp_path / "removed.onnx"))
     batch = _batch()
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -13,18 +13,18 @@ from safetensors.torch import save_file
 
 from conftest import FIXTURE_DATA
 
-import capture_data  # noqa: E402
-import compression  # noqa: E402
+from modcomp import capture as capture_data  # noqa: E402
+from modcomp import compression  # noqa: E402
 import ffn_modular  # noqa: E402
 import mha_modular  # noqa: E402
-import data_init  # noqa: E402
-import modular  # noqa: E402
-import run_superglue  # noqa: E402
-from activations import ActivationStore, pad_sequences, sequence_offsets  # noqa: E402
-from compression import compress, init_block  # noqa: E402
+from modcomp import data_init  # noqa: E402
+from modcomp import modular  # noqa: E402
+from modcomp import runner as run_superglue  # noqa: E402
+from modcomp.activations import ActivationStore, pad_sequences, sequence_offsets  # noqa: E402
+from modcomp.compression import compress, init_block  # noqa: E402
 from modeling_moddistilbert import (FeedForward, ModDistilBertForSequenceClassification,  # noqa: E402
                                     ModDistilBertModel, MultiHeadSelfAttention, attention_mask_4d, make_block)
-from utils import UserError, run_main  # noqa: E402
+from modcomp.utils import UserError, run_main  # noqa: E402
 
 
 
@@ -55,7 +55,7 @@ def tiny_modules(tiny_cap, tmp_path_factory):
     """Both blocks of every layer trained at c=2 (MHA then FFN into one output dir)."""
     out = str(tmp_path_factory.mktemp("modules_c2"))
     common = ["--activations_dir", tiny_cap, "--output_dir", out, "--compression", "2", "--epochs", "2",
-              "--lr", "1e-3", "--batch_size", "8"]
+              "--lr", "1e-3", "--batch_size", "8", "--init", "svd"]
     mha_modular.main(common)
     ffn_modular.main(common)
     return out
@@ -292,7 +292,7 @@ def test_minilm_layer0_trained_beats_svd_init(tmp_path):
     cap = capture("minilm", tmp_path / "cap", n=48)
     out = str(tmp_path / "modules")
     common = ["--activations_dir", cap, "--output_dir", out, "--layers", "0", "--epochs", "3",
-              "--holdout", "0.25"]
+              "--holdout", "0.25", "--init", "svd"]
     mha_modular.main(common)
     ffn_modular.main(common)
     with open(os.path.join(out, "report.json")) as f:
@@ -481,7 +481,7 @@ def test_modules_of_another_teacher_are_refused(tiny_modules, tmp_path):
     torch.manual_seed(123)
     other = save_with_tokenizer(BertModel(BertConfig(**TINY_BERT)), tmp_path / "other")
     m = ModDistilBertForSequenceClassification.from_teacher(other, num_labels=2)
-    from utils import state_dict_sha256
+    from modcomp.utils import state_dict_sha256
     sha = state_dict_sha256(m.base_model)
     compress(m, 2.0, "svd")
     with pytest.raises(UserError, match="trained against another teacher"):
@@ -531,15 +531,18 @@ def test_trainer_resumes_layer_by_layer(tiny_cap, tmp_path, monkeypatch, capsys)
     assert os.path.getmtime(os.path.join(out, "layer00_mha.safetensors")) != mtime
 
 
-def test_modules_dir_without_compression_exits_2(tiny_dir, tiny_modules, tmp_path, capsys):
-    argv = ["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", FIXTURE_DATA,
+def test_modules_dir_without_compression_takes_the_recipes(tiny_dir, tiny_modules, tmp_path):
+    """run_superglue.py --modules_dir without --compression: the recipe's compression (configs/default.yaml: 2),
+    which the c=2 modules were made for; without --modules_dir it is the uncompressed model."""
+    argv = ["--model_name_or_path", tiny_dir, "--task", "rte", "--data_dir", FIXTURE_DATA, "--init", "svd",
             "--modules_dir", tiny_modules, "--epochs", "1", "--max_train_samples", "8",
-            "--max_eval_samples", "8", "--output_dir", str(tmp_path / "run")]
-    with pytest.raises(SystemExit) as e:
-        run_main(lambda: run_superglue.main(argv))
-    assert e.value.code == 2
-    assert "--modules_dir needs --compression" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "run" / "results.json")
+            "--max_eval_samples", "8", "--output_dir", str(tmp_path / "run"), "--no_save_model"]
+    run_superglue.main(argv)
+    with open(tmp_path / "run" / "results.json") as f:
+        r = json.load(f)
+    assert r["compression"] == 2.0 and r["modules"]
+    args = run_superglue.parse_args([a for a in argv if a not in ("--modules_dir", tiny_modules)])
+    assert args.compression is None
 
 
 def test_trainer_bad_arguments(tiny_cap, tmp_path):

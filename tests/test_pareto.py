@@ -5,11 +5,20 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
-import pareto  # noqa: E402
+from modcomp import pareto  # noqa: E402
+
+
+def load_script(name):
+    """A module of scripts/ (helpers, not part of the package), loaded from its file."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "scripts",
+                                                                     f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 from test_consolidate import write_result  # noqa: E402
-from utils import UserError  # noqa: E402
+from modcomp.utils import UserError  # noqa: E402
 
 
 def speed_json(path, speedups, bs=1, seq=128):
@@ -86,7 +95,7 @@ def test_missing_speed_row_and_duplicates_are_user_errors(tmp_path):
 
 
 def test_collect_results_copies_and_refuses_duplicates(tmp_path):
-    import collect_results
+    collect_results = load_script("collect_results")
     a, b = tmp_path / "a", tmp_path / "b"
     write_result(a, "rte", 1, [0.6], variant="baseline", compression=None)
     write_result(a, "rte", 4, [0.6], variant="baseline", compression=None)
@@ -113,7 +122,7 @@ def test_speedups_read_both_json_layouts():
 
 
 def test_collect_results_relabels_and_records_the_old_label(tmp_path):
-    import collect_results
+    collect_results = load_script("collect_results")
     a, b = tmp_path / "a", tmp_path / "b"
     write_result(a, "rte", 1, [0.6], variant="ft-data-alloc+kd", compression=2.0)
     write_result(b, "rte", 2, [0.7], variant="modular-data-alloc-ft+kd", compression=2.0)
@@ -134,7 +143,7 @@ def test_collect_results_relabels_and_records_the_old_label(tmp_path):
 def test_speed_spread_over_runs_by_hand(tmp_path):
     """scripts/speed_spread.py: per row, the median and range over the runs of its ms, speedup and vs-peer;
     rows missing from a run are left out; one run or runs from two CPUs are refused."""
-    import speed_spread
+    speed_spread = load_script("speed_spread")
     row = lambda v, ms, sp, peer: {"variant": v, "batch_size": 1, "seq_len": 128, "median_ms": ms, "speedup": sp,
                                    "vs_peer": peer}
     runs = [[row("fp32 c=1", 60.0, 1.0, 0.3), row("ort-int8 c=1", 18.0, 3.3, 1.0), row("x", 1, 1, 1)],

@@ -66,11 +66,11 @@ def pipeline(tiny_bert_dir, tmp_path_factory):
 def test_help_and_sbatch_headers_kept():
     for script, mode in (("modular_pipeline.sh", "pipeline"), ("rs_moded.sh", "sweep")):
         p = run(script, "--help")
-        assert f"Usage: {script}" in p.stdout and "--recipe" in p.stdout
+        assert f"usage: {script}" in p.stdout and "--recipe" in p.stdout and "--ft_lr" in p.stdout
         text = open(os.path.join(ROOT, script)).read()
         assert text.startswith("#!/bin/bash\n#SBATCH --job-name=") and "#SBATCH --cpus-per-task=8" in text
-        assert f'workflow.py" {mode} "$@"' in text and len(text.splitlines()) < 60   # a thin wrapper
-    assert "--teacher pretrained --init random --module_epochs 200" in run("modular_pipeline.sh", "--help").stdout
+        assert f'-m modcomp.workflow_cli {mode} "$@"' in text and len(text.splitlines()) < 60   # a thin wrapper
+    assert "default, paper" in run("modular_pipeline.sh", "--help").stdout.replace("\n", " ")
 
 
 def test_bad_flag_fails_before_any_stage(tmp_path):
@@ -91,7 +91,7 @@ def test_dry_run_prints_the_job_graph(tmp_path, tiny_bert_dir):
 
 
 def test_print_jobs_mapping_is_task_major():
-    p = run("rs_moded.sh", "--print-jobs", "--tasks", "rte cb", "--seeds", "1 2", "--variants", "baseline modular")
+    p = run("rs_moded.sh", "--print_jobs", "--tasks", "rte cb", "--seeds", "1 2", "--variants", "baseline modular")
     assert p.stdout.split("\n")[:3] == ["0 rte 1 baseline", "1 rte 1 modular", "2 rte 2 baseline"]
 
 
@@ -180,3 +180,49 @@ def test_sweep_failure_cancels_only_what_depends_on_it(tmp_path, tiny_bert_dir):
     assert sorted(k.split("/")[:2] for k in rs) == [["copa", "baseline"], ["copa", "modular-data-alloc-ft+kd"]]
     assert not os.path.exists(os.path.join(out, "wsc", "capture"))
     assert "modular-data-alloc-ft+kd" in open(os.path.join(out, "table.txt")).read()
+
+
+def test_a_sweep_over_compression_is_one_graph_sharing_baselines_and_captures(tmp_path, tiny_bert_dir):
+    """rs_moded.sh --compression "2 4" --seeds "1 2": one Snakemake graph; each seed's baseline and capture run
+    once for both compressions. Run from a checkout path and into an --out_dir with a space and shell characters
+    in them: every path reaches the stages as a path."""
+    checkout = tmp_path / "check out"
+    checkout.symlink_to(ROOT)
+    out = tmp_path / "out dir;$(touch pwned)'x"
+    p = subprocess.run(["bash", str(checkout / "rs_moded.sh"), "--local", "--tasks", "copa", "--seeds", "1 2",
+                        "--compression", "2 4", "--model", tiny_bert_dir, "--out_dir", str(out), *TINY[2:]],
+                       cwd=str(tmp_path), capture_output=True, text=True, env=clean_env(), timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    counts = {s: p.stdout.count(f"] stage {s}:") for s in ("baseline", "capture", "mha", "finetune")}
+    assert counts == {"baseline": 2, "capture": 2, "mha": 4, "finetune": 4}, counts
+    assert (p.stdout + p.stderr).count("Building DAG of jobs") == 1     # one graph
+    rs = results(str(out))
+    assert len(rs) == 6 and {k.split("/")[2] for k in rs if "modular" in k} == {"c2", "c4"}
+    assert not glob.glob(str(tmp_path / "**" / "pwned"), recursive=True) and not os.path.exists("pwned")
+    table = open(out / "table.txt").read()
+    assert "c=2" in table and "c=4" in table
+
+
+def test_sigterm_stops_snakemake_and_its_stages(tmp_path, tiny_bert_dir):
+    """SIGTERM to rs_moded.sh (what timeout and scancel send) stops Snakemake and the stage it runs: nothing of
+    the run is left running, and no stage starts afterwards."""
+    slow = tmp_path / "slow-python"   # a python whose fine-tunes take long: the run is inside a stage
+    slow.write_text(f'#!/bin/bash\nfor a in "$@"; do [ "$a" = run_superglue.py ] && sleep 90; done\n'
+                    f'exec {sys.executable} "$@"\n')
+    slow.chmod(0o755)
+    out = tmp_path / "out"
+    p = subprocess.Popen(["bash", "rs_moded.sh", "--local", "--tasks", "copa", "--seeds", "1", "--model",
+                          tiny_bert_dir, "--out_dir", str(out), *TINY[2:]], cwd=ROOT, env=clean_env(PYTHON=str(slow)),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not glob.glob(f"{out}/logs/copa/baseline/*.log") and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)   # the stage has started its run_superglue.py (asleep in the slow python)
+    p.send_signal(signal.SIGTERM)
+    log = p.communicate(timeout=60)[0]
+    assert p.returncode == 128 + signal.SIGTERM, log[-3000:]
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert not left, subprocess.run(["ps", "-o", "pid,args", "-p", ",".join(left)], capture_output=True,
+                                    text=True).stdout
+    time.sleep(45)   # the orphaned Snakemake started the next stage 40 s later
+    assert not os.path.exists(out / "copa" / "capture") and not glob.glob(f"{out}/logs/copa/capture/*")

@@ -1,7 +1,8 @@
 """Portable checkpoints: a saved model loads with plain transformers (`trust_remote_code=True`) in a Python process
 that has none of this repo: same logits as the in-repo load, label names in pipeline()'s answer. Covers a
 classifier with label names, a regression head, multiple choice, a compressed model with per-layer sizes and one
-with removed blocks. The clean process is `python -I` started from a temporary directory (one process for all
+with removed blocks. The clean process is `python -I -S` started from a temporary directory, with the installed packages but not
+the .pth files that would put this checkout (the editable install of modcomp) on its path (one process for all
 models: each fresh interpreter costs seconds of imports on the shared test machine)."""
 import json
 import os
@@ -13,14 +14,14 @@ import torch
 
 from conftest import ROOT
 
-import compression as C  # noqa: E402
+from modcomp import compression as C  # noqa: E402
 import modeling_moddistilbert as M  # noqa: E402
-import tasks as T  # noqa: E402
-from finetune import save_model  # noqa: E402
+from modcomp import tasks as T  # noqa: E402
+from modcomp.finetune import save_model  # noqa: E402
 from transformers import (AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification,  # noqa: E402
                           AutoTokenizer, pipeline)
 from transformers.dynamic_module_utils import get_imports  # noqa: E402
-from utils import run_main  # noqa: E402
+from modcomp.utils import run_main  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +36,8 @@ AUTO_MAP = {"AutoConfig": "modeling_moddistilbert.ModDistilBertConfig",
 # [CLS] state and the pipeline's answers.
 CLEAN_SCRIPT = r'''
 import importlib.util, json, sys
-for name in ("modeling_moddistilbert", "utils", "finetune"):
+sys.path += sys.argv[3:]   # (-S) the installed packages, but not their .pth files: not our editable install
+for name in ("modeling_moddistilbert", "modcomp", "utils", "finetune"):
     assert importlib.util.find_spec(name) is None, f"{name} is importable: not a clean process"
 import torch
 from transformers import AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification, pipeline
@@ -114,7 +116,7 @@ def saved(tmp_path_factory, tiny_bert_dir):
 
 @pytest.fixture(scope="module")
 def clean_process(saved, tmp_path_factory):
-    """Runs CLEAN_SCRIPT with `python -I` from a directory outside the repo; returns its JSON answer."""
+    """Runs CLEAN_SCRIPT with `python -I -S` from a directory outside the repo; returns its JSON answer."""
     work = tmp_path_factory.mktemp("clean_cwd")
     (work / "load.py").write_text(CLEAN_SCRIPT)
     job = {name: {"dir": d, "head": head, "inputs": {k: v.tolist() for k, v in inputs.items()},
@@ -124,7 +126,9 @@ def clean_process(saved, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_HOME=str(work / "hf_home"), HF_MODULES_CACHE=str(work / "hf_modules"), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-I", "load.py", "job.json", "out.json"], cwd=work, env=env,
+    import sysconfig
+    site_dirs = list(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
+    p = subprocess.run([sys.executable, "-I", "-S", "load.py", "job.json", "out.json", *site_dirs], cwd=work, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads((work / "out.json").read_text())

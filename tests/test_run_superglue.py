@@ -16,13 +16,12 @@ import torch
 import transformers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import run_superglue  # noqa: E402
-import tasks as T  # noqa: E402
-import utils  # noqa: E402
+from modcomp import runner as run_superglue  # noqa: E402
+from modcomp import tasks as T  # noqa: E402
+from modcomp import utils  # noqa: E402
 from conftest import FIXTURE_DATA  # noqa: E402
-from finetune import ScoreEachChoice, evaluate, summarize  # noqa: E402
+from modcomp.finetune import ScoreEachChoice, evaluate, summarize  # noqa: E402
 from modeling_moddistilbert import resolve_model_path  # noqa: E402
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,  # noqa: E402
                           BertModel, DistilBertConfig, DistilBertModel, SqueezeBertConfig, SqueezeBertModel,
@@ -400,7 +399,7 @@ def test_bad_input_cli_process(bad_inputs, cli_processes, case):
 
 def test_written_atomically_replaces_whole_or_not_at_all(tmp_path):
     """The one write-then-rename routine: a failure leaves the old file or directory and no temporary."""
-    from utils import written_atomically
+    from modcomp.utils import written_atomically
     f = tmp_path / "x.json"
     f.write_text("old")
     with pytest.raises(RuntimeError):

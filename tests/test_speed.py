@@ -7,13 +7,13 @@ import torch
 from transformers import BertConfig, DistilBertConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-import inference
-import run_speed
-from compression import compress
+from modcomp import inference
+from modcomp import speed as run_speed
+from modcomp.compression import compress
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher
 
 from conftest import TINY_BERT as TINY, needs_full_data
-from utils import UserError, cpu_info, cpu_line
+from modcomp.utils import UserError, cpu_info, cpu_line
 
 
 @pytest.fixture(scope="module")

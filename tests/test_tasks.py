@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import tasks  # noqa: E402
-from utils import UserError  # noqa: E402
+from modcomp import tasks  # noqa: E402
+from modcomp.utils import UserError  # noqa: E402
 
 from conftest import FIXTURE_DATA  # noqa: E402
 from conftest import SHARED_DATA as SHARED  # noqa: E402

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-import consolidate as C
-import recipes
-import workflow
-import workflow_cli as W
+from modcomp import report as C
+from modcomp import config as recipes
+from modcomp import workflow
+from modcomp import workflow_cli as W
 
 TINY = dict(max_train_samples=16, max_eval_samples=16, ft_epochs=1)
 
@@ -19,11 +19,11 @@ def opts(mode="pipeline", *argv, **env):
 
 
 def test_default_recipe_is_the_pipeline_default_and_paper_is_the_papers():
-    d = recipes.RECIPES["default"]
+    d = recipes.read_recipe("default")[1]
     assert (d["teacher"], d["init"], d["allocate"], d["fit_tokens"], d["module_epochs"], d["distill"],
             d["ft_epochs"], d["ft_lr"], d["augment"], d["mixup"], d["module_seed"]) == \
         ("finetuned", "data", 1, "65536", 0, 1, 3, 1e-4, 0, 0, 42)
-    p = recipes.RECIPES["paper"]
+    p = recipes.read_recipe("paper")[1]
     assert (p["teacher"], p["init"], p["module_epochs"], p["augment"], p["ft_epochs"], p["ft_lr"], p["distill"],
             p["allocate"], p["fit_tokens"]) == ("pretrained", "random", 200, 4, 18, 2e-5, 0, 0, "all")
 
@@ -37,7 +37,7 @@ def test_sweep_and_pipeline_run_the_same_default_recipe():
 def test_flags_override_the_recipe_and_win_over_the_environment():
     o = opts("pipeline", "--recipe", "paper", "--ft_epochs", "2", FT_EPOCHS="5", FT_LR="3e-5")
     assert o["fields"]["ft_epochs"] == 2 and o["fields"]["ft_lr"] == 3e-5 and o["fields"]["init"] == "random"
-    assert opts("pipeline", "--no_mixup", MIXUP="1")["fields"]["mixup"] == 0
+    assert opts("pipeline", "--mixup", "0", MIXUP="1")["fields"]["mixup"] == 0
     assert opts("pipeline", "--mixup")["fields"]["mixup"] == 1
 
 
@@ -50,8 +50,10 @@ def test_flags_override_the_recipe_and_win_over_the_environment():
     (["--seed", "-1"], "--seed '-1'"),
     (["--task", "../x"], "is not a task name"),
     (["--stages", "fit"], "--stages: unknown stage 'fit'"),
-    (["--max_train_samples", "0"], "--max_train_samples must be a positive"),
-    (["--bogus"], "unknown argument"),
+    (["--max_train_samples", "0"], "--max_train_samples must be >= 1"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--compression", "2 x"], "--compression must be a number"),
+    (["--currency", "output nope"], "--currency must be"),
 ])
 def test_bad_flags_are_one_line_errors_before_anything_runs(argv, msg):
     with pytest.raises(W.Error, match=msg.replace("[", r"\[")):
@@ -59,10 +61,10 @@ def test_bad_flags_are_one_line_errors_before_anything_runs(argv, msg):
 
 
 def test_labels_come_from_one_function():
-    f = recipes.RECIPES["default"]
+    f = recipes.read_recipe("default")[1]
     assert recipes.row_label("modular", f) == "modular-data-alloc-ft+kd"
     assert recipes.row_label("svd", f) == "svd+kd" and recipes.row_label("baseline", f) == "baseline"
-    assert recipes.row_label("modular", recipes.RECIPES["paper"]) == "modular-random"
+    assert recipes.row_label("modular", recipes.read_recipe("paper")[1]) == "modular-random"
 
 
 def test_every_setting_that_changes_a_result_changes_its_path():
@@ -89,10 +91,10 @@ def test_plan_chains_baseline_capture_modules_finetune(tmp_path):
     jobs, targets = workflow.plan(o)
     assert [jobs[t]["stage"] for t in targets] == ["baseline", "finetune", "baseline", "finetune"]
     run = jobs[targets[1]]
-    mod = jobs[[n for n in run["needs"] if n.endswith("done.json")][0]]
-    cap = jobs[mod["needs"][0]]
-    assert mod["stage"] == "modules" and cap["stage"] == "capture" and cap["needs"] == [targets[0]]
-    assert all(c[c.index("--allocate"):c.index("--allocate") + 3] == ["--allocate", "--currency", "output"]
+    mod = jobs[run["needs"]["modules"]]
+    cap = jobs[mod["needs"]["capture"]]
+    assert mod["stage"] == "modules" and cap["stage"] == "capture" and cap["needs"] == {"baseline": targets[0]}
+    assert all(c[c.index("--allocate") + 1] == "1" and c[c.index("--currency") + 1] == "output"
                for c in mod["cmds"])                            # both stages: one joint allocation
     cmd = run["cmds"][0]
     assert cmd[cmd.index("--distill_from") + 1].startswith(os.path.join(str(tmp_path), "copa/baseline/seed1-"))
@@ -109,13 +111,13 @@ def test_plan_chains_baseline_capture_modules_finetune(tmp_path):
 
 
 def test_worker_flags_select_one_job(tmp_path):
-    o = opts("sweep", "--tasks", "copa cb", "--seeds", "1 2", "--out_dir", str(tmp_path), "--run-index", "3")
+    o = opts("sweep", "--tasks", "copa cb", "--seeds", "1 2", "--out_dir", str(tmp_path), "--run_index", "3")
     jobs, targets = workflow.plan(o)
     assert W.select(o, jobs, targets) == [targets[3]] and jobs[targets[3]]["task"] == "copa"
-    o = opts("sweep", "--tasks", "copa cb", "--seeds", "1 2", "--out_dir", str(tmp_path), "--run-seed-modules", "2")
+    o = opts("sweep", "--tasks", "copa cb", "--seeds", "1 2", "--out_dir", str(tmp_path), "--run_seed_modules", "2")
     (mod,) = W.select(o, jobs, targets)
     assert jobs[mod]["stage"] == "modules" and (jobs[mod]["task"], jobs[mod]["seed"]) == ("cb", 1)
-    o = opts("sweep", "--tasks", "copa", "--out_dir", str(tmp_path), "--run-index", "99")
+    o = opts("sweep", "--tasks", "copa", "--out_dir", str(tmp_path), "--run_index", "99")
     with pytest.raises(W.Error, match="not in"):
         W.select(o, *workflow.plan(o))
 
@@ -138,7 +140,7 @@ def test_a_stage_runs_with_the_planned_threads_not_snakemakes_one(tmp_path, monk
     assert W.stage_threads(o_par, True, {"OMP_NUM_THREADS": "1"}) is None        # SLURM jobs: their own cores
     assert W.stage_threads(o, False, {"OMP_NUM_THREADS": "4,2"}) == 4             # OpenMP's nested list form
     probe = "import os; print('threads', *(os.environ[v] for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')))"
-    job = {"stage": "finetune", "task": "stsb", "seed": 1, "needs": [], "cmds": [["python", "-c", probe]]}
+    job = {"stage": "finetune", "task": "stsb", "seed": 1, "needs": {}, "cmds": [["python", "-c", probe]]}
     job["cmds"][0][0] = __import__("sys").executable
     for planned, slurm_cpus, seen in ((3, None, "3 3"), (None, "5", "5 5")):
         plan = tmp_path / f"plan{seen[0]}.json"
@@ -155,7 +157,7 @@ def test_a_stage_runs_with_the_planned_threads_not_snakemakes_one(tmp_path, monk
 # ------------------------------------------------------------------ consolidate.py: runs of other settings
 def result(root, sub, seed, score, variant="modular-data-alloc-ft+kd", compression=2.0, lr=1e-4, epochs=3,
            recipe="default", task="stsb"):
-    fields = dict(recipes.RECIPES[recipe], ft_lr=lr, ft_epochs=epochs)
+    fields = dict(recipes.read_recipe(recipe)[1], ft_lr=lr, ft_epochs=epochs)
     if variant == "baseline":
         fields = {k: fields[k] for k in recipes.BASELINE_FIELDS}
     r = {"task": task, "model": "minilm", "variant": variant, "compression": None if variant == "baseline"

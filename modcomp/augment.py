@@ -15,7 +15,7 @@ import re
 import numpy as np
 from tqdm import tqdm
 
-from utils import UserError
+from modcomp.utils import UserError
 
 STOPWORDS = frozenset("""
 a an the of to and or but nor in on at by for from with about as into onto than then so if is

@@ -16,13 +16,13 @@ from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSe
                           AutoTokenizer, get_linear_schedule_with_warmup)
 from transformers.modeling_outputs import MultipleChoiceModelOutput
 
-import tasks as T
-from allocation import encoder_macs
-from compression import compress, load_modules, module_dims
-from distill import EXAMPLE_INDEX
+from modcomp import tasks as T
+from modcomp.allocation import encoder_macs
+from modcomp.compression import compress, load_modules, module_dims
+from modcomp.distill import EXAMPLE_INDEX
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     resolve_model_path)
-from utils import UserError, best_epoch, file_sha256, state_dict_sha256, written_atomically
+from modcomp.utils import UserError, best_epoch, file_sha256, state_dict_sha256, written_atomically
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
 MACS_LENGTH = 128  # tokens at which results.json counts the encoder's multiply-adds (what --compression budgets)
@@ -81,9 +81,9 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         raise UserError("--modules_dir needs --compression (the modules are low-rank blocks)")
     teacher_sha = state_dict_sha256(model.base_model) if modules_dir else None  # before compressing
     macs_before = encoder_macs(model.config, MACS_LENGTH) if hasattr(model.config, "attn_dims") else None
-    if init == "data" and not modules_dir:
-        raise UserError("--init data: the closed-form blocks come from the trainers (mha_modular.py / "
-                        "ffn_modular.py --init data --epochs 0); give their --modules_dir")
+    if compression and init == "data" and not modules_dir:
+        raise UserError("--init data: the closed-form blocks come from the module stage (mha_modular.py / "
+                        "ffn_modular.py); give their --modules_dir (or --compression 1: the uncompressed model)")
     if compression:  # an allocated modules dir's blocks have their own sizes (any c, even beyond uniform sizes)
         dims = module_dims(modules_dir, model.config.num_hidden_layers) if modules_dir else None
         compress(model, compression, "svd" if init == "data" else init, seed=seed, dims=dims)  # data: the modules

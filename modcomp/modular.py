@@ -17,13 +17,13 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-import allocation
-import data_init
-from activations import ActivationStore, by_length, pad_sequences, select_sequences, sequence_offsets, subsample
-from compression import (block_generator, check_compression, checkpoint_path, checkpoint_settings, init_block,
+from modcomp import allocation, config
+from modcomp import data_init
+from modcomp.activations import ActivationStore, by_length, pad_sequences, select_sequences, sequence_offsets, subsample
+from modcomp.compression import (block_generator, check_compression, checkpoint_path, checkpoint_settings, init_block,
                          reduced_dims, save_block)
 from modeling_moddistilbert import ModDistilBertModel, attention_mask_4d, make_block
-from utils import (HelpFormatter, UserError, atomic_write_json, get_device, set_seed, state_dict_sha256,
+from modcomp.utils import (HelpFormatter, UserError, atomic_write_json, get_device, set_seed, state_dict_sha256,
                    written_atomically)
 
 
@@ -100,35 +100,13 @@ def train_block(student, teacher, inputs, targets, lengths, train_idx, val_idx, 
 
 
 # ------------------------------------------------------------------ the command line both trainers share
-def build_parser(kind, doc):
+def build_parser(kind, doc, argv=None):
+    """The parser of mha_modular.py / ffn_modular.py: the recipe's module fields (config.py) and the paths."""
     p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
     p.add_argument("--activations_dir", required=True, help="what capture_data.py wrote")
     p.add_argument("--output_dir", required=True, help="module checkpoints + report.json + loss PNG")
-    p.add_argument("--compression", type=float, default=2.0)
-    p.add_argument("--init", choices=["svd", "random", "data"], default="svd",
-                   help="start: svd (weights only), data (activation-aware closed form, data_init.py; "
-                        "fitted on the training sequences), random (the paper's)")
+    config.add_stage_arguments(p, "modules", argv)
     p.add_argument("--layers", type=int, nargs="*", default=None, help="default: all")
-    p.add_argument("--allocate", action="store_true",
-                   help="--init data: choose every layer's attention head dim and FFN width together, from the "
-                        "measured errors of their closed-form starts, under one budget: the encoder's "
-                        "multiply-adds at --budget_length tokens divided by --compression (allocation.py; "
-                        "written once per output dir to allocation.json, read by both stages)")
-    p.add_argument("--budget_length", type=int, default=128,
-                   help="--allocate: the sequence length the multiply-add budget is counted at")
-    p.add_argument("--currency", choices=allocation.CURRENCIES, default="output",
-                   help="--allocate: how block errors are compared: the share that reaches the encoder's output "
-                        "(output), after the LayerNorm the block feeds (layernorm), or relative to the residual "
-                        "stream's energy (residual: session 6's allocations); allocation.py")
-    p.add_argument("--fit_tokens", type=int, default=None,
-                   help="--init data: fit on a seeded subset of the training sequences with at most this many "
-                        "tokens (default: all)")
-    p.add_argument("--epochs", type=int, default=10, help="the paper: 200; 0 saves the start as it is")
-    p.add_argument("--batch_size", type=int, default=32, help="sequences per batch")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--mixup", action="store_true", help="also train on each batch averaged with its roll by one")
-    p.add_argument("--holdout", type=float, default=0.1, help="fraction of examples held out")
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(kind=kind)

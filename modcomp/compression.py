@@ -19,9 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from data_init import compress_with_data, top_r
+from modcomp.data_init import compress_with_data, top_r
 from modeling_moddistilbert import MultiHeadSelfAttention, make_block
-from utils import UserError, written_atomically
+from modcomp.utils import UserError, written_atomically
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import warnings
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from utils import UserError, cpu_info
+from modcomp.utils import UserError, cpu_info
 
 INT8_SCHEMES = ("dynamic", "dynamic_per_channel", "smooth", "torchao")
 SMOOTH_ALPHAS = (0.25, 0.5, 0.75)
@@ -393,7 +393,7 @@ def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128, 
     """(model, task, validation loader, calibration batches from the training split) of a fine-tuned model;
     `max_rows`: the first that many validation rows only."""
     import modeling_moddistilbert  # noqa: F401  (registers our classes with the Auto* loaders)
-    import tasks as T
+    from modcomp import tasks as T
     from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer
     task = T.get_task(task_name)
     auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification

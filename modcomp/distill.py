@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification
 
 import modeling_moddistilbert  # noqa: F401  (registers our model type with the Auto classes)
-from utils import UserError, file_sha256
+from modcomp.utils import UserError, file_sha256
 
 EXAMPLE_INDEX = "example_index"  # batch key: position of each example in the training set
 

@@ -6,7 +6,7 @@ here (--cores) or on SLURM (snakemake-executor-plugin-slurm), and print consolid
     python workflow.py stage PLAN OUTPUT    one job of a plan (what the Snakefile's rules run)
 
 The plan (OUT_DIR/.workflow/plan-HASH.json) lists every job by its output path, which holds its settings
-(recipes.paths); the Snakefile's rules (baseline, capture, modules, finetune) look their job up by that path.
+(config.paths); the Snakefile's rules (baseline, capture, modules, finetune) look their job up by that path.
 A stage is done when its record (done.json, or run_superglue.py's results.json) holds the same settings and
 input fingerprints; its directory is locked while it runs, so concurrent runs that share a stage wait for it.
 """
@@ -14,16 +14,17 @@ import fcntl
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
 
-import recipes
-from utils import UserError as Error  # a one-line error (exit 2)
-from utils import atomic_write_json as write_json
-from utils import file_sha256 as sha256
+from modcomp import config
+from modcomp.utils import UserError as Error  # a one-line error (exit 2)
+from modcomp.utils import atomic_write_json as write_json
+from modcomp.utils import file_sha256 as sha256
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout (the stages run from it)
 DATA_FILES = ("train.jsonl", "val.jsonl", "train.tsv", "dev.tsv")
 
 
@@ -55,86 +56,82 @@ def data_key(task, data_dir):
 
 
 def plan(o):
-    """{output path: job} for every (task, seed, variant) of options o (a dict from parse), plus the list of
-    targets (the runs' results, in job-index order). A job: stage, task, seed, cmds (argv lists), needs (outputs
-    it depends on), recipe; fine-tunes also label, variant."""
-    name, f = o["recipe_name"], o["fields"]
-    py, out = o["python"], o["out_dir"]
+    """{output path: job} for every (task, setting, seed, variant) of options o (a dict from workflow_cli.parse),
+    plus the targets (the runs' results, in job-table order: task, seed, setting, variant; a baseline shared by
+    several settings is listed once). A setting is one combination of the recipe's swept fields
+    (config.expand); the stages they do not change are one job, shared. A job: stage, task, seed, cmds (argv
+    lists), needs ({rule: output} of the jobs it reads), recipe; fine-tunes also label, variant."""
+    name, py, out = o["recipe_name"], o["python"], o["out_dir"]
     jobs, targets = {}, []
     for task in o["tasks"]:
         ddir = data_dir_of(task, o["data_dir"])
         dkey = [name, data_key(task, ddir)]
         data = ["--data_dir", ddir] if ddir else []
         for seed in o["seeds"]:
-            for variant in o["variants"]:
-                p = recipes.paths(task, seed, variant, f, dkey)
-                base_dir = os.path.join(out, os.path.dirname(p["baseline"])) if "baseline" in p else None
-                ft = ["--task", task, "--seed", str(seed), "--epochs", str(f["ft_epochs"]), "--lr", repr(f["ft_lr"]),
-                      "--resume", *data]
-                for k in ("max_train_samples", "max_eval_samples"):
-                    if f[k] is not None:
-                        ft += [f"--{k}", str(f[k])]
-                extra_ft = shlex.split(f["ft_args"])
-
-                def rec(fields):
-                    return ["--recipe", json.dumps({"name": name, "fields": fields}, sort_keys=True)]
-                if base_dir:   # the baseline keeps its model: the teacher or the distillation source of its seed
-                    jobs[p["baseline"]] = dict(
-                        stage="baseline", task=task, seed=seed, needs=[],
-                        cmds=[[py, "run_superglue.py", "--model_name_or_path", f["model"], "--variant", "baseline",
-                               "--output_dir", base_dir, *ft,
-                               *rec({k: f[k] for k in recipes.BASELINE_FIELDS}), *extra_ft]])
-                if variant == "baseline":
-                    targets.append(p["run"])
-                    continue
-                run_dir = os.path.join(out, os.path.dirname(p["run"]))
-                cmd = [py, "run_superglue.py", "--variant", recipes.row_label(variant, f),
-                       "--compression", f"{f['compression']:g}", "--output_dir", run_dir, *ft]
-                model = f["model"]
-                if variant == "modular":
-                    cap_dir = os.path.join(out, os.path.dirname(p["capture"]))
-                    mod_dir = os.path.join(out, os.path.dirname(p["modules"]))
-                    teacher = os.path.join(base_dir, "model") if f["teacher"] == "finetuned" else f["model"]
-                    cap = [py, "capture_data.py", "--model_name_or_path", teacher, "--task", task, "--output_dir",
-                           cap_dir, "--augment", str(f["augment"]), "--seed", str(f["module_seed"]), *data]
-                    if f["capture_samples"] is not None:
-                        cap += ["--max_samples", str(f["capture_samples"])]
-                    if recipes.capture_tokens(f) is not None:
-                        cap += ["--max_tokens", str(recipes.capture_tokens(f))]
-                    jobs[p["capture"]] = dict(stage="capture", task=task, seed=seed, teacher=teacher,
-                                              needs=[p["baseline"]] if f["teacher"] == "finetuned" else [],
-                                              cmds=[cap + shlex.split(f["capture_args"])])
-                    mods = []
-                    for kind in ("mha", "ffn"):
-                        m = [py, f"{kind}_modular.py", "--activations_dir", cap_dir, "--output_dir", mod_dir,
-                             "--compression", f"{f['compression']:g}", "--init", f["init"],
-                             "--epochs", str(f["module_epochs"]), "--seed", str(f["module_seed"])]
-                        m += ["--mixup"] if f["mixup"] else []
-                        if f["allocate"]:   # one joint allocation (allocation.json), both stages
-                            m += ["--allocate", "--currency", f["currency"]]
-                        m += [] if f["fit_tokens"] == "all" else ["--fit_tokens", f["fit_tokens"]]
-                        mods.append(m + shlex.split(f["module_args"]))
-                    jobs[p["modules"]] = dict(stage="modules", task=task, seed=seed, needs=[p["capture"]], cmds=mods)
-                    if f["teacher"] == "finetuned":
-                        model = teacher   # keeps the baseline's fine-tuned head
-                    cmd += ["--model_name_or_path", model, "--init", f["init"], "--modules_dir", mod_dir]
-                else:
-                    cmd += ["--model_name_or_path", model, "--init", variant]
-                if f["distill"]:
-                    cmd += ["--distill_from", os.path.join(base_dir, "model")]
-                if not o["save_model"]:
-                    cmd.append("--no_save_model")
-                if variant == "modular":
-                    fields = recipes.settings(f)
-                else:   # no capture, no modules: their fields are no setting of this run
-                    unused = set(recipes.CAPTURE_FIELDS + recipes.MODULE_FIELDS) - {"compression"} | {"teacher"}
-                    fields = {k: v for k, v in f.items() if k not in unused}
-                cmd += rec(fields) + extra_ft
-                needs = [p[k] for k in ("baseline", "modules") if k in p]
-                jobs[p["run"]] = dict(stage="finetune", task=task, seed=seed, variant=variant,
-                                      label=recipes.row_label(variant, f), needs=needs, cmds=[cmd])
-                targets.append(p["run"])
+            for f in o["settings"]:
+                for variant in o["variants"]:
+                    run = add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, o["save_model"])
+                    if run not in targets:
+                        targets.append(run)
     return jobs, targets
+
+
+def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model):
+    """Add the jobs of one (task, seed, variant) run of the fields f; returns its target (results.json)."""
+    p = config.paths(task, seed, variant, f, dkey)
+    base_dir = os.path.join(out, os.path.dirname(p["baseline"])) if "baseline" in p else None
+
+    def rec(fields):
+        return ["--recipe", json.dumps({"name": name, "fields": fields}, sort_keys=True)]
+
+    def ft(fields, compression, init):
+        argv = config.stage_argv("finetune", dict(fields, compression=compression, init=init), skip=("model",))
+        return ["--task", task, "--seed", str(seed), *argv, "--resume", *data]
+    if base_dir:   # the baseline keeps its model: the teacher or the distillation source of its seed
+        jobs[p["baseline"]] = dict(
+            stage="baseline", task=task, seed=seed, needs={},
+            cmds=[[py, "run_superglue.py", "--model_name_or_path", f["model"], "--variant", "baseline",
+                   "--output_dir", base_dir, *ft(f, 1.0, f["init"]),
+                   *rec({k: f[k] for k in config.BASELINE_FIELDS})]])
+    if variant == "baseline":
+        return p["run"]
+    run_dir = os.path.join(out, os.path.dirname(p["run"]))
+    needs = {"baseline": p["baseline"]} if base_dir else {}
+    cmd = [py, "run_superglue.py", "--variant", config.row_label(variant, f), "--output_dir", run_dir,
+           *ft(f, f["compression"], f["init"] if variant == "modular" else variant)]
+    model = f["model"]
+    if variant == "modular":
+        cap_dir = os.path.join(out, os.path.dirname(p["capture"]))
+        mod_dir = os.path.join(out, os.path.dirname(p["modules"]))
+        teacher = os.path.join(base_dir, "model") if f["teacher"] == "finetuned" else f["model"]
+        cap = [py, "capture_data.py", "--model_name_or_path", teacher, "--task", task, "--output_dir", cap_dir,
+               *config.stage_argv("capture", f), *data]
+        if config.capture_tokens(f) is not None:
+            cap += ["--max_tokens", str(config.capture_tokens(f))]
+        jobs[p["capture"]] = dict(stage="capture", task=task, seed=seed, teacher=teacher,
+                                  needs={"baseline": p["baseline"]} if f["teacher"] == "finetuned" else {},
+                                  cmds=[cap])
+        mods = [[py, f"{kind}_modular.py", "--activations_dir", cap_dir, "--output_dir", mod_dir,
+                 *config.stage_argv("modules", f)] for kind in ("mha", "ffn")]   # one joint allocation, both
+        jobs[p["modules"]] = dict(stage="modules", task=task, seed=seed, needs={"capture": p["capture"]},
+                                  cmds=mods)
+        if f["teacher"] == "finetuned":
+            model = teacher   # keeps the baseline's fine-tuned head
+        cmd += ["--model_name_or_path", model, "--modules_dir", mod_dir]
+        needs["modules"] = p["modules"]
+        fields = config.settings(f)
+    else:
+        cmd += ["--model_name_or_path", model]
+        # no capture, no modules: their fields are no setting of this run
+        unused = set(config.CAPTURE_FIELDS + config.MODULE_FIELDS) - {"compression", "max_length"} | {"teacher"}
+        fields = {k: v for k, v in f.items() if k not in unused}
+    if f["distill"]:
+        cmd += ["--distill_from", os.path.join(base_dir, "model")]
+    if not save_model:
+        cmd.append("--no_save_model")
+    jobs[p["run"]] = dict(stage="finetune", task=task, seed=seed, variant=variant,
+                          label=config.row_label(variant, f), needs=needs, cmds=[cmd + rec(fields)])
+    return p["run"]
 
 
 # ------------------------------------------------------------------ one job (the Snakefile's rules run this)
@@ -153,7 +150,7 @@ def input_fingerprints(job, out_dir):
     if job["stage"] == "capture" and os.path.isdir(job["teacher"]):
         fp["teacher"] = {n: sha256(os.path.join(job["teacher"], n)) for n in sorted(os.listdir(job["teacher"]))
                          if n.endswith(".safetensors")}
-    for need in job["needs"]:
+    for need in job["needs"].values():
         path = os.path.join(out_dir, need)
         fp[need] = sha256(path) if os.path.isfile(path) else None
     return fp
@@ -189,12 +186,27 @@ def run_stage(plan_path, output, log_path=None):
         # workflow_cli.stage_threads), else (a SLURM job's stage) the cores SLURM gave its job, else every core
         threads = str(p.get("threads") or env.get("SLURM_CPUS_PER_TASK") or usable_cores())
         env.update({v: threads for v in THREAD_VARS})
+        child = []
+
+        def stop(signum, _frame):   # timeout, scancel, Ctrl-C: end the stage's process too, then this one
+            for c in child:
+                if c.poll() is None:
+                    c.terminate()
+                    try:
+                        c.wait(10)
+                    except subprocess.TimeoutExpired:
+                        c.kill()
+            say(f"workflow: stage '{job['stage']}' stopped by signal {signum} [task {job['task']}, seed {job['seed']}]")
+            os._exit(128 + signum)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, stop)
         for cmd in job["cmds"]:
             name = job["stage"] if job["stage"] != "modules" else os.path.basename(cmd[1]).split("_")[0]
             t0 = time.time()
             say(f"[{time.strftime('%H:%M:%S')}] stage {name}: {shlex.join(cmd)}")
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True)
+            child[:] = [proc]
             for line in proc.stdout:
                 sys.stdout.write(line)
                 if log:
@@ -210,7 +222,3 @@ def run_stage(plan_path, output, log_path=None):
             write_json(path, record)
     return 0
 
-
-if __name__ == "__main__":
-    import workflow_cli
-    sys.exit(workflow_cli.main(sys.argv[1:]))

@@ -17,10 +17,12 @@ from functools import partial
 import numpy as np
 import torch
 
-from utils import UserError, file_sha256
+from modcomp import config
 
-TASK_NAMES = ["boolq", "cb", "copa", "rte", "wic", "wsc", "stsb", "mrpc"]
-REPO_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+from modcomp.utils import UserError, file_sha256
+
+TASK_NAMES = list(config.TASK_NAMES)
+REPO_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 SPLITS = ("train", "validation")
 
 

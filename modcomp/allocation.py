@@ -45,10 +45,10 @@ import os
 import numpy as np
 import torch
 
-import data_init
-from activations import flat_positions, select_sequences, subsample
+from modcomp import data_init
+from modcomp.activations import flat_positions, select_sequences, subsample
 from modeling_moddistilbert import MultiHeadSelfAttention, make_block
-from utils import UserError, atomic_write_json
+from modcomp.utils import UserError, atomic_write_json
 
 VERSION = "joint/2"          # what allocation.json's curves mean; a change invalidates old files
                              # (2: the value statistics as the d x d context moment, the full head dim not fitted)

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from utils import UserError, atomic_write_json, file_sha256, written_atomically
+from modcomp.utils import UserError, atomic_write_json, file_sha256, written_atomically
 
 FORMAT = "modular-activations/1"
 MANIFEST = "manifest.json"

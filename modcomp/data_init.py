@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from activations import by_length, flat_positions, pad_sequences, sequence_offsets, subsample
+from modcomp.activations import by_length, flat_positions, pad_sequences, sequence_offsets, subsample
 from modeling_moddistilbert import MultiHeadSelfAttention, attention_mask_4d, make_block
 
 

@@ -1,0 +1,161 @@
+"""Export a fine-tuned checkpoint (RUN/model of run_superglue.py, compressed or not) as a deployable ONNX directory.
+
+    python export.py runs/ft/stsb/x/seed1/model runs/deploy/stsb
+    python runs/deploy/stsb/predict.py "A man is playing a guitar." "A man plays the guitar."
+
+OUT_DIR gets:
+  model.onnx        fp32, fused by ONNX Runtime's transformer optimizer: every attention block (each layer
+                    with its own head size) one Attention node, SkipLayerNormalization, BiasGelu
+  model_int8.onnx   ONNX Runtime dynamic INT8 of model.onnx (QAttention, DynamicQuantizeMatMul), in the scheme
+                    of inference.ORT_INT8_SCHEMES whose logits move least on 128 training rows (--int8 to choose)
+  tokenizer.json (+ the other tokenizer files), config.json (label names)
+  predict.py        the example: onnxruntime + tokenizers + numpy, no torch (python predict.py --help)
+  export.json       the checks: fused operator counts; fp32 logits against PyTorch's on the task's validation
+                    rows (max |difference|, must be <= --tolerance); the validation score of PyTorch, ONNX fp32
+                    and ONNX INT8; each INT8 scheme's calibration error; size on disk; batch-1 latency
+The task (and its validation rows) comes from the checkpoint's config (finetuning_task) unless --task is given.
+A multiple-choice model (COPA) is not exported. The ONNX code is inference.py's, shared with run_speed.py.
+"""
+import argparse
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from modcomp import inference
+from modcomp import tasks as T
+from modcomp.utils import UserError, atomic_write_json, cpu_info, cpu_line, run_main, written_atomically
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAX_LENGTH = 128  # the tokenized length of training and of checkpoint_data's validation rows
+
+
+def checkpoint_task(model_dir, task=None):
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{model_dir}: no config.json (expected a saved model, RUN/model of run_superglue.py)")
+    with open(path, encoding="utf-8") as f:
+        task = task or json.load(f).get("finetuning_task")
+    if not task:
+        raise UserError(f"{path} names no finetuning_task: give --task")
+    task = T.get_task(task)
+    if task.kind == "multiple_choice":
+        raise UserError(f"{task.name} is multiple choice: export.py exports classification and regression models")
+    return task
+
+
+def tokenizer_files(model_dir):
+    """The checkpoint's tokenizer files; tokenizer.json (the fast tokenizer, what predict.py reads) must be there."""
+    if not os.path.isfile(os.path.join(model_dir, "tokenizer.json")):
+        raise UserError(f"{model_dir}: no tokenizer.json (save the model with a fast tokenizer)")
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+    return [os.path.join(model_dir, n) for n in names if os.path.isfile(os.path.join(model_dir, n))]
+
+
+@torch.inference_mode()
+def validation_logits(models, loader):
+    """({name: logits (N, labels) as float64}, labels) of each model over the loader's rows."""
+    out, labels = {n: [] for n in models}, []
+    for batch in loader:
+        batch = dict(batch)
+        labels.append(batch.pop("labels").numpy())
+        for n, m in models.items():
+            out[n].append(m(**batch).logits.double().numpy())
+    return {n: np.concatenate(v) for n, v in out.items()}, np.concatenate(labels)
+
+
+def export(args):
+    task = checkpoint_task(args.model_dir, args.task)
+    torch.set_num_threads(args.threads)
+    model, task, loader, calibration = inference.checkpoint_data(args.model_dir, task.name, args.data_dir,
+                                                                 max_rows=args.max_rows)
+    tokenizer_files(args.model_dir)  # before the slow part
+    report = {"checkpoint": os.path.abspath(args.model_dir), "task": task.name, "max_length": MAX_LENGTH,
+              "attn_dims": model.config.attn_dims, "ffn_dims": model.config.ffn_dims, "machine": cpu_info()}
+    with written_atomically(args.out_dir, directory=True) as tmp:
+        fused, fused_ops = inference.optimize_onnx(inference.export_onnx(model, os.path.join(tmp, "raw.onnx")),
+                                                   os.path.join(tmp, "model.onnx"))
+        os.remove(os.path.join(tmp, "raw.onnx"))
+        schemes = list(inference.ORT_INT8_SCHEMES) if args.int8 == "auto" else [args.int8]
+        best, paths, errors = inference.choose_ort_int8(fused, calibration, args.threads, schemes)
+        int8_path = os.path.join(tmp, "model_int8.onnx")
+        os.replace(paths[best], int8_path)
+        for p in paths.values():
+            if os.path.exists(p):
+                os.remove(p)
+        ops = {"fp32": inference.onnx_op_counts(fused), "int8": inference.onnx_op_counts(int8_path)}
+        expected = inference.attention_layers(model.config)
+        if (ops["fp32"].get("Attention", 0), ops["int8"].get("QAttention", 0)) != (expected, expected):
+            raise UserError(f"ONNX Runtime fused {ops['fp32'].get('Attention', 0)} attention blocks "
+                            f"({ops['int8'].get('QAttention', 0)} after INT8) of the {expected} the model has")
+        for f in tokenizer_files(args.model_dir):
+            shutil.copy(f, tmp)
+        config = model.config.to_dict()
+        config.pop("auto_map", None)  # the ONNX directory holds no model code
+        atomic_write_json(os.path.join(tmp, "config.json"), config)
+        shutil.copy(os.path.join(HERE, "predict.py"), tmp)
+
+        sessions = {"onnx fp32": inference.OnnxModel(fused, args.threads),
+                    "onnx int8": inference.OnnxModel(int8_path, args.threads)}
+        logits, labels = validation_logits({"pytorch fp32": model, **sessions}, loader)
+        diff = float(np.abs(logits["onnx fp32"] - logits["pytorch fp32"]).max())
+        scores = {n: {**(m := T.compute_metrics(task, z, labels)), "score": T.task_score(task, m)}
+                  for n, z in logits.items()}
+        timing = inference.time_variants({"pytorch fp32": model, **sessions}, 1, args.seq_len,
+                                         model.config.vocab_size, args.repeats, warmup=3)
+        report.update({
+            "fused_operators": fused_ops, "operators": ops, "attention_layers": expected,
+            "int8_scheme": best, "int8_calibration_error": errors,
+            "validation_rows": len(labels), "fp32_max_abs_logit_difference": diff, "tolerance": args.tolerance,
+            "fp32_within_tolerance": diff <= args.tolerance, "validation": scores,
+            "size_mb": {"onnx fp32": os.path.getsize(fused) / 2 ** 20,
+                        "onnx int8": os.path.getsize(int8_path) / 2 ** 20},
+            "latency_ms": {n: {"median": round(t[0], 3), "p10": round(t[1], 3), "p90": round(t[2], 3)}
+                           for n, t in timing.items()},
+            "latency_setting": {"batch_size": 1, "seq_len": args.seq_len, "threads": args.threads,
+                                "repeats": args.repeats},
+        })
+        atomic_write_json(os.path.join(tmp, "export.json"), report)
+    return report
+
+
+def print_report(r, out_dir):
+    print(f"{out_dir}: {r['task']}, {r['attention_layers']} attention blocks fused "
+          f"(heads x head dim per layer {r['attn_dims']}), INT8 scheme {r['int8_scheme']}")
+    print(f"fp32 ONNX vs PyTorch on {r['validation_rows']} validation rows: max |logit difference| "
+          f"{r['fp32_max_abs_logit_difference']:.2e} (tolerance {r['tolerance']:g})")
+    lat = r["latency_ms"]
+    print(f"{'':14}{'score':>8}{'MB':>9}{'ms (bs 1 x ' + str(r['latency_setting']['seq_len']) + ')':>18}")
+    for n in ("pytorch fp32", "onnx fp32", "onnx int8"):
+        size = r["size_mb"].get(n)
+        print(f"{n:14}{r['validation'][n]['score']:8.2f}{'' if size is None else f'{size:.1f}':>9}"
+              f"{lat[n]['median']:18.2f}")
+    print(f"CPU: {cpu_line(r['machine'])}, {r['latency_setting']['threads']} threads")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", help="a saved fine-tuned model (config.json, model.safetensors, tokenizer)")
+    p.add_argument("out_dir", help="the export directory to write (replaced if it exists)")
+    p.add_argument("--task", default=None, help="default: the checkpoint config's finetuning_task")
+    p.add_argument("--data_dir", default=None, help="task files (default: the repo's data/, else the hub)")
+    p.add_argument("--int8", default="auto", choices=["auto", *inference.ORT_INT8_SCHEMES],
+                   help="ONNX Runtime INT8 scheme; auto: the one with the smallest logits error on 128 training rows")
+    p.add_argument("--max_rows", type=int, default=None, help="check on the first N validation rows only")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |fp32 ONNX - PyTorch| logit difference")
+    p.add_argument("--threads", type=int, default=2, help="for the checks and the latency")
+    p.add_argument("--seq_len", type=int, default=128, help="tokens of the batch-1 latency input")
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args(argv)
+    report = export(args)
+    print_report(report, args.out_dir)
+    if not report["fp32_within_tolerance"]:
+        raise UserError(f"the fp32 ONNX logits differ from PyTorch's by {report['fp32_max_abs_logit_difference']:.2e}"
+                        f" > {args.tolerance:g} (export.json in {args.out_dir})")
+    return report
+
+
+if __name__ == "__main__":
+    run_main(main)
