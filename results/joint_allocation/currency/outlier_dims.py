@@ -3,12 +3,15 @@ the share of the energy of x + block(x) in its 3 largest dims, and the LayerNorm
 
     python results/joint_allocation/currency/outlier_dims.py CAPTURE_DIR > outlier_dims.txt
 
-A seeded subset of 4,096 tokens of the capture (activations.subsample, seed 0)."""
+A seeded subset of 4,096 tokens of the capture (activations.subsample, seed 0). CAPTURE_DIR: what
+capture_data.py wrote from the teacher (the pipeline's OUT_DIR/stsb/capture/ft-seed1-...). Needs the package
+installed (install.sh: pip install -e .)."""
 import sys
-sys.path.insert(0, ".")
+
 import torch
-import data_init, modular
-from activations import ActivationStore, select_sequences, subsample
+
+from modcomp import data_init, modular
+from modcomp.activations import ActivationStore, select_sequences, subsample
 
 store = ActivationStore(sys.argv[1])
 teacher, _ = modular.load_capture_teacher(store)

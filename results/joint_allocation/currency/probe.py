@@ -8,13 +8,19 @@ difference from the teacher's predictions (what distillation starts from).
 
     python results/joint_allocation/currency/probe.py BASELINE_MODEL CAPTURE_DIR OUT.json [CURRENCY ...]
 
-(with CURRENCY given: only those currencies' allocations, no attention-only row)"""
-import json, sys, time
-sys.path.insert(0, ".")
+(with CURRENCY given: only those currencies' allocations, no attention-only row). BASELINE_MODEL: the seed's
+fine-tuned baseline (RUN/model), CAPTURE_DIR: its capture (the pipeline's OUT_DIR/stsb/capture/ft-seed1-...);
+STS-B validation from the repo's data/stsb (the same files as the project's shared data). Needs the package
+installed (install.sh: pip install -e .)."""
+import json
+import sys
+import time
+
 import torch
-import allocation, data_init, modular, tasks as T
-from activations import ActivationStore
-from finetune import build_model, evaluate
+
+from modcomp import allocation, data_init, modular, tasks as T
+from modcomp.activations import ActivationStore
+from modcomp.finetune import build_model, evaluate
 
 model_dir, cap, out = sys.argv[1:4]
 currencies = sys.argv[4:] or allocation.CURRENCIES
@@ -25,7 +31,7 @@ L, ids, _ = store.sequence_info()
 train_idx, val_idx = modular.holdout_split(ids, 0.1, 42)
 task = T.get_task("stsb")
 model, tok, _ = build_model(model_dir, task)
-rows = T.load_rows(task, "validation", "/work/shared/data")
+rows = T.load_rows(task, "validation")   # the repo's data/stsb
 loader = T.make_loader(T.encode(task, rows, tok, 128), 64, False, tok.pad_token_id)
 data = {l: store.load_layer(l) for l in range(6)}
 

@@ -1,14 +1,24 @@
-"""Session 11: does fitting the allocation's curves on 8,192 instead of 16,384 training tokens per layer change
-the allocation? allocation.allocate on seed 1's captures (the runs18 jobs' captures), output currency,
-modular.py's split (holdout 0.1, seed 42), one thread. Usage: ab.py TASK C TOKENS -> one JSON line on stdout."""
-import json, sys, time, torch
-sys.path.insert(0, "/work/main")
+"""Does fitting the allocation's curves on 8,192 instead of 16,384 training tokens per layer change the
+allocation? allocation.allocate on one capture, output currency, modular.py's split (holdout 0.1, seed 42), one
+thread. One JSON line on stdout (what ab.jsonl holds, one line per run):
+
+    OMP_NUM_THREADS=1 python results/joint_allocation/curve_tokens_8192_vs_16384/ab.py CAPTURE_DIR TASK C TOKENS
+
+CAPTURE_DIR: the seed-1 capture of TASK from its fine-tuned baseline (the pipeline's OUT_DIR/TASK/capture/ft-seed1-...).
+Needs the package installed (install.sh: pip install -e .)."""
+import json
+import sys
+import time
+
+import torch
+
+from modcomp import allocation
+from modcomp.activations import ActivationStore
+from modcomp.modular import holdout_split, load_capture_teacher
+
 torch.set_num_threads(1)
-import allocation
-from activations import ActivationStore
-from modular import holdout_split, load_capture_teacher
-task, c, tokens = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-store = ActivationStore(f"/work/runs18/{task}/teacher_seed1/cap")
+cap, task, c, tokens = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+store = ActivationStore(cap)
 teacher, _ = load_capture_teacher(store)
 _, ex, _ = store.sequence_info()
 tr, va = holdout_split(ex, 0.1, 42)

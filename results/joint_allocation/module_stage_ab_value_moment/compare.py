@@ -1,3 +1,9 @@
+"""Compare the A/B's two modules dirs (old = ca72c35, new = f08e0b3's working tree; STS-B seed 1's capture, c=3):
+allocation, curves, held-out errors, seconds. What compare_c3.txt holds:
+
+    python results/joint_allocation/module_stage_ab_value_moment/compare.py OLD_MODULES_DIR NEW_MODULES_DIR
+
+(the blocks are not committed; their allocation.json and report.json are, as *_old_c3.json / *_new_c3.json)"""
 import json, sys
 a, b = sys.argv[1], sys.argv[2]
 A = json.load(open(f"{a}/allocation.json")); B = json.load(open(f"{b}/allocation.json"))
