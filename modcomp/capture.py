@@ -31,10 +31,12 @@ def parse_args(argv=None):
     p.add_argument("--split", default="train", help=" or ".join(tasks.SPLITS))
     p.add_argument("--output_dir", required=True)
     recipe = config.add_stage_arguments(p, "capture", argv)
-    p.add_argument("--max_tokens", type=int, default=config.capture_tokens(recipe),
+    p.add_argument("--max_tokens", type=lambda v: None if v in ("", "all") else int(v),
+                   default=config.capture_tokens(recipe), metavar="N|all",
                    help="a seeded random subset of the (first --capture_samples) rows holding at most N tokens "
                         "before augmentation, kept in dataset order: what a closed-form start without module "
-                        "training needs (the recipe's fit_tokens plus the held-out tenth; default %(default)s)")
+                        "training needs (the recipe's fit_tokens plus the held-out tenth; default %(default)s; "
+                        "all: every token)")
     p.add_argument("--shard_sequences", type=int, default=2048)
     p.add_argument("--overwrite", action="store_true", help="discard whatever capture is in --output_dir")
     p.add_argument("--device", default="auto")

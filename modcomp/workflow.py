@@ -1,9 +1,7 @@
-"""The stages on Snakemake: plan the jobs of a pipeline (one task, one seed) or a sweep, then let Snakemake run them,
-here (--cores) or on SLURM (snakemake-executor-plugin-slurm), and print consolidate.py's table.
-
-    python workflow.py pipeline [flags]     modular_pipeline.sh's flags (bash modular_pipeline.sh --help)
-    python workflow.py sweep [flags]        rs_moded.sh's flags (bash rs_moded.sh --help)
-    python workflow.py stage PLAN OUTPUT    one job of a plan (what the Snakefile's rules run)
+"""The stages on Snakemake: the plan of a pipeline (one task, one seed) or a sweep (every task, seed and setting),
+and one job of it. workflow_cli.py (modular_pipeline.sh, rs_moded.sh) parses the flags, writes the plan, runs
+Snakemake here (--cores) or on SLURM (snakemake-executor-plugin-slurm) and prints consolidate.py's table; the
+Snakefile's rules run `python -m modcomp.workflow_cli stage PLAN OUTPUT --log LOG`, which is run_stage here.
 
 The plan (OUT_DIR/.workflow/plan-HASH.json) lists every job by its output path, which holds its settings
 (config.paths); the Snakefile's rules (baseline, capture, modules, finetune) look their job up by that path.

@@ -280,32 +280,45 @@ def stage_threads(o, slurm, env=os.environ):
     return max(1, cores // int(o["parallel"] or 1))
 
 
-def run_forwarding_signals(cmd, **kw):
-    """subprocess.call that takes timeout's, scancel's and Ctrl-C's signals with it: the child runs in a session
-    of its own; SIGTERM, SIGINT or SIGHUP here goes to its whole process group (Snakemake and the stages it
-    started), which gets 30 s to stop before SIGKILL; then this process exits 128 + N."""
+def run_forwarding_signals(cmd, grace=30, **kw):
+    """subprocess.call that takes timeout's, scancel's and Ctrl-C's signals with it: the child (Snakemake) runs in
+    a session of its own, and SIGTERM, SIGINT or SIGHUP here goes to its whole process group (Snakemake and the
+    stages it runs, which stop their own children: workflow.run_stage). Snakemake gets `grace` seconds to stop,
+    then its group gets SIGKILL; once it has ended, what is left of its group too; then this process exits
+    128 + N."""
+    import threading
     proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+    stopped = []
+
+    def kill_group(sig):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def forward(signum, _frame):
-        for sig, wait in ((signum, 30), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                # the group may outlive its leader: the stages Snakemake started
-                os.killpg(proc.pid, 0)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-        print(f"workflow: stopped by signal {signum}; Snakemake and its jobs were stopped", file=sys.stderr)
-        os._exit(128 + signum)
+        if not stopped:
+            threading.Timer(grace, kill_group, (signal.SIGKILL,)).start()
+        stopped.append(signum)
+        kill_group(signum)
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        return proc.wait()
+        rc = proc.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if not stopped:
+        return rc
+    deadline = time.time() + grace   # the stages Snakemake started may outlive it: they end with their group
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    kill_group(signal.SIGKILL)
+    print(f"workflow: stopped by signal {stopped[0]}; Snakemake and its jobs were stopped", file=sys.stderr)
+    os._exit(128 + stopped[0])
 
 
 def engine(o, jobs, targets, chosen, slurm):

@@ -48,6 +48,7 @@ def test_a_stage_run_without_flags_runs_the_default_recipe(stage):
     assert got == want
     if stage == "capture":    # the closed form's tokens plus the held-out tenth
         assert STAGE_PARSERS[stage]([]).max_tokens == (65536 * 10 + 8) // 9
+        assert STAGE_PARSERS[stage](["--max_tokens", "all"]).max_tokens is None   # every token
 
 
 def test_the_stages_take_the_recipe_field_names_and_their_older_names():
