@@ -14,19 +14,12 @@ import numpy as np
 from tabulate import tabulate
 
 from modcomp import config as recipes
+from modcomp.task_registry import TASKS
 from modcomp.utils import UserError, atomic_write_bytes, atomic_write_json, best_epoch, run_main
 
-# task -> metric keys of an epoch dict (score = 100 * mean of these). Column order of the table.
-TASK_METRICS = {
-    "boolq": ["accuracy"],
-    "cb": ["accuracy", "f1"],
-    "copa": ["accuracy"],
-    "rte": ["accuracy"],
-    "wic": ["accuracy"],
-    "wsc": ["accuracy"],
-    "stsb": ["pearson", "spearman"],
-    "mrpc": ["accuracy", "f1"],
-}
+# task -> metric keys of an epoch dict (score = 100 * mean of these), from the tasks' declarations (task_registry.py,
+# the stages' too). Column order of the table.
+TASK_METRICS = {name: list(t.metrics) for name, t in TASKS.items()}
 TASK_ORDER = list(TASK_METRICS)
 SELECTIONS = [("best", "best epoch on validation (the paper's selection)"), ("last", "last epoch")]
 REQUIRED = ["task", "model", "variant", "compression", "seed", "params", "epochs"]

@@ -67,11 +67,14 @@ def test_no_import_circle_in_the_package():
     for m in graph:
         visit(m, [])
     # the torch-free layers stay torch-free: the workflow and the table import no torch module of the package
-    torch_free = {"config", "utils", "workflow", "workflow_cli", "report"}
+    torch_free = {"config", "utils", "workflow", "workflow_cli", "report", "task_registry"}
     for m in torch_free:
         src = open(os.path.join(ROOT, "modcomp", f"{m}.py")).read()
         assert not re.search(r"^(import torch|from torch)", src, re.M), m
         assert graph[m] <= torch_free, (m, graph[m] - torch_free)
+    # the tasks are declared once: the stages (tasks.py), the workflow (config.py) and the table (report.py)
+    # read task_registry.py
+    assert {"tasks", "config", "report"} <= {m for m, d in graph.items() if "task_registry" in d}
 
 
 def test_no_sys_path_inserts_and_one_flag_style():
