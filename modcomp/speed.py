@@ -27,6 +27,7 @@ import torch
 from tabulate import tabulate
 from transformers import AutoTokenizer, DistilBertConfig
 
+from modcomp import frontier as F
 from modcomp import tasks as T
 
 from modcomp.allocation import encoder_macs
@@ -274,6 +275,12 @@ def main(argv=None):
                         "TASK, each sequence at its own length (truncated at 128; a multiple-choice example is one sequence "
                         "per choice), interleaved: mean ms per sequence")
     p.add_argument("--real_examples", type=int, default=200)
+    p.add_argument("--frontier", default=None, metavar="FILE",
+                   help="re-time every point of a frontier.json (scripts/make_frontier.py; modcomp/frontier.py): "
+                        "each point's shapes (random weights), ONNX Runtime INT8 as export.py writes it, beside the "
+                        "peers (PyTorch fp32, ONNX Runtime fp32 and INT8 of the uncompressed model, the INT8 one "
+                        "also in a process of its own), at batch 1 x --seq_lens[0] and at each task's real lengths; "
+                        "--json gets {machine, command, peers, points}")
     p.add_argument("--json", default=None, help="write {machine, command, rows} here")
     p.add_argument("--accuracy_json", default=None, help="with --checkpoint: write the fp32/INT8 scores here")
     p.add_argument("--accuracy_only", action="store_true", help="with --checkpoint: skip the timing")
@@ -299,6 +306,8 @@ def main(argv=None):
     if args.accuracy_only:
         return report_accuracy(args, machine)
     set_seed(0)
+    if args.frontier:
+        return time_frontier(args, machine, argv)
     if args.model_name_or_path:
         base = ModDistilBertForSequenceClassification.from_teacher(args.model_name_or_path, num_labels=2)
     else:
@@ -342,6 +351,68 @@ def main(argv=None):
                            headers=["op", "calls", "self ms", "share"], tablefmt="github"))
     if args.checkpoint:
         report_accuracy(args, machine)
+
+
+def time_frontier(args, machine, argv=None):
+    """run_speed.py --frontier: every committed point's shapes, timed in ONNX Runtime INT8 beside the peers."""
+    data = F.read(args.frontier)
+    base = ModDistilBertForSequenceClassification.from_teacher(data.get("model") or "minilm", num_labels=2).eval()
+    n_layers = base.config.num_hidden_layers
+    models = {}
+    for p in data["points"]:
+        a = p["allocation"]
+        if len(a["attn_dims"]) != n_layers:
+            raise UserError(f"--frontier: {p['task']} {p['budget']} has {len(a['attn_dims'])} layers, the model "
+                            f"{data.get('model')!r} {n_layers}")
+        dims = {l: (a["attn_dims"][l], a["ffn_dims"][l]) for l in range(n_layers)}
+        models[f"{p['task']} {p['budget']}"] = compress(copy.deepcopy(base), p["compression"], "svd", dims=dims).eval()
+    onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="frontier-onnx-")
+    ort = onnx_models(base, onnx_dir, "model_c1", args.threads)
+    peers = {"fp32 c=1": base, "ort c=1": ort["fp32"], PEER: ort["int8"]}
+    points = {name: onnx_models(m, onnx_dir, "model_" + name.replace(" ", "_").replace("=", ""), args.threads)["int8"]
+              for name, m in models.items()}
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(data.get("model") or "minilm"))
+    T_ = args.seq_lens[0]
+    shapes = [(str(T_), T_, list(points))]
+    for task in dict.fromkeys(p["task"] for p in data["points"]):
+        lens = real_lengths(task, tok, args.data_dir, args.real_examples)
+        shapes.append((task, lens, [n for n in points if n.split()[0] == task]))
+    timed = {}
+    for label, lens, names in shapes:   # the peers and the points of one length interleaved in every repeat
+        res = time_variants({**peers, **{n: points[n] for n in names}}, 1, lens, base.config.vocab_size,
+                            args.repeats, args.warmup)
+        res[PEER_ALONE] = peer_alone(ort["int8"].path, 1, lens, base.config.vocab_size, args.repeats, args.warmup)
+        timed[label] = {n: res[n][0] for n in res}
+        print(f"bs 1 x {label if isinstance(lens, int) else f'{label} ({len(lens)} sequences)'} done", flush=True)
+
+    def fastest(label):
+        return min((n for n in (*peers, PEER_ALONE)), key=lambda n: timed[label][n])
+    out_points = []
+    for p in data["points"]:
+        name = f"{p['task']} {p['budget']}"
+        ms, ms_real = timed[str(T_)][name], timed[p["task"]][name]
+        peer, peer_real = fastest(str(T_)), fastest(p["task"])
+        out_points.append({"task": p["task"], "budget": p["budget"], "seeds": p.get("seeds"),
+                           "retention": p.get("retention"), "ms_128": round(ms, 3),
+                           "vs_peer_128": round(timed[str(T_)][peer] / ms, 3), "ms_real": round(ms_real, 3),
+                           "vs_peer_real": round(timed[p["task"]][peer_real] / ms_real, 3), "peer": peer,
+                           "peer_real": peer_real, "seq_len": T_})
+    out_peers = [{"name": n, "ms_128": round(timed[str(T_)][n], 3),
+                  "ms_real": {t: round(timed[t][n], 3) for t in timed if t != str(T_)}}
+                 for n in (*peers, PEER_ALONE)]
+    print(f"CPU: {cpu_line(machine)}; {args.threads} threads; batch 1")
+    print(tabulate([[q["name"], q["ms_128"], *q["ms_real"].values()] for q in out_peers],
+                   headers=["peer", f"ms x {T_}", *(f"ms {t}" for t in out_peers[0]["ms_real"])], tablefmt="github"))
+    print(tabulate([[q["task"], q["budget"], q["retention"], q["ms_128"], f"{q['vs_peer_128']:.2f}x", q["ms_real"],
+                     f"{q['vs_peer_real']:.2f}x"] for q in out_points],
+                   headers=["task", "budget", "retention", f"ms x {T_}", "vs peer", "ms real", "vs peer (real)"],
+                   tablefmt="github"))
+    print(f"vs peer: against the fastest peer at that length ({', '.join(sorted({q['peer'] for q in out_points}))})")
+    if args.json:
+        command = ["python", "run_speed.py"] + (sys.argv[1:] if argv is None else list(argv))
+        atomic_write_json(args.json, {"machine": machine, "command": command, "frontier": args.frontier,
+                                      "threads": args.threads, "peers": out_peers, "points": out_points})
+    return out_points
 
 
 def accuracy_rows(checkpoint, task_name, data_dir=None, int8_backends=tuple(DEFAULT_SCHEMES), keep_fp32=(),

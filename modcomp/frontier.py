@@ -1,0 +1,80 @@
+"""The score-vs-cost frontier as a file anyone can re-time on their own CPU (issue 27, item 6).
+
+    python scripts/make_frontier.py --results_dir results/joint_allocation --label modular-data-jointout-ft+kd \
+        --tasks stsb mrpc cb --allocations "results/joint_allocation/{task}/teacher_seed{seed}/mod_jointout_c{c}/allocation.json" \
+        --out results/joint_allocation/frontier.json
+    python run_speed.py --frontier results/joint_allocation/frontier.json --json OUT.json
+
+frontier.json: per point the task, the budget (what it was chosen under: `macs c=C`), the seeds, the median
+retention over them (last epoch: compressed / uncompressed, medians of the scores) and the allocation that gives
+its shapes (attention inner size and FFN width per layer, of the first seed). `run_speed.py --frontier` builds
+each point's shapes (random weights: no checkpoint needed), exports it to ONNX Runtime INT8 as export.py does,
+and times it beside the peers at batch 1 x 128 tokens and at the task's real lengths.
+"""
+import glob
+import json
+import statistics
+
+from modcomp.report import load_results, select_epoch
+from modcomp.utils import UserError
+
+VERSION = 1
+
+
+def build(results_dir, label, tasks, allocations, model="minilm"):
+    """The frontier's dict from a results directory: rows of `label` (a recorded variant) and their baselines."""
+    by = {}
+    for r in load_results(results_dir):
+        if r["task"] not in tasks:
+            continue
+        kind = "baseline" if r["variant"] == "baseline" else r["variant"]
+        if kind not in ("baseline", label):
+            continue
+        score = select_epoch(r, "last")["score"]
+        by.setdefault((r["task"], r["compression"]), {}).setdefault(r["seed"], []).append(score)
+    points = []
+    for (task, c), seeds in sorted(by.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1] or 0)):
+        if c is None:
+            continue
+        base = by.get((task, None), {})
+        common = sorted(s for s in seeds if s in base)
+        if not common:
+            raise UserError(f"{task} c={c:g}: no baseline of the same seeds under {results_dir}")
+        for s in common:
+            if len(seeds[s]) > 1 or len(base[s]) > 1:
+                raise UserError(f"{task} c={c:g} seed {s}: several runs under {results_dir}: narrow it")
+        comp = statistics.median(seeds[s][0] for s in common)
+        ref = statistics.median(base[s][0] for s in common)
+        pattern = allocations.format(task=task, seed=common[0], c=f"{c:g}")
+        found = sorted(glob.glob(pattern))
+        if len(found) != 1:
+            raise UserError(f"{task} c={c:g}: {len(found)} allocation files match {pattern!r} (want one)")
+        with open(found[0]) as f:
+            alloc = json.load(f)
+        dims = {int(k): v for k, v in alloc["dims"].items()}
+        points.append({"task": task, "budget": f"macs c={c:g}", "compression": c, "seeds": common,
+                       "retention": round(comp / ref, 4), "score": round(comp, 3), "teacher_score": round(ref, 3),
+                       "allocation": {"source": found[0], "seed": common[0],
+                                      "attn_dims": [dims[l][0] for l in sorted(dims)],
+                                      "ffn_dims": [dims[l][1] for l in sorted(dims)]}})
+    if not points:
+        raise UserError(f"no {label} rows of {', '.join(tasks)} under {results_dir}")
+    return {"version": VERSION, "model": model, "label": label, "selection": "last epoch, median over seeds",
+            "points": points}
+
+
+def read(path):
+    """A frontier.json, checked: one-line errors for what run_speed.py --frontier cannot time."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--frontier {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("points"), list) or not data["points"]:
+        raise UserError(f"--frontier {path}: no points (a frontier.json of scripts/make_frontier.py)")
+    for i, p in enumerate(data["points"]):
+        a = p.get("allocation") or {}
+        if not (isinstance(a.get("attn_dims"), list) and isinstance(a.get("ffn_dims"), list)
+                and len(a["attn_dims"]) == len(a["ffn_dims"]) > 0 and p.get("task")):
+            raise UserError(f"--frontier {path}: point {i} lacks a task or its allocation's attn_dims/ffn_dims")
+    return data

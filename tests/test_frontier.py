@@ -1,0 +1,62 @@
+"""The committed frontier as a file (modcomp/frontier.py, scripts/make_frontier.py) and `run_speed.py --frontier`,
+which re-times every point on the CPU at hand (random weights of its shapes, no checkpoint)."""
+import json
+import os
+
+import pytest
+
+from modcomp import frontier
+from modcomp import speed as run_speed
+from modcomp.utils import UserError
+from test_consolidate import write_result
+
+
+def allocation(path, dims):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"dims": {str(l): d for l, d in enumerate(dims)}}, f)
+
+
+def test_frontier_points_are_the_medians_and_their_allocations(tmp_path):
+    res = tmp_path / "res"
+    for seed, (b, c2, c4) in {1: (0.80, 0.80, 0.70), 2: (0.90, 0.81, 0.72), 3: (0.70, 0.69, 0.68)}.items():
+        write_result(res, "stsb", seed, [(b, b)], variant="baseline", compression=None)
+        write_result(res, "stsb", seed, [(c2, c2)], variant="mine", compression=2.0)
+        write_result(res, "stsb", seed, [(c4, c4)], variant="mine", compression=4.0)
+        write_result(res, "stsb", seed, [(0.1, 0.1)], variant="other", compression=2.0)   # another recipe: not it
+        for c in (2, 4):
+            allocation(str(tmp_path / f"alloc/s{seed}_c{c}/allocation.json"), [[16, 96], [8, 64]])
+    data = frontier.build(str(res), "mine", ["stsb"], str(tmp_path / "alloc/s{seed}_c{c}/allocation.json"),
+                          model="tiny")
+    (p2, p4) = data["points"]
+    assert (p2["budget"], p2["seeds"], p4["budget"]) == ("macs c=2", [1, 2, 3], "macs c=4")
+    assert p2["retention"] == pytest.approx(80 / 80) and p4["retention"] == pytest.approx(70 / 80)  # medians
+    assert p2["allocation"]["attn_dims"] == [16, 8] and p2["allocation"]["ffn_dims"] == [96, 64]
+    with pytest.raises(UserError, match="allocation files match"):
+        frontier.build(str(res), "mine", ["stsb"], str(tmp_path / "nowhere/{c}.json"))
+
+
+def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    f = tmp_path / "frontier.json"
+    f.write_text(json.dumps({"model": tiny_bert_dir, "points": [
+        {"task": "stsb", "budget": "macs c=2", "compression": 2.0, "seeds": [1], "retention": 0.99,
+         "allocation": {"attn_dims": [16, 8], "ffn_dims": [32, 16]}},
+        {"task": "stsb", "budget": "macs c=4", "compression": 4.0, "seeds": [1], "retention": 0.97,
+         "allocation": {"attn_dims": [8, 0], "ffn_dims": [16, 0]}}]}))   # a removed block times too
+    out = tmp_path / "out.json"
+    run_speed.main(["--frontier", str(f), "--json", str(out), "--repeats", "2", "--warmup", "1", "--threads", "1",
+                    "--real_examples", "4", "--seq_lens", "16", "--onnx_dir", str(tmp_path / "onnx")])
+    r = json.loads(out.read_text())
+    assert set(r) >= {"machine", "peers", "points"} and r["machine"]
+    assert {p["name"] for p in r["peers"]} == {"fp32 c=1", "ort c=1", run_speed.PEER, run_speed.PEER_ALONE}
+    for p in r["points"]:
+        assert set(p) >= {"task", "budget", "retention", "ms_128", "vs_peer_128", "ms_real", "vs_peer_real", "peer"}
+        peer = {q["name"]: q for q in r["peers"]}[p["peer"]]
+        assert p["vs_peer_128"] == pytest.approx(peer["ms_128"] / p["ms_128"], rel=0.05)
+        assert p["peer"] == min(r["peers"], key=lambda q: q["ms_128"])["name"] or \
+            peer["ms_128"] == min(q["ms_128"] for q in r["peers"])   # the fastest (rounded ms may tie)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"points": [{"task": "stsb"}]}))
+    with pytest.raises(UserError, match="allocation"):
+        run_speed.main(["--frontier", str(bad)])
