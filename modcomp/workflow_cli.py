@@ -76,10 +76,15 @@ def build_parser(mode, env):
     g.add_argument("--save_model", nargs="?", const="1", default=e("SAVE_MODEL") or "0", choices=("0", "1"),
                    help="keep the compressed fine-tuned models (default %(default)s)")
     g.add_argument("-n", "--dry_run", action="store_true", help="print the job graph and what would run; run nothing")
-    r = p.add_argument_group("recipe fields (configs/default.yaml; several values: a sweep)")
+    r = p.add_argument_group("recipe fields (their defaults: configs/default.yaml; several values: a sweep)")
+    try:
+        defaults = config.read_recipe("default")[1]
+    except config.RecipeError:
+        defaults = {}
     for name, f in config.FIELDS.items():
         r.add_argument(f"--{name}", default=None, metavar="V" if not f.choices else "|".join(map(str, f.choices)),
-                       nargs="?" if f.flag else None, const="1" if f.flag else None, help=f.help)
+                       nargs="?" if f.flag else None, const="1" if f.flag else None,
+                       help=f"{f.help} (default {defaults.get(name, '')})".replace("%", "%%"))
     if sweep:
         w = p.add_argument_group("where it runs")
         w.add_argument("--local", action="store_true", help="run here even with sbatch on PATH")
