@@ -22,7 +22,7 @@ errors say it is needed:
      teacher: 0.1-0.25 for most blocks; layers 2 and 5's attention 0.5-0.8) but not all (layer 1's attention:
      3.3-3.9; the last FFN: 1.0, as it should).
   Why not simpler ones: a block's own relative error ignores that attention and FFN outputs have different
-  norms; the error relative to the residual stream's energy (`currency="residual"`, session 6) is dominated by
+  norms; the error relative to the residual stream's energy (`currency="residual"`, the first joint allocations') is dominated by
   a few outlier dims before the FFN's LayerNorm (3 of 384 hold 89% of it in layer 0), so it under-rates FFN
   errors (c=2 lost 0.8 STS-B points); `layernorm` fixes that but, blind to what the later layers do, took too
   much from the attention at c=4 (81.5 against 84.3). Measured: results/joint_allocation.md.
