@@ -21,7 +21,7 @@ from torch import nn
 
 from modcomp.data_init import compress_with_data, top_r
 from modeling_moddistilbert import MultiHeadSelfAttention, make_block
-from modcomp.utils import UserError, written_atomically
+from modcomp.utils import UserError, check_safetensors, written_atomically
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,11 +201,16 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False, t
         layer, kind = int(m.group(1)), m.group(2)
         if layer >= len(base.layers):
             raise UserError(f"{path}: layer {layer} but the model has {len(base.layers)} layers")
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != CKPT_FORMAT:
-                raise UserError(f"{path}: not a {CKPT_FORMAT} checkpoint")
-            state = {k: f.get_tensor(k) for k in f.keys()}
+        check_safetensors(path)  # truncated (a killed stage, a full disk) or corrupt: one line, not a traceback
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()} if meta.get("format") == CKPT_FORMAT else None
+        except Exception as e:  # noqa: BLE001  (safetensors' own error type: a bad dtype, overlapping tensors)
+            raise UserError(f"{path}: cannot be read as safetensors ({(str(e).splitlines() or [''])[0]}): "
+                            "write it again") from e
+        if state is None:
+            raise UserError(f"{path}: not a {CKPT_FORMAT} checkpoint")
         expect = {"layer": str(layer), "block": kind, "hidden_size": str(config.hidden_size),
                   "num_heads": str(config.num_attention_heads)}
         bad = {k: (meta.get(k), v) for k, v in expect.items() if k in meta and meta[k] != v}

@@ -22,7 +22,8 @@ from modcomp.compression import compress, load_modules, module_dims
 from modcomp.distill import EXAMPLE_INDEX
 from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
                                     resolve_model_path)
-from modcomp.utils import UserError, best_epoch, file_sha256, state_dict_sha256, written_atomically
+from modcomp.utils import (UserError, best_epoch, file_sha256, model_weights, state_dict_sha256,
+                           written_atomically)
 
 OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
 MACS_LENGTH = 128  # tokens at which results.json counts the encoder's multiply-adds (what --compression budgets)
@@ -60,6 +61,8 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from e
+    if os.path.isdir(path):  # a saved model: its weights there, whole and not a pickle (else a traceback below)
+        model_weights(path)
     mc = task.kind == "multiple_choice"
     num_labels = 1 if mc else task.num_labels
     ours = config.model_type in OUR_TEACHERS and not hf_model
@@ -322,9 +325,10 @@ def label_config(model, task):
 
 
 def save_model(model, tokenizer, path, task=None):
-    """Hugging Face format (safetensors + config + tokenizer), written beside then renamed. Our ModDistilBERT also
-    writes its model code there and names it in the config's auto_map (see its save_pretrained), so the directory
-    loads outside this repo with `trust_remote_code=True`."""
+    """Hugging Face format (safetensors + config + tokenizer), written beside then renamed, its files with the
+    umask's permissions (save_pretrained alone writes model.safetensors 0600; see written_atomically). Our
+    ModDistilBERT also writes its model code there and names it in the config's auto_map (see its
+    save_pretrained), so the directory loads outside this repo with `trust_remote_code=True`."""
     if task is not None:
         label_config(model, task)
     with written_atomically(path, directory=True) as tmp:

@@ -36,7 +36,7 @@ import warnings
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from modcomp.utils import UserError, cpu_info
+from modcomp.utils import UserError, cpu_info, model_weights
 
 INT8_SCHEMES = ("dynamic", "dynamic_per_channel", "smooth", "torchao")
 SMOOTH_ALPHAS = (0.25, 0.5, 0.75)
@@ -397,6 +397,8 @@ def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128, 
     from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, AutoTokenizer
     task = T.get_task(task_name)
     auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
+    if os.path.isdir(checkpoint):
+        model_weights(checkpoint)  # none, truncated, corrupt or a pickle: one line, not from_pretrained's traceback
     model = auto.from_pretrained(checkpoint).eval()
     tok = AutoTokenizer.from_pretrained(checkpoint)
     data_dir = data_dir or T.default_data_dir(task)
