@@ -1,4 +1,5 @@
-"""ModDistilBERT: a post-LayerNorm transformer encoder (DistilBERT/BERT) whose blocks can be made low-rank.
+"""ModDistilBERT: a post-LayerNorm transformer encoder (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, ELECTRA) whose
+blocks can be made low-rank.
 
 One file, in the Hugging Face one-file-per-model spirit. Importing it registers the classes with
 AutoConfig / AutoModel / AutoModelForSequenceClassification / AutoModelForMultipleChoice, so a saved
@@ -42,6 +43,20 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+# Teacher architectures (config.model_type) from_teacher builds this model from, with their names for messages.
+TEACHER_ARCHITECTURES = {"bert": "BERT (MiniLM)", "distilbert": "DistilBERT", "roberta": "RoBERTa",
+                         "xlm-roberta": "XLM-RoBERTa", "electra": "ELECTRA"}
+SUPPORTED_TEACHERS = "{}, or {}".format(", ".join(list(TEACHER_ARCHITECTURES.values())[:-1]),
+                                         list(TEACHER_ARCHITECTURES.values())[-1])
+# The classification head on the first token: pre_classifier, this activation, classifier. "bert": BERT's pooler;
+# "roberta"/"electra": RobertaClassificationHead / ElectraClassificationHead (dense, act, out_proj; these two
+# also drop out the first token's state before the dense layer).
+HEAD_ACTIVATIONS = {"distilbert": "relu", "bert": "tanh", "roberta": "tanh", "electra": "gelu"}
+# "absolute": position i for the i-th token (BERT, DistilBERT, ELECTRA). "roberta": transformers'
+# create_position_ids_from_input_ids: non-padding tokens numbered from pad_token_id + 1, padding at pad_token_id.
+POSITION_STYLES = ("absolute", "roberta")
+
+
 class ModDistilBertConfig(PretrainedConfig):
     model_type = "moddistilbert"
 
@@ -50,11 +65,12 @@ class ModDistilBertConfig(PretrainedConfig):
                  attn_dims=None, ffn_dims=None, hidden_act="gelu", layer_norm_eps=1e-12,
                  hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=0.2,
                  head_type="distilbert", initializer_range=0.02, pad_token_id=0,
+                 embedding_size=None, position_style="absolute",
                  teacher=None, compression=None, init=None, **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size          # 0: DistilBERT (no segment embeddings)
+        self.type_vocab_size = type_vocab_size          # 0: DistilBERT (no segment embeddings); RoBERTa: 1
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
@@ -65,11 +81,17 @@ class ModDistilBertConfig(PretrainedConfig):
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.classifier_dropout = classifier_dropout
-        self.head_type = head_type                      # "distilbert": pre_classifier+ReLU; "bert": pooler+tanh
+        self.head_type = head_type                      # a key of HEAD_ACTIVATIONS
         self.initializer_range = initializer_range
+        self.embedding_size = embedding_size or hidden_size  # ELECTRA's may be smaller: projected to hidden_size
+        self.position_style = position_style            # one of POSITION_STYLES
         self.teacher = teacher                          # where the weights came from
         self.compression = compression                  # None when uncompressed
         self.init = init
+        if head_type not in HEAD_ACTIVATIONS:
+            raise ValueError(f"head_type {head_type!r} is not one of {', '.join(HEAD_ACTIVATIONS)}")
+        if position_style not in POSITION_STYLES:
+            raise ValueError(f"position_style {position_style!r} is not one of {', '.join(POSITION_STYLES)}")
         if len(self.attn_dims) != num_hidden_layers or len(self.ffn_dims) != num_hidden_layers:
             raise ValueError("attn_dims and ffn_dims need one entry per layer")
         if min(self.attn_dims + self.ffn_dims) < 0:
@@ -80,7 +102,8 @@ class ModDistilBertConfig(PretrainedConfig):
 
 
 def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
-    """Our config from a DistilBertConfig or a BERT-family config (BERT, MiniLM)."""
+    """Our config from the config of a teacher of TEACHER_ARCHITECTURES (DistilBERT, or the BERT-like encoders:
+    BERT and MiniLM, RoBERTa, XLM-RoBERTa, ELECTRA)."""
     if tc.model_type == "distilbert":
         kw = dict(vocab_size=tc.vocab_size, max_position_embeddings=tc.max_position_embeddings,
                   type_vocab_size=0, hidden_size=tc.dim, num_hidden_layers=tc.n_layers,
@@ -89,9 +112,11 @@ def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
                   attention_probs_dropout_prob=tc.attention_dropout,
                   classifier_dropout=tc.seq_classif_dropout, head_type="distilbert",
                   initializer_range=tc.initializer_range, pad_token_id=tc.pad_token_id)
-    elif tc.model_type == "bert":
+    elif tc.model_type in TEACHER_ARCHITECTURES:  # BERT's config fields and encoder
+        name = TEACHER_ARCHITECTURES[tc.model_type]
         if getattr(tc, "position_embedding_type", "absolute") not in (None, "absolute"):
-            raise ModelError(f"unsupported BERT position_embedding_type {tc.position_embedding_type!r}")
+            raise ModelError(f"unsupported {name} position_embedding_type {tc.position_embedding_type!r}")
+        roberta = tc.model_type in ("roberta", "xlm-roberta")
         kw = dict(vocab_size=tc.vocab_size, max_position_embeddings=tc.max_position_embeddings,
                   type_vocab_size=tc.type_vocab_size, hidden_size=tc.hidden_size,
                   num_hidden_layers=tc.num_hidden_layers, num_attention_heads=tc.num_attention_heads,
@@ -100,10 +125,12 @@ def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
                   attention_probs_dropout_prob=tc.attention_probs_dropout_prob,
                   classifier_dropout=(tc.classifier_dropout if tc.classifier_dropout is not None
                                       else tc.hidden_dropout_prob),
-                  head_type="bert", initializer_range=tc.initializer_range, pad_token_id=tc.pad_token_id)
+                  head_type="roberta" if roberta else tc.model_type, initializer_range=tc.initializer_range,
+                  pad_token_id=tc.pad_token_id, position_style="roberta" if roberta else "absolute",
+                  embedding_size=getattr(tc, "embedding_size", None) if tc.model_type == "electra" else None)
     else:
         raise ModelError(f"unsupported teacher architecture {tc.model_type!r}: "
-                         "from_teacher takes DistilBERT or BERT-family (BERT, MiniLM) checkpoints")
+                         f"from_teacher takes {SUPPORTED_TEACHERS} checkpoints")
     kw.update(overrides)
     return ModDistilBertConfig(**kw)
 
@@ -230,29 +257,45 @@ class TransformerLayer(nn.Module):
         self.output_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x, mask=None):
-        h = self.sa_layer_norm(x + self.attention(x, mask))  # h is the FFN block's input
-        return self.output_layer_norm(h + self.ffn(h))
+        # block output + residual, in BERT's order (the same sum either way): ONNX Runtime's attention fusion takes
+        # the first Add among the LayerNorm's inputs for the attention's, and ELECTRA's projected embeddings are an Add
+        h = self.sa_layer_norm(self.attention(x, mask) + x)  # h is the FFN block's input
+        return self.output_layer_norm(self.ffn(h) + h)
 
 
 class Embeddings(nn.Module):
+    """word + position (+ segment) embeddings of size embedding_size, LayerNorm, dropout; then, where
+    embedding_size differs from hidden_size (ELECTRA-small), `project` to hidden_size (ELECTRA's
+    embeddings_project): its output is what the first layer sees."""
+
     def __init__(self, config):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
-                                            padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
-                                      if config.type_vocab_size else None)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        E, self.pad_token_id = config.embedding_size, config.pad_token_id
+        self.roberta_positions = config.position_style == "roberta"
+        self.word_embeddings = nn.Embedding(config.vocab_size, E, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, E,
+                                                padding_idx=config.pad_token_id if self.roberta_positions else None)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size else None)
+        self.LayerNorm = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.project = nn.Linear(E, config.hidden_size) if E != config.hidden_size else None
+
+    def positions(self, input_ids):
+        """(1, T) positions 0..T-1; RoBERTa's (B, T): the non-padding tokens numbered from pad_token_id + 1, padding
+        tokens at pad_token_id (transformers' create_position_ids_from_input_ids, in its ONNX-safe casts)."""
+        if not self.roberta_positions:
+            return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        real = input_ids.ne(self.pad_token_id).int()
+        return (torch.cumsum(real, dim=1).type_as(real) * real).long() + self.pad_token_id
 
     def forward(self, input_ids, token_type_ids=None):
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
+        x = self.word_embeddings(input_ids) + self.position_embeddings(self.positions(input_ids))
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
             x = x + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))
+        x = self.dropout(self.LayerNorm(x))
+        return x if self.project is None else self.project(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,11 +324,12 @@ class ModDistilBertPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_teacher(cls, name_or_path, **config_overrides):
-        """Build this class from a pretrained DistilBERT or BERT-family checkpoint (hub id, local dir, or `minilm`),
+        """Build this class from a pretrained checkpoint of TEACHER_ARCHITECTURES (hub id, local dir, or `minilm`),
         or from one of our own uncompressed saved models (a fine-tuned baseline: then loaded as it is).
 
         The encoder (and for BERT the pooler, as `pre_classifier`) get the teacher's weights exactly;
-        the task head is freshly initialised (a saved model of ours keeps its head where the shapes match)."""
+        the task head is freshly initialised (a saved model of ours keeps its head where the shapes match), as
+        transformers' RobertaForSequenceClassification / ElectraForSequenceClassification start theirs."""
         path = resolve_model_path(name_or_path)
         try:
             tc = AutoConfig.from_pretrained(path)
@@ -303,7 +347,9 @@ class ModDistilBertPreTrainedModel(PreTrainedModel):
             finally:
                 hf_logging.set_verbosity(level)
         config = config_from_teacher(tc, teacher=name_or_path, **config_overrides)
-        teacher = AutoModel.from_pretrained(path)
+        # RoBERTa's pooler is no part of its classification head (RobertaForSequenceClassification has none)
+        pooler = {"add_pooling_layer": False} if tc.model_type in ("roberta", "xlm-roberta") else {}
+        teacher = AutoModel.from_pretrained(path, **pooler)
         model = cls(config)
         base = model.base_model if cls is not ModDistilBertModel else model
         load_teacher_weights(base, model, teacher.state_dict(), tc.model_type)
@@ -321,11 +367,11 @@ def _teacher_key_map(model_type, num_layers):
                      "sa_layer_norm": "sa_layer_norm", "ffn.lin1": "ffn.lin1", "ffn.lin2": "ffn.lin2",
                      "output_layer_norm": "output_layer_norm"}
         prefix = "transformer.layer"
-    else:
+    else:  # BERT's names (RoBERTa, XLM-RoBERTa, ELECTRA; ELECTRA's embeddings_project where it has one)
         m = {"embeddings.word_embeddings": "embeddings.word_embeddings",
              "embeddings.position_embeddings": "embeddings.position_embeddings",
              "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",
-             "embeddings.LayerNorm": "embeddings.LayerNorm"}
+             "embeddings.LayerNorm": "embeddings.LayerNorm", "embeddings.project": "embeddings_project"}
         per_layer = {"attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
                      "attention.v_lin": "attention.self.value", "attention.out_lin": "attention.output.dense",
                      "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
@@ -386,12 +432,14 @@ class ModDistilBertModel(ModDistilBertPreTrainedModel):
 
 
 class _Head(ModDistilBertPreTrainedModel):
-    """Shared by the task models: [CLS] -> pre_classifier (ReLU, or tanh = BERT's pooler) -> dropout -> classifier."""
+    """Shared by the task models: [CLS] -> pre_classifier -> activation (HEAD_ACTIVATIONS: ReLU; tanh = BERT's pooler
+    or RoBERTa's head; GELU = ELECTRA's) -> dropout -> classifier; RoBERTa's and ELECTRA's heads drop out [CLS] too."""
 
     def _build(self, config, num_outputs):
         self.moddistilbert = ModDistilBertModel(config)
         self.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size)
-        self.head_act = nn.Tanh() if config.head_type == "bert" else nn.ReLU()
+        self.head_act = ACT2FN[HEAD_ACTIVATIONS[config.head_type]]
+        self.dropout_first = config.head_type in ("roberta", "electra")  # dropout before pre_classifier too
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, num_outputs)
         self.post_init()
@@ -399,7 +447,10 @@ class _Head(ModDistilBertPreTrainedModel):
     def _logits(self, input_ids, attention_mask, token_type_ids, output_hidden_states):
         out = self.moddistilbert(input_ids, attention_mask, token_type_ids,
                                  output_hidden_states=output_hidden_states)
-        pooled = self.dropout(self.head_act(self.pre_classifier(out.last_hidden_state[:, 0])))
+        first = out.last_hidden_state[:, 0]
+        if self.dropout_first:
+            first = self.dropout(first)
+        pooled = self.dropout(self.head_act(self.pre_classifier(first)))
         return self.classifier(pooled), out
 
 

@@ -20,12 +20,12 @@ from modcomp import tasks as T
 from modcomp.allocation import encoder_macs
 from modcomp.compression import compress, load_modules, module_dims
 from modcomp.distill import EXAMPLE_INDEX
-from modeling_moddistilbert import (ModDistilBertForMultipleChoice, ModDistilBertForSequenceClassification,
-                                    resolve_model_path)
+from modeling_moddistilbert import (SUPPORTED_TEACHERS, TEACHER_ARCHITECTURES, ModDistilBertForMultipleChoice,
+                                    ModDistilBertForSequenceClassification, resolve_model_path)
 from modcomp.utils import (UserError, best_epoch, file_sha256, model_weights, state_dict_sha256,
                            written_atomically)
 
-OUR_TEACHERS = ("distilbert", "bert")  # loaded into our own model class, which can be compressed
+OUR_TEACHERS = tuple(TEACHER_ARCHITECTURES)  # loaded into our own model class, which can be compressed
 MACS_LENGTH = 128  # tokens at which results.json counts the encoder's multiply-adds (what --compression budgets)
 
 
@@ -52,8 +52,9 @@ class ScoreEachChoice(torch.nn.Module):
 
 def build_model(name_or_path, task, compression=None, init="svd", modules_dir=None, hf_model=False,
                 allow_partial_modules=False, seed=None):
-    """Returns (model, tokenizer, info). DistilBERT/BERT-family teachers become our ModDistilBERT (compressible);
-    a saved ModDistilBERT loads as is; any other architecture uses its own Hugging Face class, uncompressed.
+    """Returns (model, tokenizer, info). Teachers of OUR_TEACHERS (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, ELECTRA)
+    become our ModDistilBERT (compressible); a saved ModDistilBERT loads as is; any other architecture uses its own
+    Hugging Face class, uncompressed.
     `seed`: of the random start's per-block generators (compression.compress)."""
     path = resolve_model_path(name_or_path)
     try:
@@ -77,7 +78,7 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
             torch.nn.init.zeros_(model.classifier.bias)
     else:
         if compression or modules_dir:
-            raise UserError(f"--compression/--modules_dir need a DistilBERT or BERT-family model, "
+            raise UserError(f"--compression/--modules_dir need a {SUPPORTED_TEACHERS} model, "
                             f"not {config.model_type!r}")
         model = _hf_model(path, config, mc, num_labels)
     if modules_dir and not compression:
