@@ -1,9 +1,10 @@
 """Portable checkpoints: a saved model loads with plain transformers (`trust_remote_code=True`) in a Python process
 that has none of this repo: same logits as the in-repo load, label names in pipeline()'s answer. Covers a
-classifier with label names, a regression head, multiple choice, a compressed model with per-layer sizes and one
-with removed blocks. The clean process is `python -I -S` started from a temporary directory, with the installed packages but not
-the .pth files that would put this checkout (the editable install of modcomp) on its path (one process for all
-models: each fresh interpreter costs seconds of imports on the shared test machine)."""
+classifier with label names, a regression head, multiple choice, a compressed model with per-layer sizes, one
+with removed blocks, and a compressed RoBERTa (its own tokenizer, positions from the padding). The clean process is
+`python -I -S` started from a temporary directory, with the installed packages but not the .pth files that would
+put this checkout (the editable install of modcomp) on its path (one process for all models: each fresh
+interpreter costs seconds of imports on the shared test machine)."""
 import json
 import os
 import subprocess
@@ -86,18 +87,20 @@ def _inputs(tokenizer, head):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny_bert_dir):
+def saved(tmp_path_factory, tiny_bert_dir, tiny_arch_dirs):
     """{name: (directory, head, inputs, logits of the in-memory model)}, every model saved by finetune.save_model."""
     root = tmp_path_factory.mktemp("portable")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     seq, mc = M.ModDistilBertForSequenceClassification, M.ModDistilBertForMultipleChoice
     models = {"labels": (seq, 3, "cb"), "regression": (seq, 1, "stsb"), "choice": (mc, 1, "copa"),
-              "compressed": (seq, 2, "rte"), "removed": (seq, 2, "mrpc")}
+              "compressed": (seq, 2, "rte"), "removed": (seq, 2, "mrpc"), "roberta": (seq, 3, "cb")}
     out = {}
     for i, (name, (cls, num_labels, task)) in enumerate(models.items()):
-        model = cls.from_teacher(tiny_bert_dir, num_labels=num_labels)
-        if name == "compressed":  # svd at c=2, then per-layer sizes of their own
+        teacher = tiny_arch_dirs["roberta"] if name == "roberta" else tiny_bert_dir
+        tokenizer = AutoTokenizer.from_pretrained(teacher)
+        model = cls.from_teacher(teacher, num_labels=num_labels)
+        if name in ("compressed", "roberta"):  # svd at c=2 (then, for one, per-layer sizes of their own)
             C.compress(model, 2.0, "svd")
+        if name == "compressed":
             _set_block(model, 1, "mha", 8)
             _set_block(model, 1, "ffn", 5)
         if name == "removed":
@@ -120,7 +123,7 @@ def clean_process(saved, tmp_path_factory):
     work = tmp_path_factory.mktemp("clean_cwd")
     (work / "load.py").write_text(CLEAN_SCRIPT)
     job = {name: {"dir": d, "head": head, "inputs": {k: v.tolist() for k, v in inputs.items()},
-                  "texts": TEXTS if name in ("labels", "regression") else None}
+                  "texts": TEXTS if name in ("labels", "regression", "roberta") else None}
            for name, (d, head, inputs, _) in saved.items()}
     (work / "job.json").write_text(json.dumps(job))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
@@ -171,7 +174,7 @@ def test_in_repo_load_ignores_the_saved_copy(saved):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["labels", "regression", "choice", "compressed", "removed"])
+@pytest.mark.parametrize("name", ["labels", "regression", "choice", "compressed", "removed", "roberta"])
 def test_clean_process_gives_the_in_repo_logits(saved, clean_process, name):
     d, head, inputs, logits = saved[name]
     model = _in_repo(d, head)
@@ -188,14 +191,15 @@ def test_clean_process_gives_the_in_repo_logits(saved, clean_process, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["labels", "regression"])
+@pytest.mark.parametrize("name", ["labels", "regression", "roberta"])
 def test_clean_process_pipeline_answers_with_label_names(saved, clean_process, name):
     d = saved[name][0]
     expected = pipeline("text-classification", model=d)(TEXTS)
     got = clean_process[name]["pipeline"]
     assert [r["label"] for r in got] == [r["label"] for r in expected]
     assert all(abs(a["score"] - b["score"]) <= 1e-6 for a, b in zip(got, expected))
-    names = {"labels": {"entailment", "contradiction", "neutral"}, "regression": {"score"}}[name]
+    cb = {"entailment", "contradiction", "neutral"}
+    names = {"labels": cb, "regression": {"score"}, "roberta": cb}[name]
     assert {r["label"] for r in got} <= names
 
 
