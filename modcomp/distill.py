@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification
 
 import modeling_moddistilbert  # noqa: F401  (registers our model type with the Auto classes)
-from modcomp.utils import UserError, file_sha256
+from modcomp.utils import UserError, file_sha256, model_weights
 
 EXAMPLE_INDEX = "example_index"  # batch key: position of each example in the training set
 
@@ -61,6 +61,7 @@ def check_teacher(path, task, alpha=0.5, temperature=2.0, beta=0.0):
                         f"{task.num_labels}")
     if getattr(config, "compression", None):
         raise UserError(f"--distill_from {path} is compressed; distil from the uncompressed model")
+    model_weights(path)   # its weights whole (no weights, a truncated file, a pickle: one line, before any work)
     return config
 
 

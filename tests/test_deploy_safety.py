@@ -389,3 +389,20 @@ def test_export_files_have_the_umask_mode(tmp_path, capsys):
     modes = {n: os.stat(tmp_path / "out" / n).st_mode & 0o777 for n in os.listdir(tmp_path / "out")}
     assert set(modes.values()) <= {0o664, 0o775}, {n: oct(m) for n, m in modes.items()}  # 0o775: an executable
     assert modes["model.onnx"] == modes["model_int8.onnx"] == modes["tokenizer.json"] == modes["export.json"] == 0o664
+
+
+def test_a_distillation_teacher_with_broken_weights_is_a_one_line_error(tiny_bert_dir, tmp_path):
+    """--distill_from a directory whose model.safetensors is truncated: refused by check_teacher (before any
+    work), not a traceback when the Distiller loads it."""
+    from modcomp import tasks as T
+    from modcomp.distill import check_teacher
+    from modeling_moddistilbert import ModDistilBertForSequenceClassification
+    m = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=2)
+    m.config.finetuning_task = "rte"
+    d = tmp_path / "teacher"
+    m.save_pretrained(str(d))
+    check_teacher(str(d), T.get_task("rte"))
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(UserError, match="model.safetensors"):
+        check_teacher(str(d), T.get_task("rte"))
