@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", default=None, help="row label for consolidate.py (default: baseline/modular/INIT)")
     p.add_argument("--no_group_by_length", action="store_true",
                    help="plain shuffled batches (default: batches of similar length, less padding)")
-    p.add_argument("--hf_model", action="store_true", help="use transformers' own class even for DistilBERT/BERT")
+    p.add_argument("--hf_model", action="store_true", help="use transformers' own class even for an architecture our model takes (the uncompressed model only)")
     p.add_argument("--no_save_model", action="store_true", help="do not save the fine-tuned model")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in OUTPUT_DIR (its results.json and model/ are replaced only once "
