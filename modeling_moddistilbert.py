@@ -327,9 +327,11 @@ class ModDistilBertPreTrainedModel(PreTrainedModel):
         """Build this class from a pretrained checkpoint of TEACHER_ARCHITECTURES (hub id, local dir, or `minilm`),
         or from one of our own uncompressed saved models (a fine-tuned baseline: then loaded as it is).
 
-        The encoder (and for BERT the pooler, as `pre_classifier`) get the teacher's weights exactly;
-        the task head is freshly initialised (a saved model of ours keeps its head where the shapes match), as
-        transformers' RobertaForSequenceClassification / ElectraForSequenceClassification start theirs."""
+        The encoder (and for BERT the pooler, as `pre_classifier`) get the teacher's weights exactly. The task
+        head: a checkpoint that is already a sequence classifier (its config's architectures say
+        ...ForSequenceClassification) with as many outputs as asked keeps its fine-tuned head, and its label names
+        (what a user's own fine-tuned teacher needs: head_of_teacher); otherwise the head is freshly initialised
+        (a saved model of ours keeps its head where the shapes match), as transformers' classifiers start theirs."""
         path = resolve_model_path(name_or_path)
         try:
             tc = AutoConfig.from_pretrained(path)
@@ -349,10 +351,22 @@ class ModDistilBertPreTrainedModel(PreTrainedModel):
         config = config_from_teacher(tc, teacher=name_or_path, **config_overrides)
         # RoBERTa's pooler is no part of its classification head (RobertaForSequenceClassification has none)
         pooler = {"add_pooling_layer": False} if tc.model_type in ("roberta", "xlm-roberta") else {}
-        teacher = AutoModel.from_pretrained(path, **pooler)
+        head = None
+        if cls is ModDistilBertForSequenceClassification and is_sequence_classifier(tc) \
+                and config.num_labels == tc.num_labels:
+            full = AutoModelForSequenceClassification.from_pretrained(path)
+            teacher, prefix = full.base_model, full.base_model_prefix + "."
+            head = {k: v for k, v in full.state_dict().items() if not k.startswith(prefix)}
+            names = {int(i): n for i, n in (tc.id2label or {}).items()}
+            if len(names) == config.num_labels:   # the teacher's label names (its config may lack label2id)
+                config.id2label, config.label2id = names, {n: i for i, n in names.items()}
+        else:
+            teacher = AutoModel.from_pretrained(path, **pooler)
         model = cls(config)
         base = model.base_model if cls is not ModDistilBertModel else model
         load_teacher_weights(base, model, teacher.state_dict(), tc.model_type)
+        if head is not None:
+            load_teacher_head(model, head, tc.model_type)
         return model
 
 
@@ -381,6 +395,35 @@ def _teacher_key_map(model_type, num_layers):
         for ours, theirs in per_layer.items():
             m[f"layers.{i}.{ours}"] = f"{prefix}.{i}.{theirs}"
     return m
+
+
+def is_sequence_classifier(config):
+    """Whether a checkpoint's config says it is a fine-tuned sequence classifier (a head to keep)."""
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
+# the teacher classifier's head -> ours: (pre_classifier source or None: BERT's pooler, already loaded; classifier)
+TEACHER_HEADS = {"distilbert": ("pre_classifier", "classifier"), "bert": (None, "classifier"),
+                 "roberta": ("classifier.dense", "classifier.out_proj"),
+                 "xlm-roberta": ("classifier.dense", "classifier.out_proj"),
+                 "electra": ("classifier.dense", "classifier.out_proj")}
+
+
+@torch.no_grad()
+def load_teacher_head(model, head_sd, model_type):
+    """A fine-tuned teacher's classification head into ours (the same computation: head_type follows the
+    architecture); a head of other names or shapes is a ModelError."""
+    pre, out = TEACHER_HEADS[model_type]
+    for mine, theirs in ((model.pre_classifier, pre), (model.classifier, out)):
+        if theirs is None:
+            continue
+        for suffix in ("weight", "bias"):
+            src = head_sd.get(f"{theirs}.{suffix}")
+            dst = getattr(mine, suffix)
+            if src is None or src.shape != dst.shape:
+                raise ModelError(f"the teacher's classification head has no {theirs}.{suffix} of shape "
+                                 f"{tuple(dst.shape)} (got {None if src is None else tuple(src.shape)})")
+            dst.copy_(src)
 
 
 @torch.no_grad()

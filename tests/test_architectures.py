@@ -43,13 +43,11 @@ def _inputs(d):
 
 @torch.no_grad()
 def _theirs_and_ours(d):
-    """transformers' classifier saved in `d`, and ours from it as a teacher, given the same head."""
+    """transformers' classifier saved in `d`, and ours from it as a teacher: a sequence classifier with as many
+    outputs as asked keeps its fine-tuned head (RobertaClassificationHead / ElectraClassificationHead: dense,
+    act, out_proj), so nothing is copied here."""
     theirs = AutoModelForSequenceClassification.from_pretrained(d).eval()
     ours = M.ModDistilBertForSequenceClassification.from_teacher(d, num_labels=3).eval()
-    head = theirs.classifier  # RobertaClassificationHead / ElectraClassificationHead: dense, act, out_proj
-    for mine, src in ((ours.pre_classifier, head.dense), (ours.classifier, head.out_proj)):
-        mine.weight.copy_(src.weight)
-        mine.bias.copy_(src.bias)
     return theirs, ours
 
 
@@ -186,3 +184,32 @@ def test_compressed_export(tiny_arch_dirs, tmp_path, arch):
                           "24", "--threads", "1", "--repeats", "2", "--seq_len", "16"])
     assert report["attention_layers"] == 2 == report["operators"]["fp32"]["Attention"]
     assert report["fp32_within_tolerance"] and report["fp32_max_abs_logit_difference"] <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+def test_a_fine_tuned_classifier_keeps_its_head_and_label_names(tmp_path, kind):
+    """A user's already fine-tuned BERT / DistilBERT classifier as the teacher: its head (BERT: pooler + classifier;
+    DistilBERT: pre_classifier + classifier) and label names come along, so ours gives its logits; asked for
+    another number of outputs (another task), the head starts fresh instead."""
+    from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
+                              DistilBertForSequenceClassification)
+    torch.manual_seed(0)
+    labels = {0: "entailment", 1: "contradiction", 2: "neutral"}
+    theirs = (BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                       intermediate_size=64, vocab_size=200, id2label=labels))
+              if kind == "bert" else
+              DistilBertForSequenceClassification(DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                                   vocab_size=200, id2label=labels)))
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    theirs.save_pretrained(str(tmp_path / "t"))
+    theirs.eval()
+    ours = M.ModDistilBertForSequenceClassification.from_teacher(str(tmp_path / "t"), num_labels=3).eval()
+    ids = torch.randint(5, 200, (2, 9))
+    with torch.no_grad():
+        want, got = theirs(ids, attention_mask=torch.ones_like(ids)).logits, ours(ids, torch.ones_like(ids)).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert ours.config.id2label == labels
+    other = M.ModDistilBertForSequenceClassification.from_teacher(str(tmp_path / "t"), num_labels=2)
+    assert other.classifier.weight.shape == (2, 32) and other.config.num_labels == 2
