@@ -51,7 +51,9 @@ FIELDS = {
     "model": Field(str, "pretrained model: 'minilm' (embedded MiniLM-L6), a dir or hub id", FT,
                    dest="model_name_or_path", aliases=("--model_name_or_path",), baseline=True),
     "teacher": Field(str, "what the blocks imitate: pretrained (MODEL itself: the paper) | finetuned (this seed's "
-                          "baseline)", choices=("pretrained", "finetuned")),
+                          "baseline) | DIR or hub id of an already fine-tuned sequence classifier (yours: it is the "
+                          "teacher, the distillation source and the retention denominator, evaluated once; no "
+                          "baseline fine-tune)"),
     "distill": Field(int, "distil the compressed fine-tune from this seed's baseline (0|1)", choices=(0, 1)),
     # capture_data.py
     "capture_samples": Field(int, "capture the first N training rows (before augmentation); empty: all",
@@ -109,7 +111,7 @@ FIELDS = {
 BASELINE_FIELDS = tuple(k for k, f in FIELDS.items() if f.baseline)
 CAPTURE_FIELDS = tuple(k for k, f in FIELDS.items() if "capture" in f.stages)
 MODULE_FIELDS = tuple(k for k, f in FIELDS.items() if "modules" in f.stages)
-NOT_SWEPT_BY_SPACES = ("model", "glove")   # paths: a value may hold spaces (sweep them as a YAML list)
+NOT_SWEPT_BY_SPACES = ("model", "glove", "teacher")   # paths: a value may hold spaces (sweep them as a YAML list)
 
 
 # ------------------------------------------------------------------ values
@@ -167,6 +169,12 @@ def check(fields):
             raise RecipeError(f"--{k} must be >= 0, got {f[k]:g}")
     if not f["model"]:
         raise RecipeError("--model is empty")
+    if not f["teacher"]:
+        raise RecipeError("--teacher is empty (pretrained, finetuned, or a fine-tuned classifier's DIR or hub id)")
+    t = given_teacher(f)
+    if t is not None and (os.sep in t or t.startswith(".")) and not os.path.isfile(os.path.join(t, "config.json")):
+        raise RecipeError(f"--teacher {t}: no such model directory (no config.json): pretrained, finetuned, or a "
+                          "fine-tuned sequence classifier's directory or hub id")
 
 
 def normalize(fields):
@@ -361,6 +369,11 @@ def stage_argv(stage, fields, skip=()):
     return out
 
 
+def given_teacher(fields):
+    """The teacher a user gave (a directory or hub id), or None for pretrained / finetuned."""
+    return None if fields["teacher"] in ("pretrained", "finetuned") else fields["teacher"]
+
+
 def capture_tokens(fields):
     """With no module training the capture need only hold the closed form's tokens plus the held-out tenth."""
     if fields["fit_tokens"] == "all" or fields["module_epochs"] != 0:
@@ -386,6 +399,8 @@ def row_label(variant, fields):
             label += "-alloc"
         if fields["teacher"] == "finetuned":
             label += "-ft"
+        elif fields["teacher"] != "pretrained":   # a fine-tuned teacher of the user's
+            label += "-given"
     if variant != "baseline" and fields["distill"]:
         label += "+kd"
     return label
@@ -406,10 +421,14 @@ def paths(task, seed, variant, fields, data_key):
     capture and modules (their done.json), run (the results.json of this variant; the baseline's for
     'baseline')."""
     f = fields
+    given = given_teacher(f)
     base = {k: f[k] for k in BASELINE_FIELDS}
-    base_dir = f"{task}/baseline/seed{seed}-{short_hash([base, data_key])}"
+    if given is not None:   # the baseline is the given teacher, evaluated: its path and the evaluation's fields
+        base = {"teacher": os.path.abspath(given) if os.path.isdir(given) else given,
+                **{k: f[k] for k in ("max_length", "eval_batch_size", "max_eval_samples")}}
+    base_dir = f"{task}/baseline/{'given-' if given else ''}seed{seed}-{short_hash([base, data_key])}"
     out = {}
-    needs_baseline = variant == "baseline" or f["distill"] or (variant == "modular" and f["teacher"] == "finetuned")
+    needs_baseline = variant == "baseline" or f["distill"] or (variant == "modular" and f["teacher"] != "pretrained")
     if needs_baseline:
         out["baseline"] = f"{base_dir}/results.json"
     if variant == "baseline":
@@ -417,6 +436,7 @@ def paths(task, seed, variant, fields, data_key):
         return out
     if variant == "modular":
         teacher = (f"ft-seed{seed}-{short_hash([base, data_key])}" if f["teacher"] == "finetuned"
+                   else f"given-{short_hash(base['teacher'])}" if given
                    else f"pretrained-{short_hash(f['model'])}")
         cap = {k: f[k] for k in CAPTURE_FIELDS}
         cap["max_tokens"] = capture_tokens(f)

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForMultipleChoice, AutoModelForSeq
 
 import modeling_moddistilbert  # noqa: F401  (registers our model type with the Auto classes)
 from modcomp.utils import UserError, file_sha256, model_weights
+from modeling_moddistilbert import is_sequence_classifier, resolve_model_path
 
 EXAMPLE_INDEX = "example_index"  # batch key: position of each example in the training set
 
@@ -51,23 +52,57 @@ def check_teacher(path, task, alpha=0.5, temperature=2.0, beta=0.0):
     except (OSError, ValueError) as e:
         raise UserError(f"--distill_from {path}: cannot load it ({str(e).splitlines()[0]})") from None
     done = getattr(config, "finetuning_task", None)
-    if done is None:
-        raise UserError(f"--distill_from {path} was never fine-tuned (its config names no finetuning_task): its "
-                        f"head is random; distil from a model fine-tuned on {task.name} by run_superglue.py")
-    if done != task.name:
+    if done is None and not is_sequence_classifier(config):
+        raise UserError(f"--distill_from {path} was never fine-tuned (its config names no finetuning_task and it is "
+                        f"no sequence classifier): its head is random; distil from a model fine-tuned on {task.name}")
+    if done is not None and done != task.name:
         raise UserError(f"--distill_from {path} was fine-tuned on {done}, not {task.name}")
-    if task.kind != "multiple_choice" and config.num_labels != task.num_labels:
-        raise UserError(f"--distill_from {path} has {config.num_labels} outputs, but {task.name} has "
-                        f"{task.num_labels}")
+    check_head(config, task, f"--distill_from {path}")
     if getattr(config, "compression", None):
         raise UserError(f"--distill_from {path} is compressed; distil from the uncompressed model")
     model_weights(path)   # its weights whole (no weights, a truncated file, a pickle: one line, before any work)
     return config
 
 
+def check_head(config, task, what):
+    """A fine-tuned head that fits the task: as many outputs, and label names (where the config names them) in the
+    task's order; a UserError otherwise (one line, before any work)."""
+    if task.kind == "multiple_choice":
+        return
+    if config.num_labels != task.num_labels:
+        kind = "a regression head (1 output)" if config.num_labels == 1 else f"{config.num_labels} outputs"
+        want = "1 output (a regression task)" if task.kind == "regression" else f"{task.num_labels} classes"
+        raise UserError(f"{what} has {kind}, but {task.name} needs {want}")
+    names = [str((config.id2label or {}).get(i, (config.id2label or {}).get(str(i), ""))) for i in
+             range(config.num_labels)]
+    generic = all(n.upper() in (f"LABEL_{i}", str(i), "") for i, n in enumerate(names))
+    if task.label_names and not generic and [n.lower() for n in names] != [n.lower() for n in task.label_names]:
+        raise UserError(f"{what} has the labels {names}, but {task.name}'s are {list(task.label_names)} (in this "
+                        "order): a head of another label set or order would be scored against the wrong labels")
+
+
+def check_given_teacher(path, task):
+    """An already fine-tuned sequence classifier given as the teacher (run_superglue.py --eval_only, the pipeline's
+    --teacher DIR): a classifier (a head to keep), of the task's outputs and labels, its weights whole."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--teacher {path}: cannot load it ({str(e).splitlines()[0]})") from None
+    if config.model_type != "moddistilbert" and not is_sequence_classifier(config):
+        raise UserError(f"--teacher {path} has no sequence-classification head (its config's architectures: "
+                        f"{getattr(config, 'architectures', None)}): give a fine-tuned classifier, or --teacher finetuned "
+                        "to fine-tune one first")
+    if getattr(config, "compression", None):
+        raise UserError(f"--teacher {path} is compressed; the teacher is an uncompressed model")
+    check_head(config, task, f"--teacher {path}")
+    if os.path.isdir(resolve_model_path(path)):
+        model_weights(resolve_model_path(path))
+    return config
+
+
 class Distiller:
     def __init__(self, path, task, alpha=0.5, temperature=2.0, beta=0.0, device="cpu"):
-        done = check_teacher(path, task, alpha, temperature, beta).finetuning_task
+        done = getattr(check_teacher(path, task, alpha, temperature, beta), "finetuning_task", None)
         auto = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
         self.teacher = auto.from_pretrained(path).to(device).eval()
         for p in self.teacher.parameters():

@@ -103,6 +103,8 @@ def baseline_settings(r):
     s = r.get("settings") or {}
     rec = r.get("recipe") or {}
     fields = {k: v for k, v in (rec.get("fields") or {}).items() if k in recipes.BASELINE_FIELDS}
+    if (rec.get("fields") or {}).get("teacher") not in (None, "pretrained", "finetuned"):
+        fields["teacher"] = rec["fields"]["teacher"]   # a teacher of the user's: its evaluation is the baseline
     return json.dumps({"recipe": [rec.get("name"), fields] if rec else None,
                        "settings": {k: s.get(k) for k in FINETUNE_SETTINGS}}, sort_keys=True, default=str)
 

@@ -16,8 +16,8 @@ import torch
 
 from modcomp import config
 from modcomp import tasks as T
-from modcomp.distill import Distiller, check_teacher, weights_sha256
-from modcomp.finetune import CHECKPOINT, build_model, save_model, summarize, train_and_evaluate
+from modcomp.distill import Distiller, check_given_teacher, check_teacher, weights_sha256
+from modcomp.finetune import CHECKPOINT, build_model, evaluate, save_model, summarize, train_and_evaluate
 from modeling_moddistilbert import resolve_model_path
 from modcomp.utils import (HelpFormatter, UserError, atomic_write_json, file_sha256, get_device, provenance, run_main,
                    set_seed)
@@ -54,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--recipe", default=None, metavar="JSON",
                    help='the recipe this run belongs to, {"name": ..., "fields": {...}}: recorded in results.json '
                         "and part of the run's identity (the workflow passes it)")
+    p.add_argument("--eval_only", action="store_true",
+                   help="evaluate the model as it is, no training (an already fine-tuned classifier given as the "
+                        "teacher: its score is the baseline row; its head must fit the task); the model is not saved")
     p.add_argument("--distill_from", default=None, metavar="DIR",
                    help="distil from this fine-tuned uncompressed model of the same task (distill.py)")
     p.add_argument("--device", default="auto")
@@ -92,6 +95,10 @@ def check_args(args):
     if bad:
         raise UserError("; ".join(bad))
     args.recipe = parse_recipe(args.recipe)
+    if args.eval_only:
+        if args.compression or args.modules_dir or args.distill_from:
+            raise UserError("--eval_only evaluates a model as it is: no --compression, --modules_dir or --distill_from")
+        check_given_teacher(args.model_name_or_path, T.get_task(args.task))
     if args.distill_from:
         check_teacher(args.distill_from, T.get_task(args.task), args.distill_alpha, args.distill_temperature,
                       args.distill_beta)
@@ -157,8 +164,11 @@ def main(argv=None):
     if not args.resume and os.path.isdir(checkpoint_dir):
         shutil.rmtree(checkpoint_dir)
     t0 = time.time()
-    epochs = train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller,
-                                checkpoint_dir, identity)
+    if args.eval_only:   # the model as it is: one evaluation, epoch 0
+        epochs = [{"epoch": 0, **evaluate_rows(model, tokenizer, task, eval_rows, args, device)}]
+    else:
+        epochs = train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller,
+                                    checkpoint_dir, identity)
     record = {
         "task": task.name, "model": args.model_name_or_path, "base_model": info["base_model"], "variant": variant,
         "compression": args.compression, "init": args.init if args.compression else None,
@@ -176,7 +186,7 @@ def main(argv=None):
     if os.path.exists(results_path):
         os.unlink(results_path)
     model_dir = os.path.join(args.output_dir, "model")
-    if not args.no_save_model:
+    if not args.no_save_model and not args.eval_only:
         save_model(model, tokenizer, model_dir, task)
     elif os.path.isdir(model_dir):
         shutil.rmtree(model_dir)  # an earlier run's model is not this result's
@@ -187,6 +197,16 @@ def main(argv=None):
 
 
 VOLATILE = ("output_dir", "overwrite", "resume", "threads", "device", "no_save_model", "eval_batch_size", "config")
+
+
+def evaluate_rows(model, tokenizer, task, rows, args, device):
+    """The validation metrics of a model as it is (finetune.evaluate over the task's encoded rows)."""
+    dev = T.encode(task, rows, tokenizer, args.max_length)
+    loader = T.make_loader(dev, args.eval_batch_size, False, tokenizer.pad_token_id, args.seed)
+    model.to(device)
+    metrics = evaluate(model, loader, task, device)
+    print(f"[{task.name}] evaluated as it is: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics
 
 
 def run_identity(args, data=None):

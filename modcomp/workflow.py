@@ -78,6 +78,11 @@ def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model
     """Add the jobs of one (task, seed, variant) run of the fields f; returns its target (results.json)."""
     p = config.paths(task, seed, variant, f, dkey)
     base_dir = os.path.join(out, os.path.dirname(p["baseline"])) if "baseline" in p else None
+    given = config.given_teacher(f)
+    if given is not None and os.path.isdir(given):
+        given = os.path.abspath(given)
+    # the fine-tuned teacher: this seed's baseline model, or the one the user gave (then the baseline evaluates it)
+    tuned = given if given is not None else os.path.join(base_dir, "model") if base_dir else None
 
     def rec(fields):
         return ["--recipe", json.dumps({"name": name, "fields": fields}, sort_keys=True)]
@@ -85,7 +90,13 @@ def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model
     def ft(fields, compression, init):
         argv = config.stage_argv("finetune", dict(fields, compression=compression, init=init), skip=("model",))
         return ["--task", task, "--seed", str(seed), *argv, "--resume", *data]
-    if base_dir:   # the baseline keeps its model: the teacher or the distillation source of its seed
+    if base_dir and given is not None:   # the user's fine-tuned teacher, evaluated once: the baseline row
+        jobs[p["baseline"]] = dict(
+            stage="baseline", task=task, seed=seed, needs={},
+            cmds=[[py, "run_superglue.py", "--model_name_or_path", given, "--variant", "baseline", "--eval_only",
+                   "--output_dir", base_dir, *ft(f, 1.0, f["init"]),
+                   *rec({k: f[k] for k in config.BASELINE_FIELDS + ("teacher",)})]])
+    elif base_dir:   # the baseline keeps its model: the teacher or the distillation source of its seed
         jobs[p["baseline"]] = dict(
             stage="baseline", task=task, seed=seed, needs={},
             cmds=[[py, "run_superglue.py", "--model_name_or_path", f["model"], "--variant", "baseline",
@@ -101,7 +112,7 @@ def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model
     if variant == "modular":
         cap_dir = os.path.join(out, os.path.dirname(p["capture"]))
         mod_dir = os.path.join(out, os.path.dirname(p["modules"]))
-        teacher = os.path.join(base_dir, "model") if f["teacher"] == "finetuned" else f["model"]
+        teacher = f["model"] if f["teacher"] == "pretrained" else tuned
         cap = [py, "capture_data.py", "--model_name_or_path", teacher, "--task", task, "--output_dir", cap_dir,
                *config.stage_argv("capture", f), *data]
         if config.capture_tokens(f) is not None:
@@ -113,8 +124,8 @@ def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model
                  *config.stage_argv("modules", f)] for kind in ("mha", "ffn")]   # one joint allocation, both
         jobs[p["modules"]] = dict(stage="modules", task=task, seed=seed, needs={"capture": p["capture"]},
                                   cmds=mods)
-        if f["teacher"] == "finetuned":
-            model = teacher   # keeps the baseline's fine-tuned head
+        if f["teacher"] != "pretrained":
+            model = teacher   # keeps the fine-tuned teacher's head
         cmd += ["--model_name_or_path", model, "--modules_dir", mod_dir]
         needs["modules"] = p["modules"]
         fields = config.settings(f)
@@ -124,7 +135,7 @@ def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model
         unused = set(config.CAPTURE_FIELDS + config.MODULE_FIELDS) - {"compression", "max_length"} | {"teacher"}
         fields = {k: v for k, v in f.items() if k not in unused}
     if f["distill"]:
-        cmd += ["--distill_from", os.path.join(base_dir, "model")]
+        cmd += ["--distill_from", tuned]
     if not save_model:
         cmd.append("--no_save_model")
     jobs[p["run"]] = dict(stage="finetune", task=task, seed=seed, variant=variant,

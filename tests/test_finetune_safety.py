@@ -207,7 +207,7 @@ def test_distilling_from_a_model_never_fine_tuned_is_refused(tiny_bert_dir, data
     three.config.finetuning_task = "rte"
     three.save_pretrained(tmp_path / "three")
     line = fails(tiny_bert_dir, data, tmp_path / "b", "--distill_from", str(tmp_path / "three"), capsys=capsys)
-    assert "has 3 outputs, but rte has 2" in line
+    assert "has 3 outputs, but rte needs 2 classes" in line
 
 
 # ------------------------------------------------------------------ checkpoints
