@@ -118,7 +118,8 @@ def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model
         if config.capture_tokens(f) is not None:
             cap += ["--max_tokens", str(config.capture_tokens(f))]
         jobs[p["capture"]] = dict(stage="capture", task=task, seed=seed, teacher=teacher,
-                                  needs={"baseline": p["baseline"]} if f["teacher"] == "finetuned" else {},
+                                  # a given teacher's evaluation first: it checks its head before any work
+                                  needs={"baseline": p["baseline"]} if f["teacher"] != "pretrained" else {},
                                   cmds=[cap])
         mods = [[py, f"{kind}_modular.py", "--activations_dir", cap_dir, "--output_dir", mod_dir,
                  *config.stage_argv("modules", f)] for kind in ("mha", "ffn")]   # one joint allocation, both

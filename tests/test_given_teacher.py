@@ -72,7 +72,7 @@ def test_the_plan_evaluates_the_given_teacher_and_starts_from_it(rte_teacher, tm
     assert run["label"] == "modular-data-alloc-given+kd"
     assert cmd[cmd.index("--model_name_or_path") + 1] == rte_teacher == cmd[cmd.index("--distill_from") + 1]
     cap = jobs[run["needs"]["modules"].replace("/modules/", "/capture/").rsplit("/", 2)[0] + "/done.json"]
-    assert cap["teacher"] == rte_teacher and not cap["needs"]        # no baseline fine-tune to wait for
+    assert cap["teacher"] == rte_teacher and cap["needs"] == {"baseline": targets[0]}   # its check comes first
     with pytest.raises(W.Error, match="no such model directory"):
         W.parse("sweep", ["--teacher", str(tmp_path / "nowhere") + "/", "--out_dir", str(tmp_path)], {})
     assert config.given_teacher(dict(o["settings"][0])) == rte_teacher
