@@ -26,7 +26,7 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model_name_or_path", default="minilm", help="teacher: dir, hub id or `minilm`")
-    p.add_argument("--task", required=True, help=", ".join(tasks.TASK_NAMES))
+    tasks.add_task_arguments(p)
     p.add_argument("--data_dir", default=None, help="default: tasks.default_data_dir(task) (the repo's data/ or the hub)")
     p.add_argument("--split", default="train", help=" or ".join(tasks.SPLITS))
     p.add_argument("--output_dir", required=True)
@@ -56,7 +56,7 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     set_seed(a.seed)
-    task = tasks.get_task(a.task)
+    task = tasks.task_from_args(a)
     data_dir = a.data_dir or tasks.default_data_dir(task)
     rows = tasks.load_rows(task, a.split, data_dir)[:a.max_samples]
     try:

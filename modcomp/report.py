@@ -59,6 +59,9 @@ def load_results(results_dir):
         for key in REQUIRED:
             if key not in r:
                 raise UserError(f"{path}: missing key '{key}'")
+        if r["task"] not in TASK_METRICS and isinstance(r.get("task_metrics"), list) and r["task_metrics"]:
+            TASK_METRICS[r["task"]] = list(r["task_metrics"])   # a task of your own files: its record names them
+            TASK_ORDER.append(r["task"])
         if r["task"] not in TASK_METRICS:
             raise UserError(f"{path}: unknown task {r['task']!r} (known: {', '.join(TASK_ORDER)})")
         if isinstance(r["seed"], bool) or not isinstance(r["seed"], int):
@@ -361,14 +364,19 @@ def main(argv=None):
     p.add_argument("--results_dir", required=True, help="searched recursively for results.json")
     p.add_argument("--format", choices=["grid", "markdown", "json"], default="grid")
     p.add_argument("--output", help="also write what is printed to this file (atomically)")
-    p.add_argument("--tasks", nargs="+", choices=TASK_ORDER, help="columns (default: tasks seen)")
+    p.add_argument("--tasks", nargs="+", help=f"columns: of {' '.join(TASK_ORDER)} or your own tasks' names "
+                                              "(default: tasks seen)")
     p.add_argument("--seeds", nargs="+", type=int, help="expected seeds (default: union seen per row)")
     args = p.parse_args(argv)
 
+    results = load_results(args.results_dir)   # (registers the metrics of your own tasks it holds)
+    unknown = [t for t in args.tasks or () if t not in TASK_METRICS]
+    if unknown:
+        raise UserError(f"--tasks {unknown[0]!r}: no such task here (known: {', '.join(TASK_ORDER)})")
     tasks = None if args.tasks is None else [t for t in TASK_ORDER if t in args.tasks]
     seeds = None if args.seeds is None else sorted(set(args.seeds))
     warnings = []
-    tasks, tables, missing = build(load_results(args.results_dir), tasks, seeds, warnings)
+    tasks, tables, missing = build(results, tasks, seeds, warnings)
     for w in warnings:
         print(w, file=sys.stderr)
     if args.format == "json":

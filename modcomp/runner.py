@@ -27,7 +27,7 @@ def parse_args(argv=None):
     """The recipe's fine-tune fields (config.py: their defaults the --config recipe's), the paths and the run's
     switches. --compression 1 is the uncompressed model (the baseline)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--task", required=True, help=" ".join(T.TASK_NAMES))
+    T.add_task_arguments(p)
     p.add_argument("--data_dir", default=None, help="official files; default: repo data/ if it has the task, else the hub")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--seed", type=int, default=1, help="the fine-tuning seed (the pipeline's --seed)")
@@ -120,7 +120,8 @@ def parse_recipe(text):
 
 def main(argv=None):
     args = parse_args(argv)
-    task = T.get_task(args.task)
+    task = T.task_from_args(args)
+    args.task = task.name
     check_args(args)
     results_path = os.path.join(args.output_dir, "results.json")
     checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT)
@@ -170,7 +171,9 @@ def main(argv=None):
         epochs = train_and_evaluate(model, tokenizer, task, train_rows, eval_rows, args, device, distiller,
                                     checkpoint_dir, identity)
     record = {
-        "task": task.name, "model": args.model_name_or_path, "base_model": info["base_model"], "variant": variant,
+        "task": task.name, "task_metrics": list(task.metrics),
+        "task_spec": T.user_data.spec(task) if task.benchmark == "files" else None,
+        "model": args.model_name_or_path, "base_model": info["base_model"], "variant": variant,
         "compression": args.compression, "init": args.init if args.compression else None,
         "seed": args.seed, "params": info["params"], "architecture": info["architecture"],
         "modules": info["modules"], "modules_dir": args.modules_dir, "modules_sha256": info["modules_sha256"],

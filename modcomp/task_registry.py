@@ -15,6 +15,11 @@ class Task:
     label_names: tuple    # class names in the hub's integer order, () for stsb
     metrics: tuple
     num_choices: int = 0  # 2 for copa
+    # a task of your own files (benchmark "files", user_data.py): its (train, validation) paths, text columns
+    # (one or a pair) and label column
+    files: tuple = ()
+    text_fields: tuple = ()
+    label_column: str = ""
 
 
 _BOOL = ("False", "True")   # boolq, wic, wsc labels (tasks.py reads booleans with it)

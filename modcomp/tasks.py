@@ -19,11 +19,38 @@ import torch
 # the declarations (torch-free, read by config.py, the workflow and consolidate.py too): task_registry.py
 from modcomp.task_registry import (_BOOL, EXPECTED_ROWS, FIELDS, HUB, INT_FIELDS, TASK_NAMES, TASKS,  # noqa: F401
                                    TSV_COLUMNS, Task)
+from modcomp import user_data
 from modcomp.utils import UserError, file_sha256
 
 TASK_NAMES = list(TASK_NAMES)
 REPO_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 SPLITS = ("train", "validation")
+
+
+def task_from_args(args):
+    """The task a stage's flags name: --task NAME of the eight, or your files (--train_file, --validation_file,
+    --text_columns, --label_column, --task_type; --task then names it), checked and registered (user_data.py)."""
+    if getattr(args, "train_file", None) or getattr(args, "validation_file", None):
+        if not (args.train_file and args.validation_file and args.text_columns):
+            raise UserError("your own task needs --train_file, --validation_file and --text_columns")
+        return user_data.make_task(args.train_file, args.validation_file, args.text_columns, args.label_column,
+                                   args.task_type, args.task)
+    if not args.task:
+        raise UserError(f"--task: one of {', '.join(TASK_NAMES)}, or your files (--train_file ...)")
+    return get_task(args.task)
+
+
+def add_task_arguments(p, required=True):
+    """--task and the flags of your own files, for a stage's parser."""
+    p.add_argument("--task", default=None, help=f"{' '.join(TASK_NAMES)}; with --train_file: your task's name "
+                                                "(default: from the file's name)")
+    g = p.add_argument_group("your own task (instead of one of the eight; user_data.py)")
+    g.add_argument("--train_file", default=None, help="csv, tsv, json or jsonl")
+    g.add_argument("--validation_file", default=None)
+    g.add_argument("--text_columns", default=None, metavar="A[,B]", help="one text column, or two (a pair)")
+    g.add_argument("--label_column", default="label")
+    g.add_argument("--task_type", default=None, choices=user_data.TASK_TYPES,
+                   help="default: regression when every label is a number and some is not an integer")
 
 
 def get_task(name) -> Task:
@@ -59,6 +86,8 @@ def load_rows(task, split, data_dir=None, check_count=True) -> list[dict]:
     check_count: warn (stderr) when the number of rows is not the official split size (a user's own split
     is used as it is; malformed rows are still refused)."""
     task = get_task(task)
+    if task.benchmark == "files":   # your own files (user_data.py): read and checked there
+        return user_data.load(task, split)
     data_dir = data_dir or default_data_dir(task)
     if data_dir is None:
         rows, where = load_hub_rows(task, split), f"hub {'/'.join(HUB[task.name])} {split}"
@@ -79,6 +108,9 @@ def data_fingerprint(task, split, data_dir, rows) -> dict:
     sha256 of the file, or for the hub, whose revision is not pinned, the dataset id and the sha256 of its
     normalized `rows`."""
     task = get_task(task)
+    if task.benchmark == "files":
+        path = task.files[SPLITS.index(split)]
+        return {"file": os.path.basename(path), "sha256": file_sha256(path)}
     if data_dir:
         path = split_path(task, split, data_dir)
         return {"file": os.path.basename(path), "sha256": file_sha256(path)}
@@ -233,6 +265,8 @@ def format_example(task, row):
     """(text_a, text_b or None); for multiple choice a list with one pair per choice."""
     task = get_task(task)
     name = task.name
+    if task.benchmark == "files":
+        return (row["text_a"], row.get("text_b"))
     if name == "copa":
         premise = row["premise"].strip()
         premise = premise[:-1] if premise.endswith(".") else premise
@@ -384,6 +418,11 @@ def compute_metrics(task, predictions, labels) -> dict:
                                    zero_division=0))
     if task.name == "mrpc":
         out["f1"] = float(f1_score(labels, preds, average="binary", pos_label=1, zero_division=0))
+    if task.benchmark == "files":   # your own classification task: macro-F1 in the score, Matthews beside it
+        from sklearn.metrics import matthews_corrcoef
+        every = np.arange(task.num_labels)
+        out["f1"] = float(f1_score(labels, preds, labels=every, average="macro", zero_division=0))
+        out["matthews"] = float(matthews_corrcoef(labels, preds))
     return out
 
 

@@ -62,9 +62,17 @@ def plan(o):
     name, py, out = o["recipe_name"], o["python"], o["out_dir"]
     jobs, targets = {}, []
     for task in o["tasks"]:
-        ddir = data_dir_of(task, o["data_dir"])
-        dkey = [name, data_key(task, ddir)]
-        data = ["--data_dir", ddir] if ddir else []
+        user = o.get("user_task")
+        if user:   # your own files: the stages read them; the data key is their hashes and how they are read
+            data = ["--train_file", user["train_file"], "--validation_file",
+                    user["validation_file"], "--text_columns", ",".join(user["text_columns"]), "--label_column",
+                    user["label_column"], "--task_type", user["task_type"]]
+            dkey = [name, {**user, "train_sha256": sha256(user["train_file"]),
+                           "validation_sha256": sha256(user["validation_file"])}]
+        else:
+            ddir = data_dir_of(task, o["data_dir"])
+            dkey = [name, data_key(task, ddir)]
+            data = ["--data_dir", ddir] if ddir else []
         for seed in o["seeds"]:
             for f in o["settings"]:
                 for variant in o["variants"]:

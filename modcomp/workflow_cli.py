@@ -62,7 +62,8 @@ def build_parser(mode, env):
         g.add_argument("--variants", default=e("VARIANTS") or "baseline modular", metavar='"V ..."',
                        help=f"of {' '.join(config.VARIANTS)} (default %(default)s)")
     else:
-        g.add_argument("--task", default=e("TASK") or "stsb", help=" ".join(TASK_NAMES) + " (default %(default)s)")
+        g.add_argument("--task", default=e("TASK"), help=" ".join(TASK_NAMES) + " (default stsb); with --train_file: "
+                                                         "your task's name (default: from the file's name)")
         g.add_argument("--seed", default=e("SEED") or "1", help="fine-tuning seed (default %(default)s)")
         g.add_argument("--variant", default=e("VARIANT") or "modular",
                        help="modular | svd | random (compressed) | baseline (default %(default)s)")
@@ -76,6 +77,13 @@ def build_parser(mode, env):
     g.add_argument("--save_model", nargs="?", const="1", default=e("SAVE_MODEL") or "0", choices=("0", "1"),
                    help="keep the compressed fine-tuned models (default %(default)s)")
     g.add_argument("-n", "--dry_run", action="store_true", help="print the job graph and what would run; run nothing")
+    u = p.add_argument_group("your own task, from your files (instead of the eight; modcomp/user_data.py)")
+    u.add_argument("--train_file", default=e("TRAIN_FILE"), help="csv, tsv, json or jsonl")
+    u.add_argument("--validation_file", default=e("VALIDATION_FILE"))
+    u.add_argument("--text_columns", default=e("TEXT_COLUMNS"), metavar="A[,B]", help="one text column or two (a pair)")
+    u.add_argument("--label_column", default=e("LABEL_COLUMN") or "label")
+    u.add_argument("--task_type", default=e("TASK_TYPE"), choices=("classification", "regression"),
+                   help="default: regression when every label is a number and some is not an integer")
     r = p.add_argument_group("recipe fields (their defaults: configs/default.yaml; several values: a sweep)")
     try:
         defaults = config.read_recipe("default")[1]
@@ -124,6 +132,17 @@ def parse(mode, argv, env):
     except config.RecipeError as e:
         raise Error(str(e))
     o["save_model"] = o["save_model"] == "1"
+    o["user_task"] = None
+    if a.train_file or a.validation_file:   # your own task: its files checked whole here, before any stage
+        from modcomp import user_data
+        if not (a.train_file and a.validation_file and a.text_columns):
+            raise Error("your own task needs --train_file, --validation_file and --text_columns")
+        name = a.task if not sweep else None
+        t = user_data.make_task(a.train_file, a.validation_file, a.text_columns, a.label_column, a.task_type, name)
+        o["user_task"] = user_data.spec(t)
+        o["task"] = o["tasks"] = t.name
+    elif not sweep:
+        o["task"] = a.task or "stsb"
     if sweep:
         o["tasks"], o["seeds"], o["variants"] = (list(dict.fromkeys(o[k].split())) for k in ("tasks", "seeds", "variants"))
         for k in WORKER_FLAGS + ("run_variant", "local_job"):
@@ -133,7 +152,7 @@ def parse(mode, argv, env):
             if o.get(k):
                 o["action"] = k
     else:
-        o["tasks"], o["seeds"], o["variants"] = [a.task], [a.seed], [a.variant]
+        o["tasks"], o["seeds"], o["variants"] = [o["task"]], [a.seed], [a.variant]
         stages = a.stages.replace(",", " ").split()
         bad = [s for s in stages if s not in STAGES]
         if bad or not stages:
@@ -143,7 +162,7 @@ def parse(mode, argv, env):
     for what in ("tasks", "seeds", "variants"):
         if not o[what]:
             raise Error(f"--{what} is empty")
-    for t in o["tasks"]:
+    for t in o["tasks"] if not o["user_task"] else ():
         if t not in TASK_NAMES:
             raise Error(f"--task '{t}' is not a task name ({' '.join(TASK_NAMES)})")
     for s in o["seeds"]:
