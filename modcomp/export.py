@@ -123,6 +123,15 @@ def checkpoint_task(model_dir, task=None):
     task = task or (config.get("finetuning_task") if isinstance(config, dict) else None)
     if not task:
         raise UserError(f"{path} names no finetuning_task: give --task")
+    spec = config.get("user_task") if isinstance(config, dict) else None
+    if isinstance(spec, dict) and spec.get("name") == task and task not in T.TASKS:   # your own task's files
+        if not (os.path.isfile(spec.get("train_file", "")) and os.path.isfile(spec.get("validation_file", ""))):
+            raise UserError(f"{path}: its task {task!r} was read from {spec.get('train_file')} and "
+                            f"{spec.get('validation_file')}, which are not there any more")
+        made = T.user_data.make_task(spec["train_file"], spec["validation_file"], spec["text_columns"],
+                                     spec["label_column"], spec["task_type"], spec["name"], verbose=False)
+        if list(made.label_names) != list(spec.get("label_names", made.label_names)):
+            raise UserError(f"{path}: the labels of {spec['train_file']} changed since the model was trained")
     task = T.get_task(task)
     if task.kind == "multiple_choice":
         raise UserError(f"{task.name} is multiple choice: export.py exports classification and regression models")

@@ -318,6 +318,8 @@ def label_config(model, task):
     (not LABEL_1) and a later run can tell whether the fine-tuned head belongs to its task."""
     config = model.config
     config.finetuning_task = task.name
+    if task.benchmark == "files":   # your own task: what rebuilds it (its files, columns, labels) in export.py
+        config.user_task = dict(T.user_data.spec(task), label_names=list(task.label_names))
     if task.kind == "classification":
         config.id2label = dict(enumerate(task.label_names))
         config.label2id = {n: i for i, n in enumerate(task.label_names)}

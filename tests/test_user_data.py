@@ -148,3 +148,25 @@ def test_the_pipeline_on_your_files(tmp_path, files, tiny_bert_dir):
     for stage in ("baseline", "capture", "mha", "ffn", "finetune"):
         assert f"] stage {stage}:" in p.stdout
     assert "retention" in p.stdout and "| " in p.stdout
+
+
+def test_a_model_of_your_files_exports_and_predicts_single_texts(tmp_path, files):
+    """export.py rebuilds your task from the spec saved in the model's config (its files, columns, labels), checks
+    it on the validation file, and predict.py answers single texts with your label names."""
+    pytest.importorskip("onnxruntime")
+    import torch
+    from transformers import BertConfig, BertModel
+    from modcomp import export
+    torch.manual_seed(0)
+    model = save_with_tokenizer(BertModel(BertConfig(**TINY_BERT)), tmp_path / "m")
+    run_superglue.main(["--model_name_or_path", model, "--train_file", files[0], "--validation_file", files[1],
+                        "--text_columns", "text", "--task", "greet2", "--output_dir", str(tmp_path / "run"),
+                        "--ft_epochs", "1", "--threads", "1"])
+    T.TASKS.pop("greet2")   # as in a fresh process: the task comes back from the saved config
+    export.main([str(tmp_path / "run" / "model"), str(tmp_path / "out"), "--threads", "1", "--repeats", "2"])
+    rep = json.load(open(tmp_path / "out" / "export.json"))
+    assert rep["texts_per_example"] == 1
+    p = subprocess.run([sys.executable, str(tmp_path / "out" / "predict.py"), "How are you?"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[0])["label"] in ("greeting", "question")
