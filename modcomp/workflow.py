@@ -76,8 +76,12 @@ def plan(o):
         for seed in o["seeds"]:
             for f in o["settings"]:
                 for variant in o["variants"]:
-                    run = add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, o["save_model"])
+                    run = add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data,
+                                   o["save_model"] or bool(o.get("export") and variant == "modular"))
                     if run not in targets:
+                        targets.append(run)
+                    if o.get("export") and variant == "modular":   # the last stage: the deployable directory
+                        run = add_deploy(jobs, jobs[run], run, o, data)
                         targets.append(run)
     return jobs, targets
 
@@ -152,6 +156,24 @@ def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model
     return p["run"]
 
 
+def add_deploy(jobs, ft, run, o, data):
+    """The deploy job of a compressed fine-tune (modcomp/deploy.py: its model, ONNX export and the report against
+    its teacher into --export OUT); returns its output (done.json)."""
+    cmd = ft["cmds"][0]
+    run_dir = cmd[cmd.index("--output_dir") + 1]
+    teacher = cmd[cmd.index("--distill_from") + 1] if "--distill_from" in cmd else None
+    if teacher is None:
+        raise Error("--export compares the compressed model with its fine-tuned teacher: it needs --distill 1 or a "
+                    "fine-tuned teacher (--teacher finetuned or DIR)")
+    path = f"{os.path.dirname(run).split('/', 1)[0]}/deploy/{config.short_hash([run, o['export']])}/done.json"
+    work = os.path.join(o["out_dir"], os.path.dirname(path))
+    dd = data[data.index("--data_dir"):data.index("--data_dir") + 2] if "--data_dir" in data else []
+    deploy = [o["python"], "-m", "modcomp.deploy", "--model", os.path.join(run_dir, "model"), "--teacher", teacher,
+              "--out", o["export"], "--work", work, "--task", ft["task"], *dd]   # your files: from the model's config
+    jobs[path] = dict(stage="deploy", task=ft["task"], seed=ft["seed"], needs={"finetune": run}, cmds=[deploy])
+    return path
+
+
 # ------------------------------------------------------------------ one job (the Snakefile's rules run this)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -189,7 +211,7 @@ def run_stage(plan_path, output, log_path=None):
         record = {"stage": job["stage"], "cmds": [c[1:] for c in job["cmds"]],
                   "inputs": input_fingerprints(job, out_dir)}
         state = os.path.join(os.path.dirname(path), "stage.json")   # kept when Snakemake removes done.json
-        if job["stage"] in ("capture", "modules"):
+        if job["stage"] in ("capture", "modules", "deploy"):
             old = read_json(state)
             if old == dict(record, status="done"):
                 write_json(path, record)
@@ -235,7 +257,7 @@ def run_stage(plan_path, output, log_path=None):
                     f"what depends on it is not run")
                 return rc
             say(f"[{time.strftime('%H:%M:%S')}] stage {name} done in {time.time() - t0:.0f}s")
-        if job["stage"] in ("capture", "modules"):
+        if job["stage"] in ("capture", "modules", "deploy"):
             write_json(state, dict(record, status="done"))
             write_json(path, record)
     return 0

@@ -15,7 +15,7 @@ from modcomp import config
 from modcomp.config import TASK_NAMES
 from modcomp.workflow import ROOT, Error, plan, run_stage, usable_cores, write_json
 
-STAGES = ("baseline", "capture", "modules", "mha", "ffn", "finetune", "table", "all")
+STAGES = ("baseline", "capture", "modules", "mha", "ffn", "finetune", "deploy", "table", "all")
 WORKER_FLAGS = ("run_index", "run_modules", "run_seed_modules")
 PROG = {"pipeline": "modular_pipeline.sh", "sweep": "rs_moded.sh"}
 DESCRIPTION = {
@@ -67,6 +67,10 @@ def build_parser(mode, env):
         g.add_argument("--seed", default=e("SEED") or "1", help="fine-tuning seed (default %(default)s)")
         g.add_argument("--variant", default=e("VARIANT") or "modular",
                        help="modular | svd | random (compressed) | baseline (default %(default)s)")
+        g.add_argument("--export", default=e("EXPORT"), metavar="OUT",
+                       help="also make the compressed model deployable into OUT: its Hugging Face model, ONNX Runtime "
+                            "fp32/INT8 export with predict.py, and report.json/report.md against its teacher "
+                            "(modcomp/deploy.py)")
         g.add_argument("--stages", default=e("STAGES") or "all",
                        help="comma list of baseline,capture,modules,finetune,table (mha, ffn = modules; all): the "
                             "targets; what they need and is missing runs too (default %(default)s)")
@@ -157,7 +161,7 @@ def parse(mode, argv, env):
         bad = [s for s in stages if s not in STAGES]
         if bad or not stages:
             raise Error(f"--stages: unknown stage '{bad[0] if bad else ''}' ({', '.join(STAGES)})")
-        o["stages"] = {"baseline", "capture", "modules", "finetune", "table"} if "all" in stages else \
+        o["stages"] = {"baseline", "capture", "modules", "finetune", "deploy", "table"} if "all" in stages else \
             {("modules" if s in ("mha", "ffn") else s) for s in stages}
     for what in ("tasks", "seeds", "variants"):
         if not o[what]:
@@ -178,6 +182,11 @@ def parse(mode, argv, env):
     if not o["out_dir"]:
         raise Error("--out_dir is empty")
     o["out_dir"] = os.path.abspath(os.path.join(ROOT, o["out_dir"]))
+    if o.get("export"):
+        o["export"] = os.path.abspath(o["export"])
+        if o["export"] == o["out_dir"] or o["out_dir"].startswith(o["export"] + os.sep) or \
+                o["export"].startswith(ROOT + os.sep + "modcomp") or o["export"] == ROOT:
+            raise Error(f"--export {o['export']}: not the out_dir, a folder above it, or the code")
     o["python"] = env.get("PYTHON") or (os.path.join(ROOT, ".venv/bin/python")
                                         if os.path.exists(os.path.join(ROOT, ".venv/bin/python")) else sys.executable)
     return o
