@@ -74,7 +74,7 @@ def summary(task, teacher_path, model_path, teacher, compressed):
                       "latency_ms": {rt: r["latency_ms"][rt]["median"] for rt in RUNTIMES},
                       "size_mb": dict(r["size_mb"]), "attn_dims": r["attn_dims"], "ffn_dims": r["ffn_dims"]}
     t, c = rows["teacher"], rows["compressed"]
-    return {"format": FORMAT, "task": task.name, "teacher": teacher_path, "model": model_path,
+    return {"format": FORMAT, "task": task.name, "teacher_path": teacher_path, "model_path": model_path,
             "machine": compressed["machine"], "latency_setting": compressed["latency_setting"],
             "validation_rows": compressed["validation_rows"], **rows,
             "retention": {rt: (c["validation"][rt]["score"] / t["validation"][rt]["score"]
@@ -87,7 +87,7 @@ def summary(task, teacher_path, model_path, teacher, compressed):
 def markdown(r):
     metrics = [k for k in r["compressed"]["validation"]["onnx fp32"] if k != "score"]
     lines = [f"# {r['task']}: teacher against compressed", "",
-             f"Teacher `{r['teacher']}`; compressed `{r['model']}`; {r['validation_rows']} validation rows; "
+             f"Teacher `{r['teacher_path']}`; compressed `{r['model_path']}`; {r['validation_rows']} validation rows; "
              f"{cpu_line(r['machine'])}, {r['latency_setting']['threads']} threads, batch 1 x "
              f"{r['latency_setting']['seq_len']} tokens.", "",
              "| model | runtime | score | " + " | ".join(metrics) + " | ms | speed-up (same runtime) |",

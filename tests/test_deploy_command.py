@@ -53,6 +53,7 @@ def test_the_pipeline_exports_a_deployable_model_with_its_report(tmp_path, tiny_
     assert sorted(os.listdir(out)) == ["model", "onnx", "report.json", "report.md"]
     r = json.load(open(out / "report.json"))
     assert r["format"] == deploy.FORMAT and r["task"] == "rte"
+    assert os.path.isdir(r["teacher_path"]) and r["model_path"].endswith("model")
     for name in ("teacher", "compressed"):
         assert set(r[name]["validation"]) == set(deploy.RUNTIMES) and set(r[name]["latency_ms"]) == set(deploy.RUNTIMES)
     assert r["compressed"]["attn_dims"] != r["teacher"]["attn_dims"]   # the compressed one is smaller
