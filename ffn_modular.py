@@ -1,12 +1,5 @@
-"""The module stage's feed-forward (FFN) blocks: one low-rank block per layer, fitted in isolation to imitate the frozen
-teacher's. Without flags, the default recipe (configs/default.yaml): the closed form on the capture, sizes from
-the joint allocation at c=2 (allocation.json, shared with the other block kind); the paper's is trained from a
-random start (--config paper, or --init random --module_epochs 200 --allocate 0).
-
-    python ffn_modular.py --activations_dir runs/cap --output_dir runs/mod        # after mha_modular.py, the same flags
-
-Writes OUTPUT_DIR/layerNN_ffn.safetensors (what run_superglue.py --modules_dir loads), report.json (held-out
-relative error per layer) and loss_ffn.png. The logic: modcomp/modular.py; the flags: --help."""
+"""The module stage, second half, after mha_modular.py (the same flags and output directory): the
+feed-forward (FFN) blocks, one per layer, sized by the same allocation.json. The logic: modcomp/modular.py."""
 from modcomp import modular
 from modcomp.utils import run_main
 
