@@ -172,9 +172,10 @@ def check(fields):
     if not f["teacher"]:
         raise RecipeError("--teacher is empty (pretrained, finetuned, or a fine-tuned classifier's DIR or hub id)")
     t = given_teacher(f)
-    if t is not None and (os.sep in t or t.startswith(".")) and not os.path.isfile(os.path.join(t, "config.json")):
+    looks_local = t is not None and (os.path.isdir(t) or t.startswith((os.sep, ".", "~")) or t.count("/") > 1)
+    if looks_local and not os.path.isfile(os.path.join(os.path.expanduser(t), "config.json")):
         raise RecipeError(f"--teacher {t}: no such model directory (no config.json): pretrained, finetuned, or a "
-                          "fine-tuned sequence classifier's directory or hub id")
+                          "fine-tuned sequence classifier's directory or hub id")   # (a hub id: ORG/NAME)
 
 
 def normalize(fields):

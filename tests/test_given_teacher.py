@@ -76,6 +76,8 @@ def test_the_plan_evaluates_the_given_teacher_and_starts_from_it(rte_teacher, tm
     with pytest.raises(W.Error, match="no such model directory"):
         W.parse("sweep", ["--teacher", str(tmp_path / "nowhere") + "/", "--out_dir", str(tmp_path)], {})
     assert config.given_teacher(dict(o["settings"][0])) == rte_teacher
+    hub = W.parse("sweep", ["--teacher", "textattack/bert-base-uncased-RTE", "--out_dir", str(tmp_path)], {})
+    assert hub["fields"]["teacher"] == "textattack/bert-base-uncased-RTE"     # a hub id: checked by its stage
 
 
 @pytest.mark.slow
