@@ -165,11 +165,15 @@ def add_deploy(jobs, ft, run, o, data):
     if teacher is None:
         raise Error("--export compares the compressed model with its fine-tuned teacher: it needs --distill 1 or a "
                     "fine-tuned teacher (--teacher finetuned or DIR)")
-    path = f"{os.path.dirname(run).split('/', 1)[0]}/deploy/{config.short_hash([run, o['export']])}/done.json"
+    target = o["export"]
+    if o.get("sweep"):   # one directory per run: OUT/TASK_LABEL_cC_seedS
+        target = os.path.join(target, f"{ft['task']}_{ft['label']}_c{config.fmt_c(float(cmd[cmd.index('--compression') + 1]))}"
+                                      f"_seed{ft['seed']}")
+    path = f"{os.path.dirname(run).split('/', 1)[0]}/deploy/{config.short_hash([run, target])}/done.json"
     work = os.path.join(o["out_dir"], os.path.dirname(path))
     dd = data[data.index("--data_dir"):data.index("--data_dir") + 2] if "--data_dir" in data else []
     deploy = [o["python"], "-m", "modcomp.deploy", "--model", os.path.join(run_dir, "model"), "--teacher", teacher,
-              "--out", o["export"], "--work", work, "--task", ft["task"], *dd]   # your files: from the model's config
+              "--out", target, "--work", work, "--task", ft["task"], *dd]   # your files: from the model's config
     jobs[path] = dict(stage="deploy", task=ft["task"], seed=ft["seed"], needs={"finetune": run}, cmds=[deploy])
     return path
 

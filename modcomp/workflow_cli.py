@@ -67,13 +67,13 @@ def build_parser(mode, env):
         g.add_argument("--seed", default=e("SEED") or "1", help="fine-tuning seed (default %(default)s)")
         g.add_argument("--variant", default=e("VARIANT") or "modular",
                        help="modular | svd | random (compressed) | baseline (default %(default)s)")
-        g.add_argument("--export", default=e("EXPORT"), metavar="OUT",
-                       help="also make the compressed model deployable into OUT: its Hugging Face model, ONNX Runtime "
-                            "fp32/INT8 export with predict.py, and report.json/report.md against its teacher "
-                            "(modcomp/deploy.py)")
         g.add_argument("--stages", default=e("STAGES") or "all",
                        help="comma list of baseline,capture,modules,finetune,table (mha, ffn = modules; all): the "
                             "targets; what they need and is missing runs too (default %(default)s)")
+    g.add_argument("--export", default=e("EXPORT"), metavar="OUT",
+                   help="also make each compressed model deployable (modcomp/deploy.py): its Hugging Face model, ONNX "
+                        "Runtime fp32/INT8 export with predict.py, and report.json/report.md against its teacher, "
+                        + ("in OUT/TASK_LABEL_cC_seedS/ per run" if sweep else "in OUT"))
     g.add_argument("--data_dir", default=e("DATA_DIR"),
                    help="task files; default: the repo's data/ when it has the task, else ../shared/data when it "
                         "has it, else the stages' default (the hub)")
@@ -126,7 +126,7 @@ def parse(mode, argv, env):
     """Options (a dict) from the flags, the environment and the recipe; every check before anything runs."""
     sweep = mode == "sweep"
     a = build_parser(mode, env).parse_args(argv)
-    o = dict(vars(a), action="run", local=getattr(a, "local", False), wait=getattr(a, "wait", False),
+    o = dict(vars(a), action="run", local=getattr(a, "local", False), wait=getattr(a, "wait", False), sweep=sweep,
              parallel=getattr(a, "parallel", "1"))
     over = {k: env[k.upper()] for k in config.FIELDS if env.get(k.upper())}
     over.update({k: getattr(a, k) for k in config.FIELDS if getattr(a, k) is not None})

@@ -61,3 +61,17 @@ def test_the_pipeline_exports_a_deployable_model_with_its_report(tmp_path, tiny_
                        capture_output=True, text=True, timeout=120)
     assert q.returncode == 0 and json.loads(q.stdout.splitlines()[0])["label"] in ("entailment", "not_entailment")
     assert "retention" in (out / "report.md").read_text().lower()
+
+
+def test_a_sweep_exports_every_compressed_run_into_its_own_directory(tmp_path):
+    from modcomp import workflow
+    from modcomp import workflow_cli as W
+    o = W.parse("sweep", ["--tasks", "rte", "--seeds", "1 2", "--compression", "2 4", "--data_dir", FIXTURE_DATA,
+                          "--out_dir", str(tmp_path / "runs"), "--export", str(tmp_path / "deploy")], {})
+    jobs, targets = workflow.plan(o)
+    outs = sorted(j["cmds"][0][j["cmds"][0].index("--out") + 1] for j in jobs.values() if j["stage"] == "deploy")
+    assert [os.path.basename(p) for p in outs] == [f"rte_modular-data-alloc-ft+kd_c{c}_seed{s}"
+                                                   for c in (2, 4) for s in (1, 2)]
+    assert all(os.path.dirname(p) == str(tmp_path / "deploy") for p in outs)
+    ft = [j for j in jobs.values() if j["stage"] == "finetune"]
+    assert ft and all("--no_save_model" not in j["cmds"][0] for j in ft)   # the models a deploy reads are kept
