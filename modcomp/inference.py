@@ -388,6 +388,46 @@ class OnnxModel:
         return self
 
 
+class OpenVinoModel:
+    """OpenVINO (the PyPI package) over an exported ONNX file, called like the PyTorch model (returns .logits):
+    what a user on an Intel CPU would pick instead of ONNX Runtime. Without calibration it runs at OpenVINO's
+    default precision on the CPU (bf16 where the CPU has AMX or AVX512-BF16, else fp32); with `calibration`
+    (batches of input arrays: the task's training rows) it is first quantized to INT8 by NNCF's post-training
+    quantization, as optimum-intel does (nncf.quantize, model_type TRANSFORMER). Give it the plain export
+    (export_onnx), not ONNX Runtime's fused graph, whose contrib operators OpenVINO does not read."""
+
+    def __init__(self, path, threads=None, calibration=None):
+        import openvino as ov
+        core = ov.Core()
+        model = core.read_model(path)
+        self.inputs = [i.get_any_name() for i in model.inputs]
+        if calibration is not None:
+            import nncf
+            items = [{k: v for k, v in b.items() if k in self.inputs} for b in calibration]
+            model = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(items))
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads} if threads else {})
+        self.path, self.threads, self.int8 = path, threads, calibration is not None
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask,
+                "token_type_ids": torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids}
+        out = self.compiled({k: feed[k].cpu().numpy() for k in self.inputs})[self.compiled.output(0)]
+        return SequenceClassifierOutput(logits=torch.from_numpy(out))
+
+    def eval(self):
+        return self
+
+
+def has_openvino():
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------ checkpoints, timing
 def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128, max_rows=None):
     """(model, task, validation loader, calibration batches from the training split) of a fine-tuned model;

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 
+import numpy as np
 import torch
 from tabulate import tabulate
 from transformers import AutoTokenizer, DistilBertConfig
@@ -34,12 +35,14 @@ from modcomp.allocation import encoder_macs
 from modcomp.compression import compress
 from modeling_moddistilbert import ModDistilBertForSequenceClassification, config_from_teacher, resolve_model_path
 from modcomp.inference import (INT8_SCHEMES, ORT_INT8_SCHEMES, OnnxModel, Traced, checkpoint_data, choose_alpha,
-                       has_int8_dot_product, int8, int8_label, onnx_models, sensitivity, time_onnx_alone,
+                       OpenVinoModel, has_int8_dot_product, has_openvino, int8, int8_label, onnx_models,
+                       sensitivity, time_onnx_alone,
                        time_variants)
 from modcomp.utils import UserError, atomic_write_json, cpu_info, cpu_line, run_main, set_seed
 
 PEER = "ort-int8 c=1"
-PEER_ALONE = "ort-int8[own process] c=1"  # --peer_process: the same file, ONNX Runtime's defaults, a fresh process
+PEER_ALONE = "ort-int8[own process] c=1"
+OV_PEER, OV_INT8_PEER = "openvino c=1", "openvino-int8 c=1"   # --frontier's OpenVINO peers (default precision, NNCF)  # --peer_process: the same file, ONNX Runtime's defaults, a fresh process
 # the default INT8: per-channel weights, 8-bit activations where the CPU has VNNI/AMX (7-bit elsewhere); with
 # TorchScript it meets both INT8 targets here (results/RESULTS.md §4-5)
 DEFAULT_SCHEMES = ["dynamic_per_channel"]
@@ -281,6 +284,8 @@ def main(argv=None):
                         "peers (PyTorch fp32, ONNX Runtime fp32 and INT8 of the uncompressed model, the INT8 one "
                         "also in a process of its own), at batch 1 x --seq_lens[0] and at each task's real lengths; "
                         "--json gets {machine, command, peers, points}")
+    p.add_argument("--ov_calibration", type=int, default=128, metavar="N",
+                   help="--frontier: training rows of the first point's task that calibrate the OpenVINO INT8 peer")
     p.add_argument("--json", default=None, help="write {machine, command, rows} here")
     p.add_argument("--accuracy_json", default=None, help="with --checkpoint: write the fp32/INT8 scores here")
     p.add_argument("--accuracy_only", action="store_true", help="with --checkpoint: skip the timing")
@@ -369,9 +374,22 @@ def time_frontier(args, machine, argv=None):
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="frontier-onnx-")
     ort = onnx_models(base, onnx_dir, "model_c1", args.threads)
     peers = {"fp32 c=1": base, "ort c=1": ort["fp32"], PEER: ort["int8"]}
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(data.get("model") or "minilm"))
+    if has_openvino():   # OpenVINO at its default precision (bf16 on AMX) and NNCF INT8 on the task's training rows
+        task = data["points"][0]["task"]
+        rows = T.load_rows(T.get_task(task), "train", args.data_dir or T.default_data_dir(T.get_task(task)),
+                           check_count=False)
+        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:args.ov_calibration].tolist()
+        enc = T.encode(T.get_task(task), [rows[i] for i in pick], tok, 128)
+        cal = [{k: np.asarray([enc[k][i]], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
+                if k in enc} for i in range(len(pick))]
+        raw = os.path.join(onnx_dir, "model_c1.onnx")
+        peers.update({OV_PEER: OpenVinoModel(raw, args.threads), OV_INT8_PEER: OpenVinoModel(raw, args.threads, cal)})
+    else:
+        print("warning: openvino and nncf are not installed: no OpenVINO peers (pip install openvino nncf)",
+              file=sys.stderr)
     points = {name: onnx_models(m, onnx_dir, "model_" + name.replace(" ", "_").replace("=", ""), args.threads)["int8"]
               for name, m in models.items()}
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(data.get("model") or "minilm"))
     T_ = args.seq_lens[0]
     shapes = [(str(T_), T_, list(points))]
     for task in dict.fromkeys(p["task"] for p in data["points"]):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from modcomp import frontier
+from modcomp import frontier, inference
 from modcomp import speed as run_speed
 from modcomp.utils import UserError
 from test_consolidate import write_result
@@ -46,10 +46,12 @@ def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, 
          "allocation": {"attn_dims": [8, 0], "ffn_dims": [16, 0]}}]}))   # a removed block times too
     out = tmp_path / "out.json"
     run_speed.main(["--frontier", str(f), "--json", str(out), "--repeats", "2", "--warmup", "1", "--threads", "1",
-                    "--real_examples", "4", "--seq_lens", "16", "--onnx_dir", str(tmp_path / "onnx")])
+                    "--real_examples", "4", "--seq_lens", "16", "--onnx_dir", str(tmp_path / "onnx"),
+                    "--ov_calibration", "4"])
     r = json.loads(out.read_text())
     assert set(r) >= {"machine", "peers", "points"} and r["machine"]
-    assert {p["name"] for p in r["peers"]} == {"fp32 c=1", "ort c=1", run_speed.PEER, run_speed.PEER_ALONE}
+    ov = {run_speed.OV_PEER, run_speed.OV_INT8_PEER} if inference.has_openvino() else set()
+    assert {p["name"] for p in r["peers"]} == {"fp32 c=1", "ort c=1", run_speed.PEER, run_speed.PEER_ALONE} | ov
     for p in r["points"]:
         assert set(p) >= {"task", "budget", "retention", "ms_128", "vs_peer_128", "ms_real", "vs_peer_real", "peer"}
         peer = {q["name"]: q for q in r["peers"]}[p["peer"]]
@@ -60,3 +62,25 @@ def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, 
     bad.write_text(json.dumps({"points": [{"task": "stsb"}]}))
     with pytest.raises(UserError, match="allocation"):
         run_speed.main(["--frontier", str(bad)])
+
+
+def test_openvino_runs_the_export_at_its_precision_and_in_nncf_int8(tmp_path):
+    """The OpenVINO peers read the plain ONNX export: at the default precision they give the PyTorch logits (bf16 on
+    an AMX CPU: within bf16's precision), and NNCF's INT8 of it close to them."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import torch
+    from test_speed import tiny_model
+    m = tiny_model()
+    path = inference.export_onnx(m, str(tmp_path / "m.onnx"))
+    ids = torch.randint(1000, 30000, (2, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = m(input_ids=ids, attention_mask=mask).logits
+    got = inference.OpenVinoModel(path, 1)(input_ids=ids, attention_mask=mask).logits
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= 2 ** -7 * 8 * scale + 1e-5          # bf16: 8 bits of mantissa
+    cal = [{"input_ids": ids[i:i + 1].numpy(), "attention_mask": mask[i:i + 1].numpy(),
+            "token_type_ids": torch.zeros_like(ids[i:i + 1]).numpy()} for i in range(2)]
+    q = inference.OpenVinoModel(path, 1, cal)(input_ids=ids, attention_mask=mask).logits
+    assert q.shape == want.shape and float((q - want).abs().max()) < 0.1 * scale + 1e-2
