@@ -96,7 +96,7 @@ def _energy(t):
     return float((t.double() ** 2).sum())
 
 
-CURRENCIES = ("layernorm", "output", "residual")
+from modcomp.config import CURRENCIES  # noqa: E402  (declared once, with the recipe field)
 
 
 def currency(name, layer_norm, resid, val_tok):

@@ -24,7 +24,6 @@ from modcomp.utils import UserError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 VARIANTS = ("baseline", "modular", "svd", "random")
-STAGES = ("capture", "modules", "finetune")   # finetune: run_superglue.py, the baseline's and the compressed one
 CURRENCIES = ("output", "layernorm", "residual")
 
 

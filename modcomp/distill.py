@@ -47,20 +47,31 @@ def check_teacher(path, task, alpha=0.5, temperature=2.0, beta=0.0):
     if not os.path.isdir(path):
         raise UserError(f"--distill_from {path}: no such directory (a model fine-tuned on {task.name} by "
                         "run_superglue.py: its OUTPUT_DIR/model)")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"--distill_from {path}: cannot load it ({str(e).splitlines()[0]})") from None
+    config = _config(path, "--distill_from")
     done = getattr(config, "finetuning_task", None)
     if done is None and not is_sequence_classifier(config):
         raise UserError(f"--distill_from {path} was never fine-tuned (its config names no finetuning_task and it is "
                         f"no sequence classifier): its head is random; distil from a model fine-tuned on {task.name}")
     if done is not None and done != task.name:
         raise UserError(f"--distill_from {path} was fine-tuned on {done}, not {task.name}")
-    check_head(config, task, f"--distill_from {path}")
+    return _fits(config, path, task, "--distill_from")
+
+
+def _config(path, flag):
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {path}: cannot load it ({str(e).splitlines()[0]})") from None
+
+
+def _fits(config, path, task, flag):
+    """What every fine-tuned teacher must be: uncompressed, a head that fits the task (check_head), its weights
+    whole (no weights, a truncated file, a pickle: one line, before any work)."""
     if getattr(config, "compression", None):
-        raise UserError(f"--distill_from {path} is compressed; distil from the uncompressed model")
-    model_weights(path)   # its weights whole (no weights, a truncated file, a pickle: one line, before any work)
+        raise UserError(f"{flag} {path} is compressed; the teacher is an uncompressed model")
+    check_head(config, task, f"{flag} {path}")
+    if os.path.isdir(resolve_model_path(path)):
+        model_weights(resolve_model_path(path))
     return config
 
 
@@ -84,20 +95,12 @@ def check_head(config, task, what):
 def check_given_teacher(path, task):
     """An already fine-tuned sequence classifier given as the teacher (run_superglue.py --eval_only, the pipeline's
     --teacher DIR): a classifier (a head to keep), of the task's outputs and labels, its weights whole."""
-    try:
-        config = AutoConfig.from_pretrained(resolve_model_path(path))
-    except (OSError, ValueError) as e:
-        raise UserError(f"--teacher {path}: cannot load it ({str(e).splitlines()[0]})") from None
+    config = _config(path, "--teacher")
     if config.model_type != "moddistilbert" and not is_sequence_classifier(config):
         raise UserError(f"--teacher {path} has no sequence-classification head (its config's architectures: "
                         f"{getattr(config, 'architectures', None)}): give a fine-tuned classifier, or --teacher finetuned "
                         "to fine-tune one first")
-    if getattr(config, "compression", None):
-        raise UserError(f"--teacher {path} is compressed; the teacher is an uncompressed model")
-    check_head(config, task, f"--teacher {path}")
-    if os.path.isdir(resolve_model_path(path)):
-        model_weights(resolve_model_path(path))
-    return config
+    return _fits(config, path, task, "--teacher")
 
 
 class Distiller:
