@@ -53,6 +53,19 @@ def data_key(task, data_dir):
     return files or "default"
 
 
+def task_data(o, task):
+    """(the stages' data flags, the data key of the paths) of one task of options o."""
+    user = o.get("user_task")
+    if user:   # your own files: the stages read them; the data key is their hashes and how they are read
+        data = ["--train_file", user["train_file"], "--validation_file", user["validation_file"], "--text_columns",
+                ",".join(user["text_columns"]), "--label_column", user["label_column"], "--task_type",
+                user["task_type"]]
+        return data, [o["recipe_name"], {**user, "train_sha256": sha256(user["train_file"]),
+                                         "validation_sha256": sha256(user["validation_file"])}]
+    ddir = data_dir_of(task, o["data_dir"])
+    return (["--data_dir", ddir] if ddir else []), [o["recipe_name"], data_key(task, ddir)]
+
+
 def plan(o):
     """{output path: job} for every (task, setting, seed, variant) of options o (a dict from workflow_cli.parse),
     plus the targets (the runs' results, in job-table order: task, seed, setting, variant; a baseline shared by
@@ -62,17 +75,7 @@ def plan(o):
     name, py, out = o["recipe_name"], o["python"], o["out_dir"]
     jobs, targets = {}, []
     for task in o["tasks"]:
-        user = o.get("user_task")
-        if user:   # your own files: the stages read them; the data key is their hashes and how they are read
-            data = ["--train_file", user["train_file"], "--validation_file",
-                    user["validation_file"], "--text_columns", ",".join(user["text_columns"]), "--label_column",
-                    user["label_column"], "--task_type", user["task_type"]]
-            dkey = [name, {**user, "train_sha256": sha256(user["train_file"]),
-                           "validation_sha256": sha256(user["validation_file"])}]
-        else:
-            ddir = data_dir_of(task, o["data_dir"])
-            dkey = [name, data_key(task, ddir)]
-            data = ["--data_dir", ddir] if ddir else []
+        data, dkey = task_data(o, task)
         for seed in o["seeds"]:
             for f in o["settings"]:
                 for variant in o["variants"]:

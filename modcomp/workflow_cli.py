@@ -290,9 +290,8 @@ def select(o, jobs, targets):
 
 def workflow_run(o, task, seed, variant, fields):
     """The results.json (relative to OUT_DIR) of one run of the table."""
-    from modcomp.workflow import data_dir_of, data_key
-    return config.paths(task, seed, variant, fields,
-                        [o["recipe_name"], data_key(task, data_dir_of(task, o["data_dir"]))])["run"]
+    from modcomp.workflow import task_data
+    return config.paths(task, seed, variant, fields, task_data(o, task)[1])["run"]
 
 
 def print_graph(jobs, targets):

@@ -170,3 +170,13 @@ def test_a_model_of_your_files_exports_and_predicts_single_texts(tmp_path, files
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout.splitlines()[0])["label"] in ("greeting", "question")
+
+
+def test_a_worker_flag_finds_the_planned_run_of_your_files(tmp_path, files):
+    """--run_index computes the run's path with the same data key as the plan (your files' hashes), so it names a
+    planned job (it used the data dir's key: no such job)."""
+    o = W.parse("sweep", ["--train_file", files[0], "--validation_file", files[1], "--text_columns", "text",
+                          "--seeds", "1", "--out_dir", str(tmp_path / "o"), "--run_index", "1"], {})
+    jobs, targets = workflow.plan(o)
+    (chosen,) = W.select(o, jobs, targets)
+    assert chosen in jobs and jobs[chosen]["stage"] == "finetune"
