@@ -132,14 +132,15 @@ def add_jobs(jobs, task, seed, variant, f, name, py, out, dkey, data, save_model
                *config.stage_argv("capture", f), *data]
         if config.capture_tokens(f) is not None:
             cap += ["--max_tokens", str(config.capture_tokens(f))]
-        jobs[p["capture"]] = dict(stage="capture", task=task, seed=seed, teacher=teacher,
-                                  # a given teacher's evaluation first: it checks its head before any work
-                                  needs={"baseline": p["baseline"]} if f["teacher"] != "pretrained" else {},
-                                  cmds=[cap])
+        # one capture per teacher: a given teacher's is shared by every seed and keeps the first seed's evaluation
+        # as its dependency (it checks the head before any work), so adding seeds redoes no capture or modules
+        jobs.setdefault(p["capture"], dict(stage="capture", task=task, seed=seed, teacher=teacher,
+                                           needs={"baseline": p["baseline"]} if f["teacher"] != "pretrained" else {},
+                                           cmds=[cap]))
         mods = [[py, f"{kind}_modular.py", "--activations_dir", cap_dir, "--output_dir", mod_dir,
                  *config.stage_argv("modules", f)] for kind in ("mha", "ffn")]   # one joint allocation, both
-        jobs[p["modules"]] = dict(stage="modules", task=task, seed=seed, needs={"capture": p["capture"]},
-                                  cmds=mods)
+        jobs.setdefault(p["modules"], dict(stage="modules", task=task, seed=seed, needs={"capture": p["capture"]},
+                                           cmds=mods))
         if f["teacher"] != "pretrained":
             model = teacher   # keeps the fine-tuned teacher's head
         cmd += ["--model_name_or_path", model, "--modules_dir", mod_dir]

@@ -76,6 +76,14 @@ def test_the_plan_evaluates_the_given_teacher_and_starts_from_it(rte_teacher, tm
     with pytest.raises(W.Error, match="no such model directory"):
         W.parse("sweep", ["--teacher", str(tmp_path / "nowhere") + "/", "--out_dir", str(tmp_path)], {})
     assert config.given_teacher(dict(o["settings"][0])) == rte_teacher
+    # more seeds share the teacher's capture and modules, and keep them waiting on the first seed's evaluation
+    # only (the old plan made them wait on the last seed's: adding a seed redid the capture and the modules)
+    o3 = W.parse("sweep", ["--tasks", "rte", "--seeds", "1 2 3", "--teacher", rte_teacher, "--out_dir",
+                           str(tmp_path), "--data_dir", FIXTURE_DATA], {})
+    jobs3, _ = workflow.plan(o3)
+    assert [k for k, j in jobs3.items() if j["stage"] == "capture"] == [k for k, j in jobs.items()
+                                                                       if j["stage"] == "capture"]
+    assert [j["needs"] for j in jobs3.values() if j["stage"] == "capture"] == [{"baseline": targets[0]}]
     hub = W.parse("sweep", ["--teacher", "textattack/bert-base-uncased-RTE", "--out_dir", str(tmp_path)], {})
     assert hub["fields"]["teacher"] == "textattack/bert-base-uncased-RTE"     # a hub id: checked by its stage
 
