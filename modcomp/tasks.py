@@ -30,6 +30,12 @@ SPLITS = ("train", "validation")
 def task_from_args(args):
     """The task a stage's flags name: --task NAME of the eight, or your files (--train_file, --validation_file,
     --text_columns, --label_column, --task_type; --task then names it), checked and registered (user_data.py)."""
+    if getattr(args, "dataset", None):   # through `datasets`: written once as files, then a files task
+        if args.train_file or args.validation_file:
+            raise UserError("--dataset or --train_file/--validation_file, not both")
+        out = getattr(args, "output_dir", None) or "."
+        args.train_file, args.validation_file = user_data.dataset_files(args.dataset, out, args.label_column)
+        args.task = args.task or user_data.dataset_task_name(args.dataset)
     if getattr(args, "train_file", None) or getattr(args, "validation_file", None):
         if not (args.train_file and args.validation_file and args.text_columns):
             raise UserError("your own task needs --train_file, --validation_file and --text_columns")
@@ -47,6 +53,9 @@ def add_task_arguments(p, required=True):
     g = p.add_argument_group("your own task (instead of one of the eight; user_data.py)")
     g.add_argument("--train_file", default=None, help="csv, tsv, json or jsonl")
     g.add_argument("--validation_file", default=None)
+    g.add_argument("--dataset", default=None, metavar="NAME[:CONFIG]",
+                   help="instead of the two files: a dataset through `datasets` (a hub id or a local folder), its "
+                        "train and validation splits written once as jsonl under OUTPUT_DIR/datasets/")
     g.add_argument("--text_columns", default=None, metavar="A[,B]", help="one text column, or two (a pair)")
     g.add_argument("--label_column", default="label")
     g.add_argument("--task_type", default=None, choices=user_data.TASK_TYPES,

@@ -8,8 +8,13 @@ regression (float labels). Standard library only: the workflow checks the files 
 Every bad input is a one-line error naming the file and line: a missing column, an empty file, duplicate header
 names, bytes that are not UTF-8, a NaN or non-numeric regression target, a validation label the training file
 does not have. CSV quoting, a UTF-8 BOM and CRLF line endings just work.
+
+Or a dataset through `datasets` (`--dataset NAME[:CONFIG]`: a hub id where the hub is reachable, or a local
+dataset folder): its training and validation splits are written once as jsonl files (`dataset_files`), named by
+their content, and from then on it is a files task like any other (every stage reads the same bytes).
 """
 import csv
+import hashlib
 import io
 import json
 import math
@@ -17,7 +22,7 @@ import os
 import re
 
 from modcomp.task_registry import TASKS, Task
-from modcomp.utils import UserError
+from modcomp.utils import UserError, atomic_write_bytes, atomic_write_json
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"}
 TASK_TYPES = ("classification", "regression")
@@ -201,3 +206,83 @@ def spec(task):
     """What rebuilds a files task in another process (saved with its results and models)."""
     return {"name": task.name, "train_file": task.files[0], "validation_file": task.files[1],
             "text_columns": list(task.text_fields), "label_column": task.label_column, "task_type": task.kind}
+
+
+# ------------------------------------------------------------------ --dataset NAME[:CONFIG] through `datasets`
+VALIDATION_SPLITS = ("validation", "validation_matched", "dev", "test")   # the first one present is validation
+
+
+def _dataset_rows(split, label_column, where):
+    """(rows of plain values, rows dropped): a ClassLabel column's integers become its names, and a row whose
+    label is no class (-1: 'no gold label' in SNLI/MNLI) is dropped."""
+    feature = split.features.get(label_column) if label_column else None
+    names = getattr(feature, "names", None)
+    rows, dropped = [], 0
+    for row in split:
+        out = {k: v for k, v in row.items() if v is None or isinstance(v, (str, int, float, bool))}
+        if names is not None and label_column in out:
+            v = out[label_column]
+            if not isinstance(v, int) or not 0 <= v < len(names):
+                dropped += 1
+                continue
+            out[label_column] = names[v]
+        rows.append(out)
+    if not rows:
+        raise UserError(f"{where}: no rows")
+    return rows, dropped
+
+
+def dataset_files(spec, out_dir, label_column="label"):
+    """(training file, validation file) of `--dataset NAME[:CONFIG]`, loaded with `datasets.load_dataset` (a hub
+    id, or a local folder of data files) and written as jsonl under out_dir/datasets/<name>-<content hash>/ with a
+    source.json beside them. The validation split is the first of VALIDATION_SPLITS the dataset has. Written once:
+    the same content finds its files again; a changed dataset gets a new folder (nothing is overwritten)."""
+    name, _, cfg = spec.partition(":")
+    if not name:
+        raise UserError(f"--dataset {spec!r}: give NAME or NAME:CONFIG")
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("--dataset needs the `datasets` package (pip install datasets), or give your files with "
+                        "--train_file/--validation_file") from None
+    try:
+        ds = datasets.load_dataset(name, cfg or None)
+    except Exception as e:   # the hub unreachable, no such dataset or config: datasets' own message, one line
+        msg = " ".join(str(e).split())[:300]
+        raise UserError(f"--dataset {spec}: could not load it with datasets ({type(e).__name__}: {msg}); "
+                        "give your files with --train_file/--validation_file instead") from None
+    splits = list(ds)
+    val = next((s for s in VALIDATION_SPLITS if s in ds), None)
+    if "train" not in ds or val is None:
+        raise UserError(f"--dataset {spec}: it needs a train split and one of {', '.join(VALIDATION_SPLITS)} "
+                        f"(it has: {', '.join(splits)})")
+    data, info = {}, {"dataset": name, "config": cfg or None, "datasets_version": datasets.__version__,
+                      "splits": {}}
+    for split, as_ in (("train", "train"), (val, "validation")):
+        rows, dropped = _dataset_rows(ds[split], label_column, f"--dataset {spec} split {split}")
+        data[as_] = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+        info["splits"][as_] = {"split": split, "rows": len(rows), "dropped_without_label": dropped}
+    digest = hashlib.sha256(data["train"] + b"\0" + data["validation"]).hexdigest()[:12]
+    folder = os.path.join(out_dir, "datasets", f"{_dataset_slug(spec)}-{digest}")
+    paths = tuple(os.path.join(folder, f"{s}.jsonl") for s in ("train", "validation"))
+    if not all(os.path.isfile(p) for p in paths):
+        for p, s in zip(paths, ("train", "validation")):
+            atomic_write_bytes(p, data[s])
+        atomic_write_json(os.path.join(folder, "source.json"), info)
+    tr, va = info["splits"]["train"], info["splits"]["validation"]
+    print(f"--dataset {spec}: train {tr['rows']} rows, validation = split {va['split']!r} {va['rows']} rows"
+          + (f" ({tr['dropped_without_label'] + va['dropped_without_label']} without a label dropped)"
+             if tr["dropped_without_label"] + va["dropped_without_label"] else "") + f" -> {folder}")
+    return paths
+
+
+def _dataset_slug(spec):
+    name, _, cfg = spec.partition(":")
+    base = os.path.basename(os.path.normpath(name)) + (f"_{cfg}" if cfg else "")
+    return re.sub(r"[^a-z0-9_]+", "_", base.lower()).strip("_") or "dataset"
+
+
+def dataset_task_name(spec):
+    """A task name from --dataset NAME[:CONFIG]: its last path part and config (`org/nli:plain` -> nli_plain)."""
+    base = _dataset_slug(spec)
+    return base if base not in TASKS or TASKS[base].benchmark == "files" else f"{base}_files"

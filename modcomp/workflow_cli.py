@@ -84,6 +84,9 @@ def build_parser(mode, env):
     u = p.add_argument_group("your own task, from your files (instead of the eight; modcomp/user_data.py)")
     u.add_argument("--train_file", default=e("TRAIN_FILE"), help="csv, tsv, json or jsonl")
     u.add_argument("--validation_file", default=e("VALIDATION_FILE"))
+    u.add_argument("--dataset", default=e("DATASET"), metavar="NAME[:CONFIG]",
+                   help="instead of the two files: a dataset through `datasets` (a hub id or a local folder), its "
+                        "train and validation splits written once as jsonl under OUT_DIR/datasets/")
     u.add_argument("--text_columns", default=e("TEXT_COLUMNS"), metavar="A[,B]", help="one text column or two (a pair)")
     u.add_argument("--label_column", default=e("LABEL_COLUMN") or "label")
     u.add_argument("--task_type", default=e("TASK_TYPE"), choices=("classification", "regression"),
@@ -137,11 +140,18 @@ def parse(mode, argv, env):
         raise Error(str(e))
     o["save_model"] = o["save_model"] == "1"
     o["user_task"] = None
+    dataset_name = None
+    if a.dataset:   # through `datasets`: its splits written once as files, then your files like any other
+        from modcomp import user_data
+        if a.train_file or a.validation_file:
+            raise Error("--dataset or --train_file/--validation_file, not both")
+        a.train_file, a.validation_file = user_data.dataset_files(a.dataset, o["out_dir"], a.label_column)
+        dataset_name = user_data.dataset_task_name(a.dataset)
     if a.train_file or a.validation_file:   # your own task: its files checked whole here, before any stage
         from modcomp import user_data
         if not (a.train_file and a.validation_file and a.text_columns):
             raise Error("your own task needs --train_file, --validation_file and --text_columns")
-        name = a.task if not sweep else None
+        name = (a.task if not sweep else None) or dataset_name
         t = user_data.make_task(a.train_file, a.validation_file, a.text_columns, a.label_column, a.task_type, name)
         o["user_task"] = user_data.spec(t)
         o["task"] = o["tasks"] = t.name
