@@ -4,10 +4,11 @@
 
 OUT gets:
   model/        the compressed model in Hugging Face format (loads with trust_remote_code=True)
-  onnx/         its ONNX Runtime export (export.py: fused fp32, INT8, tokenizer, predict.py without torch)
-  report.json   teacher against compressed, on this CPU: each validation metric in PyTorch fp32, ONNX fp32 and
-                ONNX INT8; size; batch-1 latency of each in the same runtime (export.py's measurements of both:
-                the teacher is exported too, under WORK_DIR, not into OUT)
+  onnx/         its export (export.py: ONNX Runtime fused fp32 and INT8, OpenVINO default precision and NNCF
+                INT8, tokenizer, predict.py without torch)
+  report.json   teacher against compressed, on this CPU: each validation metric in PyTorch fp32 and in each
+                runtime's fp32 and INT8; size; batch-1 latency of each in the same runtime (export.py's
+                measurements of both: the teacher is exported too, under WORK_DIR, not into OUT)
   report.md     the same, short
 OUT is written whole or not at all (beside it, then renamed): a new or empty directory or an earlier OUT of this
 command; anything else only with --overwrite; never a model directory or a folder above one.
@@ -22,7 +23,13 @@ from modcomp import tasks as T
 from modcomp.utils import UserError, atomic_write_bytes, atomic_write_json, cpu_line, run_main, written_atomically
 
 FORMAT = "modcomp-deploy/1"
-RUNTIMES = ("pytorch fp32", "onnx fp32", "onnx int8")
+RUNTIMES = ("pytorch fp32", "onnx fp32", "onnx int8")   # an export without OpenVINO (--no_openvino) has these
+
+
+def runtimes(*reports):
+    """The runtimes every export report measured, in the export's order."""
+    names = [n for n in reports[0].get("runtimes", RUNTIMES)]
+    return [n for n in names if all(n in r["validation"] for r in reports)]
 
 
 def is_deploy(out):
@@ -68,20 +75,22 @@ def ensure_ours(teacher, task, work):
 
 def summary(task, teacher_path, model_path, teacher, compressed):
     """report.json's body from the two export reports."""
-    rows = {}
+    rows, names = {}, runtimes(teacher, compressed)
     for name, r in (("teacher", teacher), ("compressed", compressed)):
-        rows[name] = {"validation": {rt: r["validation"][rt] for rt in RUNTIMES},
-                      "latency_ms": {rt: r["latency_ms"][rt]["median"] for rt in RUNTIMES},
+        rows[name] = {"validation": {rt: r["validation"][rt] for rt in names},
+                      "latency_ms": {rt: r["latency_ms"][rt]["median"] for rt in names},
                       "size_mb": dict(r["size_mb"]), "attn_dims": r["attn_dims"], "ffn_dims": r["ffn_dims"]}
     t, c = rows["teacher"], rows["compressed"]
     return {"format": FORMAT, "task": task.name, "teacher_path": teacher_path, "model_path": model_path,
             "machine": compressed["machine"], "latency_setting": compressed["latency_setting"],
-            "validation_rows": compressed["validation_rows"], **rows,
+            "validation_rows": compressed["validation_rows"], "runtimes": names, **rows,
+            "openvino_precision": compressed.get("openvino_precision", {}),
             "retention": {rt: (c["validation"][rt]["score"] / t["validation"][rt]["score"]
-                               if t["validation"][rt]["score"] else None) for rt in RUNTIMES},
-            "speedup_same_runtime": {rt: t["latency_ms"][rt] / c["latency_ms"][rt] for rt in RUNTIMES},
-            "int8_points_lost": compressed["validation"]["onnx fp32"]["score"]
-            - compressed["validation"]["onnx int8"]["score"]}
+                               if t["validation"][rt]["score"] else None) for rt in names},
+            "speedup_same_runtime": {rt: t["latency_ms"][rt] / c["latency_ms"][rt] for rt in names},
+            # what INT8 costs the compressed model, against PyTorch fp32 (export.py's int8_points_lost)
+            "int8_points_lost": {rt: c["validation"]["pytorch fp32"]["score"] - c["validation"][rt]["score"]
+                                 for rt in names if rt.endswith("int8")}}
 
 
 def markdown(r):
@@ -93,14 +102,18 @@ def markdown(r):
              "| model | runtime | score | " + " | ".join(metrics) + " | ms | speed-up (same runtime) |",
              "|---|---|---|" + "---|" * len(metrics) + "---|---|"]
     for name in ("teacher", "compressed"):
-        for rt in RUNTIMES:
+        for rt in r["runtimes"]:
             v = r[name]["validation"][rt]
             up = "" if name == "teacher" else f"{r['speedup_same_runtime'][rt]:.2f}×"
             lines.append(f"| {name} | {rt} | {v['score']:.2f} | " + " | ".join(f"{v[m]:.4f}" for m in metrics)
                          + f" | {r[name]['latency_ms'][rt]:.2f} | {up} |")
     size = lambda n: r[n]["size_mb"].get("onnx int8")
+    lost = "; ".join(f"{rt} {v:.2f}" for rt, v in r["int8_points_lost"].items())
+    prec = "".join(f" {rt} runs in {p} on this CPU." for rt, p in r.get("openvino_precision", {}).items()
+                   if rt in r["runtimes"] and not rt.endswith("int8"))
     lines += ["", f"Retention (ONNX INT8): {r['retention']['onnx int8']:.3f}; INT8 costs the compressed model "
-              f"{r['int8_points_lost']:.2f} points; ONNX INT8 size {size('teacher'):.1f} → {size('compressed'):.1f} MB."]
+              f"(points against PyTorch fp32): {lost}; ONNX INT8 size {size('teacher'):.1f} → "
+              f"{size('compressed'):.1f} MB.{prec}"]
     return "\n".join(lines) + "\n"
 
 

@@ -8,11 +8,18 @@ OUT_DIR gets:
                     with its own head size) one Attention node, SkipLayerNormalization, BiasGelu
   model_int8.onnx   ONNX Runtime dynamic INT8 of model.onnx (QAttention, DynamicQuantizeMatMul), in the scheme
                     of inference.ORT_INT8_SCHEMES whose logits move least on 128 training rows (--int8 to choose)
+  openvino_model.xml/.bin       OpenVINO IR of the plain (unfused) ONNX graph, fp32 weights: the CPU runs it
+                                at OpenVINO's default precision (bf16 where it has AMX, else fp32)
+  openvino_model_int8.xml/.bin  NNCF post-training INT8 of it (model_type TRANSFORMER), calibrated on the same
+                                128 training rows (--no_openvino: neither; the names optimum-intel looks for)
   tokenizer.json (+ the other tokenizer files), config.json (label names)
-  predict.py        the example: onnxruntime + tokenizers + numpy, no torch (python predict.py --help)
+  predict.py        the example: onnxruntime or openvino + tokenizers + numpy, no torch (python predict.py --help;
+                    --model openvino_model_int8.xml runs OpenVINO)
   export.json       the checks: fused operator counts; fp32 logits against PyTorch's on the task's validation
-                    rows (max |difference|, must be <= --tolerance); the validation score of PyTorch, ONNX fp32
-                    and ONNX INT8; each INT8 scheme's calibration error; size on disk; batch-1 latency; and
+                    rows (max |difference|, must be <= --tolerance); the validation score of PyTorch and of each
+                    runtime's model, the points INT8 loses in each (a warning above 1); each ONNX Runtime INT8
+                    scheme's calibration error; size on disk; batch-1 latency (ONNX Runtime and PyTorch timed
+                    interleaved, OpenVINO in a block of its own: their thread pools disturb each other); and
                     what marks the directory as an export: "format" (EXPORT_FORMAT), the "files" it wrote,
                     "texts_per_example" (1 or 2: what predict.py checks each input against)
 All files get the umask's permissions (utils.written_atomically).
@@ -44,7 +51,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_LENGTH = 128  # the tokenized length of training and of checkpoint_data's validation rows
 EXPORT_FORMAT = "modcomp-onnx-export/1"  # export.json's "format": how a later export knows OUT_DIR is one
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-EXPORT_FILES = ("model.onnx", "model_int8.onnx", "config.json", "predict.py", "export.json", *TOKENIZER_FILES)
+OPENVINO_FILES = tuple(f"{x}.{e}" for x in ("openvino_model", "openvino_model_int8") for e in ("xml", "bin"))
+EXPORT_FILES = ("model.onnx", "model_int8.onnx", *OPENVINO_FILES, "config.json", "predict.py", "export.json",
+                *TOKENIZER_FILES)
+INT8_WARN_POINTS = 1.0   # INT8 losing more validation points than this (against PyTorch fp32) is printed loudly
 BYPRODUCTS = ("__pycache__",)  # `from predict import Predictor` run in the directory writes it
 
 
@@ -164,6 +174,9 @@ def export(args):
     inputs = [("the model directory", args.model_dir), ("the task data", args.data_dir),
               ("the repo's task data", T.REPO_DATA_DIR), ("this code", HERE)]
     check_out_dir(args.out_dir, inputs, args.overwrite)
+    if not args.no_openvino and not inference.has_openvino():
+        raise UserError("the OpenVINO export needs the openvino and nncf packages (pip install openvino nncf), "
+                        "or give --no_openvino")
     task = checkpoint_task(args.model_dir, args.task)
     torch.set_num_threads(args.threads)
     model, task, loader, calibration = inference.checkpoint_data(args.model_dir, task.name, args.data_dir,
@@ -174,9 +187,10 @@ def export(args):
               "max_length": MAX_LENGTH, "attn_dims": model.config.attn_dims, "ffn_dims": model.config.ffn_dims,
               "machine": cpu_info()}
     with written_atomically(args.out_dir, directory=True) as tmp:
-        fused, fused_ops = inference.optimize_onnx(inference.export_onnx(model, os.path.join(tmp, "raw.onnx")),
-                                                   os.path.join(tmp, "model.onnx"))
-        os.remove(os.path.join(tmp, "raw.onnx"))
+        raw = inference.export_onnx(model, os.path.join(tmp, "raw.onnx"))
+        fused, fused_ops = inference.optimize_onnx(raw, os.path.join(tmp, "model.onnx"))
+        ov_paths = {} if args.no_openvino else inference.save_openvino(raw, tmp, calibration)
+        os.remove(raw)
         schemes = list(inference.ORT_INT8_SCHEMES) if args.int8 == "auto" else [args.int8]
         best, paths, errors = inference.choose_ort_int8(fused, calibration, args.threads, schemes)
         int8_path = os.path.join(tmp, "model_int8.onnx")
@@ -198,19 +212,29 @@ def export(args):
 
         sessions = {"onnx fp32": inference.OnnxModel(fused, args.threads),
                     "onnx int8": inference.OnnxModel(int8_path, args.threads)}
-        logits, labels = validation_logits({"pytorch fp32": model, **sessions}, loader)
+        ov = {n: inference.OpenVinoModel(p, args.threads) for n, p in ov_paths.items()}
+        logits, labels = validation_logits({"pytorch fp32": model, **sessions, **ov}, loader)
         diff = float(np.abs(logits["onnx fp32"] - logits["pytorch fp32"]).max())
         scores = {n: {**(m := T.compute_metrics(task, z, labels)), "score": T.task_score(task, m)}
                   for n, z in logits.items()}
         timing = inference.time_variants({"pytorch fp32": model, **sessions}, 1, args.seq_len,
                                          model.config.vocab_size, args.repeats, warmup=3)
+        if ov:   # a block of its own, after ONNX Runtime's
+            timing.update(inference.time_variants(ov, 1, args.seq_len, model.config.vocab_size, args.repeats,
+                                                  warmup=3))
+        lost = {n: scores["pytorch fp32"]["score"] - scores[n]["score"] for n in scores if n.endswith("int8")}
         report.update({
+            "runtimes": list(scores), "int8_points_lost": lost,
+            "int8_within_points": {n: bool(v <= INT8_WARN_POINTS) for n, v in lost.items()},
+            "openvino_precision": {n: m.precision for n, m in ov.items()},
             "fused_operators": fused_ops, "operators": ops, "attention_layers": expected,
             "int8_scheme": best, "int8_calibration_error": errors,
             "validation_rows": len(labels), "fp32_max_abs_logit_difference": diff, "tolerance": args.tolerance,
             "fp32_within_tolerance": bool(diff <= args.tolerance), "validation": scores,
             "size_mb": {"onnx fp32": os.path.getsize(fused) / 2 ** 20,
-                        "onnx int8": os.path.getsize(int8_path) / 2 ** 20},
+                        "onnx int8": os.path.getsize(int8_path) / 2 ** 20,
+                        **{n: (os.path.getsize(p) + os.path.getsize(p[:-4] + ".bin")) / 2 ** 20
+                           for n, p in ov_paths.items()}},
             "latency_ms": {n: {"median": round(t[0], 3), "p10": round(t[1], 3), "p90": round(t[2], 3)}
                            for n, t in timing.items()},
             "latency_setting": {"batch_size": 1, "seq_len": args.seq_len, "threads": args.threads,
@@ -231,12 +255,17 @@ def print_report(r, out_dir):
     print(f"fp32 ONNX vs PyTorch on {r['validation_rows']} validation rows: max |logit difference| "
           f"{r['fp32_max_abs_logit_difference']:.2e} (tolerance {r['tolerance']:g})")
     lat = r["latency_ms"]
-    print(f"{'':14}{'score':>8}{'MB':>9}{'ms (bs 1 x ' + str(r['latency_setting']['seq_len']) + ')':>18}")
-    for n in ("pytorch fp32", "onnx fp32", "onnx int8"):
+    print(f"{'':17}{'score':>8}{'MB':>9}{'ms (bs 1 x ' + str(r['latency_setting']['seq_len']) + ')':>18}")
+    for n in r.get("runtimes", ("pytorch fp32", "onnx fp32", "onnx int8")):
         size = r["size_mb"].get(n)
-        print(f"{n:14}{r['validation'][n]['score']:8.2f}{'' if size is None else f'{size:.1f}':>9}"
-              f"{lat[n]['median']:18.2f}")
+        prec = r.get("openvino_precision", {}).get(n)
+        print(f"{n:17}{r['validation'][n]['score']:8.2f}{'' if size is None else f'{size:.1f}':>9}"
+              f"{lat[n]['median']:18.2f}" + (f"  (runs in {prec})" if prec else ""))
     print(f"CPU: {cpu_line(r['machine'])}, {r['latency_setting']['threads']} threads")
+    for n, v in r.get("int8_points_lost", {}).items():
+        if v > INT8_WARN_POINTS:
+            print(f"WARNING: {n} loses {v:.2f} validation points against PyTorch fp32 (more than "
+                  f"{INT8_WARN_POINTS:g}); the fp32 model of that runtime keeps them")
 
 
 def main(argv=None):
@@ -251,6 +280,8 @@ def main(argv=None):
     p.add_argument("--data_dir", default=None, help="task files (default: the repo's data/, else the hub)")
     p.add_argument("--int8", default="auto", choices=["auto", *inference.ORT_INT8_SCHEMES],
                    help="ONNX Runtime INT8 scheme; auto: the one with the smallest logits error on 128 training rows")
+    p.add_argument("--no_openvino", action="store_true",
+                   help="write no OpenVINO files (they need the openvino and nncf packages)")
     p.add_argument("--max_rows", type=at_least(1), default=None, help="check on the first N validation rows only")
     p.add_argument("--tolerance", type=at_least(0.0, float), default=1e-4,
                    help="max |fp32 ONNX - PyTorch| logit difference (above it nothing is written)")

@@ -399,15 +399,13 @@ class OpenVinoModel:
     def __init__(self, path, threads=None, calibration=None):
         import openvino as ov
         core = ov.Core()
-        model = core.read_model(path)
+        model = core.read_model(path)   # the plain ONNX export, or an OpenVINO IR (.xml) that save_openvino wrote
         self.inputs = [i.get_any_name() for i in model.inputs]
         if calibration is not None:
-            import nncf
-            items = [{k: v for k, v in b.items() if k in self.inputs} for b in calibration]
-            model = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(items))
+            model = quantize_openvino(model, calibration)
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads} if threads else {})
         self.path, self.threads, self.int8 = path, threads, calibration is not None
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))   # bf16 on AMX, else f32
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
         feed = {"input_ids": input_ids, "attention_mask": attention_mask,
@@ -417,6 +415,35 @@ class OpenVinoModel:
 
     def eval(self):
         return self
+
+
+def quantize_openvino(model, calibration):
+    """NNCF's post-training INT8 of an OpenVINO model (model_type TRANSFORMER, as optimum-intel does), calibrated
+    on `calibration` (batches of input arrays: the task's training rows)."""
+    import nncf
+    names = {i.get_any_name() for i in model.inputs}
+    items = []
+    for b in calibration:
+        b = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in b.items()}
+        if "token_type_ids" in names and "token_type_ids" not in b:   # a tokenizer without them (RoBERTa's)
+            b["token_type_ids"] = b["input_ids"] * 0
+        items.append({k: v for k, v in b.items() if k in names})
+    return nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items))
+
+
+OPENVINO_FILES = {"openvino default": "openvino_model.xml", "openvino int8": "openvino_model_int8.xml"}
+
+
+def save_openvino(onnx_path, directory, calibration):
+    """OpenVINO IR files of a plain ONNX export (export_onnx) into `directory`: openvino_model.xml/.bin (fp32
+    weights; the CPU runs it at OpenVINO's default precision, bf16 where it has AMX) and openvino_model_int8.xml/.bin
+    (quantize_openvino on `calibration`); the names optimum-intel's OVModel classes look for. {name: xml path}."""
+    import openvino as ov
+    model = ov.convert_model(onnx_path)
+    paths = {n: os.path.join(directory, f) for n, f in OPENVINO_FILES.items()}
+    ov.save_model(model, paths["openvino default"], compress_to_fp16=False)
+    ov.save_model(quantize_openvino(model, calibration), paths["openvino int8"], compress_to_fp16=False)
+    return paths
 
 
 def has_openvino():

@@ -1,9 +1,14 @@
-"""Predict with a model exported by export.py: needs only onnxruntime, tokenizers and numpy (no torch, no
-transformers). export.py copies this file into the export directory, where it finds its model by itself:
+"""Predict with a model exported by export.py: needs only tokenizers, numpy and one runtime, onnxruntime or
+openvino (no torch, no transformers). export.py copies this file into the export directory, where it finds its
+model by itself:
 
     python predict.py "A man is playing a guitar." "A man plays the guitar."     # one text pair (or one text)
     python predict.py --file pairs.tsv          # one example a line: text, or text<TAB>text; "-": stdin
     python predict.py --dir runs/deploy/stsb --model model.onnx ...                # from elsewhere; fp32
+    python predict.py --model openvino_model_int8.xml ...     # OpenVINO: a .xml model (openvino_model.xml: fp32)
+
+The runtime follows the model file: .onnx runs in ONNX Runtime, .xml in OpenVINO. The default model is
+model_int8.onnx, or openvino_model_int8.xml where onnxruntime is not installed.
 
 Output, on stdout: one JSON line per example, {"label": name, "scores": {name: probability}} for a
 classification task, {"score": value} for a regression task (STS-B). With --file, exactly one line per input
@@ -25,8 +30,9 @@ import json
 import os
 import sys
 
+import importlib
+
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,7 +62,7 @@ class Predictor:
     An example is (text, None) or (text, text); Predictor.check(example) says what is wrong with one (None: it
     can be predicted); calling it with a bad example raises PredictError naming the example."""
 
-    def __init__(self, directory=HERE, model="model_int8.onnx", threads=None):
+    def __init__(self, directory=HERE, model=None, threads=None):
         if not os.path.isdir(directory):
             raise PredictError(f"{directory}: not a directory (--dir: an export directory of export.py)")
         config = _read_json(os.path.join(directory, "config.json"))
@@ -81,18 +87,13 @@ class Predictor:
         self.tokenizer.enable_truncation(max_length=max_length)  # longest_first, as in training
         pad_id = config.get("pad_token_id") or 0
         self.tokenizer.enable_padding(pad_id=pad_id, pad_token=self.tokenizer.id_to_token(pad_id))
+        model = model or default_model()
         path = os.path.join(directory, model)
-        if not os.path.isfile(path):
-            onnx = sorted(n for n in os.listdir(directory) if n.endswith(".onnx"))
-            raise PredictError(f"{path}: no such model (--model: one of {', '.join(onnx) or 'none here'})")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001  (ONNX Runtime's InvalidProtobuf, Fail, ...)
-            raise PredictError(f"{path}: cannot be loaded as an ONNX model: {_first_line(e)}") from None
-        self.inputs = [i.name for i in self.session.get_inputs()]
+        if not os.path.isfile(path) or not model.endswith((".onnx", ".xml")):
+            found = sorted(n for n in os.listdir(directory) if n.endswith((".onnx", ".xml")))
+            why = "is no ONNX model (.onnx) or OpenVINO model (.xml)" if os.path.isfile(path) else "no such model"
+            raise PredictError(f"{path}: {why} (--model: one of {', '.join(found) or 'none here'})")
+        self.run, self.inputs = (_openvino if model.endswith(".xml") else _onnxruntime)(path, threads)
 
     def check(self, example):
         """None when `example` ((text, None) or (text, text)) can be predicted, else why not (a phrase)."""
@@ -120,7 +121,7 @@ class Predictor:
         return {k: np.asarray(feed[k], dtype=np.int64) for k in self.inputs}
 
     def logits(self, examples):
-        return self.session.run(["logits"], self.encode(examples))[0]
+        return self.run(self.encode(examples))
 
     def __call__(self, examples, batch_size=32):
         if batch_size < 1:
@@ -140,6 +141,49 @@ class Predictor:
             out += [{"label": self.labels[int(q.argmax())],
                      "scores": {n: round(float(v), 4) for n, v in zip(self.labels, q)}} for q in p]
         return out
+
+
+def default_model():
+    """model_int8.onnx where onnxruntime can be imported, else openvino_model_int8.xml."""
+    try:
+        importlib.import_module("onnxruntime")
+    except ImportError:
+        return "openvino_model_int8.xml"
+    return "model_int8.onnx"
+
+
+def _import(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise PredictError(f"the model needs the {name} package (pip install {name})") from None
+
+
+def _onnxruntime(path, threads):
+    """(run: feed -> logits, input names) of an ONNX model in ONNX Runtime."""
+    ort = _import("onnxruntime")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001  (ONNX Runtime's InvalidProtobuf, Fail, ...)
+        raise PredictError(f"{path}: cannot be loaded as an ONNX model: {_first_line(e)}") from None
+    return (lambda feed: session.run(["logits"], feed)[0]), [i.name for i in session.get_inputs()]
+
+
+def _openvino(path, threads):
+    """(run: feed -> logits, input names) of an OpenVINO IR (.xml beside its .bin) on the CPU."""
+    ov = _import("openvino")
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(path), "CPU",
+                                      {"INFERENCE_NUM_THREADS": threads} if threads else {})
+    except Exception as e:  # noqa: BLE001  (OpenVINO raises RuntimeError with a long message)
+        raise PredictError(f"{path}: cannot be loaded as an OpenVINO model: {_first_line(e)}") from None
+    out = compiled.output(0)
+    inputs = [i.get_any_name() for i in compiled.inputs]
+    return (lambda feed: compiled(feed)[out]), inputs
 
 
 def parse_line(raw, number):
@@ -199,9 +243,11 @@ def main(argv=None):
     p.add_argument("--strict", action="store_true", help="with --file: a bad line is an error (exit 2, nothing "
                                                          "printed) instead of an error line in its place")
     p.add_argument("--dir", default=HERE, help="the export directory (default: this file's)")
-    p.add_argument("--model", default="model_int8.onnx", help="model_int8.onnx (default) or model.onnx (fp32)")
+    p.add_argument("--model", default=None,
+                   help="model_int8.onnx (the default) or model.onnx (fp32) in ONNX Runtime; openvino_model_int8.xml "
+                        "or openvino_model.xml (default precision) in OpenVINO")
     p.add_argument("--threads", type=at_least(0), default=None,
-                   help="ONNX Runtime intra-op threads (default, or 0: all cores)")
+                   help="the runtime's threads (default, or 0: all cores)")
     p.add_argument("--batch_size", type=at_least(1), default=32)
     args = p.parse_args(argv)
     if bool(args.text) == bool(args.file) or len(args.text) > 2:

@@ -55,7 +55,9 @@ def test_the_pipeline_exports_a_deployable_model_with_its_report(tmp_path, tiny_
     assert r["format"] == deploy.FORMAT and r["task"] == "rte"
     assert os.path.isdir(r["teacher_path"]) and r["model_path"].endswith("model")
     for name in ("teacher", "compressed"):
-        assert set(r[name]["validation"]) == set(deploy.RUNTIMES) and set(r[name]["latency_ms"]) == set(deploy.RUNTIMES)
+        assert set(r[name]["validation"]) == set(r["runtimes"]) == set(r[name]["latency_ms"])
+    assert set(deploy.RUNTIMES) < set(r["runtimes"]) == set(deploy.RUNTIMES) | {"openvino default", "openvino int8"}
+    assert set(r["int8_points_lost"]) == {"onnx int8", "openvino int8"}
     assert r["compressed"]["attn_dims"] != r["teacher"]["attn_dims"]   # the compressed one is smaller
     q = subprocess.run([sys.executable, str(out / "onnx" / "predict.py"), "A man plays.", "A man is playing."],
                        capture_output=True, text=True, timeout=120)

@@ -77,6 +77,25 @@ def test_export_checks_fp32_and_int8(tmp_path, one_thread, dims):
     import onnxruntime as ort
     names = [i.name for i in ort.InferenceSession(str(out / "model_int8.onnx")).get_inputs()]
     assert names == ["input_ids", "attention_mask"] + ([] if dims.get("distilbert") else ["token_type_ids"])
+    # OpenVINO (issue 27 item 2): its IR at fp32 gives PyTorch's logits; the INT8 one is NNCF's (FakeQuantize)
+    assert set(export.OPENVINO_FILES) <= set(os.listdir(out)) and set(report["files"]) >= set(export.OPENVINO_FILES)
+    assert report["runtimes"] == ["pytorch fp32", "onnx fp32", "onnx int8", "openvino default", "openvino int8"]
+    assert set(report["int8_points_lost"]) == {"onnx int8", "openvino int8"}
+    assert report["int8_points_lost"]["onnx int8"] == v["pytorch fp32"]["score"] - v["onnx int8"]["score"]
+    assert set(report["latency_ms"]) == set(report["runtimes"]) and report["openvino_precision"]
+    import openvino as ov
+    core = ov.Core()
+    fp = core.compile_model(core.read_model(str(out / "openvino_model.xml")), "CPU",
+                            {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    ids = torch.randint(5, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    feed = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    feed = {i.get_any_name(): feed[i.get_any_name()].numpy() for i in fp.inputs}
+    model = ModDistilBertForSequenceClassification.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        want = model(**{k: torch.from_numpy(x) for k, x in feed.items()}).logits.numpy()
+    assert abs(fp(feed)[fp.output(0)] - want).max() < 1e-4
+    int8_ops = {op.get_type_name() for op in core.read_model(str(out / "openvino_model_int8.xml")).get_ops()}
+    assert "FakeQuantize" in int8_ops or "FakeConvert" in int8_ops
 
 
 @pytest.mark.slow
@@ -94,14 +113,24 @@ def test_predict_without_torch_gives_the_models_predictions(tmp_path, one_thread
     with torch.no_grad():
         want = model(**tok([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=128,
                            padding=True, return_tensors="pt")).logits[:, 0]
-    for onnx_file in ("model.onnx", "model_int8.onnx"):
-        res = subprocess.run([sys.executable, "-c", NO_TORCH, str(out / "predict.py"), "--file",
-                              str(tmp_path / "pairs.tsv"), "--model", onnx_file, "--threads", "1"],
+    # each runtime's model, the other runtime not importable (predict.py needs one of them)
+    no_ov = NO_TORCH.replace("= None;", "= sys.modules['openvino'] = None;", 1)
+    no_ort = NO_TORCH.replace("= None;", "= sys.modules['onnxruntime'] = None;", 1)
+    for model_file, blocker in (("model.onnx", no_ov), ("model_int8.onnx", no_ov), ("openvino_model.xml", no_ort),
+                                ("openvino_model_int8.xml", no_ort), (None, no_ort)):
+        res = subprocess.run([sys.executable, "-c", blocker, str(out / "predict.py"), "--file",
+                              str(tmp_path / "pairs.tsv"), "--threads", "1", *(["--model", model_file]
+                                                                               if model_file else [])],
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         got = torch.tensor([json.loads(line)["score"] for line in res.stdout.splitlines()])
         assert len(got) == 5
-        assert (got - want).abs().max() < (2e-4 if onnx_file == "model.onnx" else 0.1 * want.abs().max() + 0.05)
+        # bf16 (OpenVINO's default on an AMX CPU) and INT8: close; ONNX fp32: PyTorch's
+        assert (got - want).abs().max() < (2e-4 if model_file == "model.onnx" else 0.1 * want.abs().max() + 0.05)
+    res = subprocess.run([sys.executable, "-c", no_ort, str(out / "predict.py"), "a", "b", "--model",
+                          "model.onnx"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: the model needs the onnxruntime package (pip install onnxruntime)"]
     # the blocker works: the same command cannot import torch
     res = subprocess.run([sys.executable, "-c", NO_TORCH.replace("runpy.run_path(sys.argv[0], run_name='__main__')",
                                                                  "import torch")], capture_output=True, text=True)
