@@ -62,7 +62,7 @@ class ModDistilBertConfig(PretrainedConfig):
 
     def __init__(self, vocab_size=30522, max_position_embeddings=512, type_vocab_size=0,
                  hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
-                 attn_dims=None, ffn_dims=None, hidden_act="gelu", layer_norm_eps=1e-12,
+                 attn_dims=None, ffn_dims=None, attn_heads=None, hidden_act="gelu", layer_norm_eps=1e-12,
                  hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=0.2,
                  head_type="distilbert", initializer_range=0.02, pad_token_id=0,
                  embedding_size=None, position_style="absolute",
@@ -76,6 +76,8 @@ class ModDistilBertConfig(PretrainedConfig):
         self.num_attention_heads = num_attention_heads
         self.attn_dims = list(attn_dims or [hidden_size] * num_hidden_layers)  # heads x head_dim, per layer
         self.ffn_dims = list(ffn_dims or [4 * hidden_size] * num_hidden_layers)
+        # heads per layer (a latency budget may keep fewer in some layers); None: num_attention_heads in every one
+        self.attn_heads = list(attn_heads) if attn_heads is not None else None
         self.hidden_act = hidden_act
         self.layer_norm_eps = layer_norm_eps
         self.hidden_dropout_prob = hidden_dropout_prob
@@ -96,9 +98,17 @@ class ModDistilBertConfig(PretrainedConfig):
             raise ValueError("attn_dims and ffn_dims need one entry per layer")
         if min(self.attn_dims + self.ffn_dims) < 0:
             raise ValueError("attn_dims and ffn_dims must be >= 0 (0: the block is removed)")
-        for d in self.attn_dims:
-            if d % num_attention_heads:
-                raise ValueError(f"attention inner size {d} is not a multiple of {num_attention_heads} heads")
+        if self.attn_heads is not None and (len(self.attn_heads) != num_hidden_layers
+                                            or min(self.attn_heads) < 0):
+            raise ValueError("attn_heads needs one head count >= 0 per layer")
+        for l, d in enumerate(self.attn_dims):
+            n = self.heads(l)
+            if (d and not n) or (n and d % n):
+                raise ValueError(f"layer {l}: attention inner size {d} is not a multiple of its {n} heads")
+
+    def heads(self, layer):
+        """The number of attention heads of `layer` (attn_heads, else num_attention_heads)."""
+        return self.num_attention_heads if self.attn_heads is None else self.attn_heads[layer]
 
 
 def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
@@ -164,7 +174,7 @@ class MultiHeadSelfAttention(nn.Module):
 
     def __init__(self, hidden_size, num_heads, inner_size, dropout=0.0, out_dropout=0.0):
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, inner_size // num_heads
+        self.num_heads, self.head_dim = num_heads, inner_size // num_heads if num_heads else 0
         if inner_size:
             self.q_lin = nn.Linear(hidden_size, inner_size)
             self.k_lin = nn.Linear(hidden_size, inner_size)
@@ -236,10 +246,11 @@ class FeedForward(nn.Module):
         return self.dropout(self.lin2(self.act(self.lin1(x))))
 
 
-def make_block(config, layer, kind, inner=None):
-    """A fresh `mha` or `ffn` block for `layer`, with the config's width unless `inner` is given (0: removed)."""
+def make_block(config, layer, kind, inner=None, heads=None):
+    """A fresh `mha` or `ffn` block for `layer`, with the config's width (and heads) unless `inner` (and `heads`)
+    are given (inner 0: removed)."""
     if kind == "mha":
-        return MultiHeadSelfAttention(config.hidden_size, config.num_attention_heads,
+        return MultiHeadSelfAttention(config.hidden_size, config.heads(layer) if heads is None else heads,
                                       config.attn_dims[layer] if inner is None else inner,
                                       config.attention_probs_dropout_prob, config.hidden_dropout_prob)
     if kind == "ffn":

@@ -119,34 +119,61 @@ def currency(name, layer_norm, resid, val_tok):
 
 @torch.no_grad()
 def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_dims, device, measure=None,
-                    keep=None):
+                    keep=None, head_counts=None, order=None):
     """{head dim: held-out error} of the closed-form attention start (fitted on train_idx) at each head dim; 0 is
     the block removed (the training tokens' mean output), the teacher's own head dim 0 exactly (the closed form
     keeps every score and value direction there, so it is not fitted). measure(e, t): the error rows e of the
     flat token positions t in a currency (default: the squared error). keep: a head dim whose fitted block is
-    returned too ((curve, block))."""
+    returned too ((curve, block)). head_counts (with `order`, the teacher's heads by importance, head_order):
+    the curve is {(heads k, head dim r): error} over every k of head_counts, the first k heads of `order` kept;
+    (0, 0) is the block removed."""
     measure = measure or (lambda e, t: _energy(e))
     stats = data_init.mha_statistics(teacher, inputs, lengths, train_idx, device)
     H, nh = teacher.q_lin.in_features, teacher.num_heads
     val_tok = flat_positions(lengths, val_idx).to(targets.device)
     mean = targets[flat_positions(lengths, train_idx).to(targets.device)].double().mean(0)
     curve = {}
-    for r in head_dims:
-        if r == 0:
-            curve[0] = measure(targets[val_tok] - mean.to(targets.dtype), val_tok)
-            continue
-        if r == teacher.head_dim and r != keep:
-            curve[r] = 0.0
-            continue
-        s = MultiHeadSelfAttention(H, nh, nh * r).to(device)
-        data_init.fit_mha(teacher, s, stats)
-        s.to(device)
-        data_init.refit_out_lin(s, inputs, targets, lengths, train_idx, device)
-        pred = data_init.attention_outputs(s, inputs, lengths, val_idx, device)
-        curve[r] = measure(pred.to(targets) - targets[val_tok], val_tok)
-        if r == keep:
-            kept = s
+    for k in head_counts or [nh]:
+        for r in head_dims:
+            key = r if head_counts is None else (k, r) if r else (0, 0)
+            if key in curve:
+                continue
+            if r == 0:
+                curve[key] = measure(targets[val_tok] - mean.to(targets.dtype), val_tok)
+                continue
+            if k == nh and r == teacher.head_dim and r != keep:
+                curve[key] = 0.0
+                continue
+            s = MultiHeadSelfAttention(H, k, k * r).to(device)
+            data_init.fit_mha(teacher, s, stats, heads=None if k == nh else order[:k])
+            s.to(device)
+            data_init.refit_out_lin(s, inputs, targets, lengths, train_idx, device)
+            pred = data_init.attention_outputs(s, inputs, lengths, val_idx, device)
+            curve[key] = measure(pred.to(targets) - targets[val_tok], val_tok)
+            if k == nh and r == keep:
+                kept = s
     return curve if keep is None else (curve, kept)
+
+
+@torch.no_grad()
+def head_order(teacher, inputs, lengths, index, device, measure=None):
+    """The teacher attention's heads, most important first: by the energy (in the currency `measure`) of each
+    head's own contribution to the block's output, ctx_h Wo_h^T less its mean, on the sequences `index`."""
+    measure = measure or (lambda e, t: _energy(e))
+    H, nh, d = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim
+    tok = flat_positions(lengths, index)
+    energy = []
+    for h in range(nh):
+        one = MultiHeadSelfAttention(H, 1, d).to(device)
+        t = slice(h * d, (h + 1) * d)
+        for n in ("q_lin", "k_lin", "v_lin"):
+            getattr(one, n).weight.copy_(getattr(teacher, n).weight[t])
+            getattr(one, n).bias.copy_(getattr(teacher, n).bias[t])
+        one.out_lin.weight.copy_(teacher.out_lin.weight[:, t])
+        one.out_lin.bias.zero_()
+        c = data_init.attention_outputs(one.eval(), inputs, lengths, index, device)
+        energy.append(measure(c - c.double().mean(0).to(c), tok.to(c.device)))
+    return sorted(range(nh), key=lambda h: (-energy[h], h))
 
 
 @torch.no_grad()
@@ -237,9 +264,12 @@ def choose(options, budget):
 
 # ------------------------------------------------------------------ a capture's allocation
 def allocate(teacher, store, train_idx, val_idx, compression, device, length=128, curve_tokens=CURVE_TOKENS,
-             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="output", log=print):
+             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="output", log=print, table=None):
     """The joint allocation of a capture's teacher at `compression`: {"dims": {layer: [attn inner, ffn width]},
-    "budget": ..., "curves": ...}. Every layer of the encoder shares the budget."""
+    "budget": ..., "curves": ...}. Every layer of the encoder shares the budget. With a latency `table`
+    (latency.load_or_measure) the budget is the encoder's measured latency divided by `compression`, and each
+    layer also chooses its number of heads (the most important first: head_order): "heads" {layer: k} and
+    "head_order" {layer: teacher heads} come with the dims."""
     config = teacher.config
     layers = range(config.num_hidden_layers)
     full = encoder_macs(config, length)
@@ -247,7 +277,20 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
     nh = config.num_attention_heads
     if compression == 1:
         dims = {l: [config.attn_dims[l], config.ffn_dims[l]] for l in layers}
-        return {"dims": dims, "budget": _budget(config, length, full, budget, dims), "curves": None}
+        out = {"dims": dims, "budget": _budget(config, length, full, budget, dims), "curves": None}
+        if table is not None:
+            out.update(heads={l: nh for l in layers}, head_order={l: list(range(nh)) for l in layers})
+            out["budget"]["latency"] = _latency_budget(table, config, dims, out["heads"], compression)
+        return out
+    if table is not None:
+        lat = _latency_budget(table, config, None, None, compression)
+        budget = int(round(lat["blocks_budget_ms"] * LATENCY_UNITS))
+        if budget <= 0:
+            raise UserError(f"a latency budget of 1/{compression:g} ({lat['budget_ms']:.3f} ms of "
+                            f"{lat['uncompressed_ms']:.3f} ms on this CPU in {table['key']['runtime']}) is below "
+                            f"what the encoder costs with every block removed ({lat['fixed_total_ms']:.3f} ms: "
+                            f"layer norms, embeddings, head): at most "
+                            f"{lat['uncompressed_ms'] / lat['fixed_total_ms']:.2f}x here")
     seq_lengths = store.sequence_info()[0]
     subset = subsample(seq_lengths, train_idx, curve_tokens, seed)
     held = subsample(seq_lengths, val_idx, heldout_tokens, seed)
@@ -255,7 +298,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         held = subset  # --holdout 0: the curves are measured on the fitted tokens
     keep = torch.unique(torch.cat([subset, held]))
     fit_idx, val_idx = torch.searchsorted(keep, subset), torch.searchsorted(keep, held)
-    options, curves, sensitivity = {}, {}, {}
+    options, curves, sensitivity, orders = {}, {}, {}, {}
     output = currency_name == "output"
     if output:  # the teacher's encoder output on the held-out sequences, what each block's error is carried to
         last = config.num_hidden_layers - 1
@@ -269,17 +312,26 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         val_tok = flat_positions(lengths, val_idx)
         measure = currency(currency_name, layer.sa_layer_norm, ins + outs, val_tok)
         r_cal = _nearest(head_dim_grid(d), d / compression)
-        mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, head_dim_grid(d), device,
-                              measure, keep=r_cal if output else None)
+        heads = None
+        if table is not None:   # which heads a layer keeps first: their own contributions, on the fitted tokens
+            from modcomp.latency import head_grid
+            heads = head_grid(nh)
+            orders[l] = head_order(layer.attention, ins, lengths, fit_idx, device, measure)
+        # a latency budget leaves out head dim 1: ONNX Runtime's attention fusion does not take it (an unfused
+        # block would cost more than its table row)
+        grid = head_dim_grid(d) if heads is None else [r for r in head_dim_grid(d) if r != 1 or r == d]
+        mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, grid, device,
+                              measure, keep=r_cal if output else None, head_counts=heads, order=orders.get(l))
         if output:
             mha, cal = mha
             sensitivity[l] = {"mha": _carried(teacher, l, "attention", cal, x, lengths, val_idx, out_t, device)
-                              / out_energy / max(mha[r_cal], 1e-30)}
+                              / out_energy / max(mha[r_cal if heads is None else (nh, r_cal)], 1e-30)}
         ins, outs, hidden = data_init.ffn_io(layer, ins, outs, hidden=True)
         measure = currency(currency_name, layer.output_layer_norm, ins + outs, val_tok)
         ffn = ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok, width_grid(F), device,
                         measure=measure, hidden=hidden)
-        curves[l] = {"mha": {r * nh: e for r, e in mha.items()}, "ffn": dict(ffn)}
+        curves[l] = {"mha": ({r * nh: e for r, e in mha.items()} if heads is None
+                             else {(k, k * r): e for (k, r), e in mha.items()}), "ffn": dict(ffn)}
         if output:
             w_cal = _nearest(width_grid(F), F / compression)
             cal = make_block(config, l, "ffn", w_cal).to(device)
@@ -289,19 +341,39 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             curves[l] = {k: {s: e * sensitivity[l][k] for s, e in c.items()} for k, c in curves[l].items()}
         del hidden  # not held into the next layer's
         for kind in ("mha", "ffn"):
-            options[(l, kind)] = {s: (block_macs(config, kind, s, length), e) for s, e in curves[l][kind].items()}
-        log(f"layer {l}: error ({currency_name} currency), attention by head dim "
-            + " ".join(f"{s // nh}:{e:.2e}" for s, e in curves[l]["mha"].items())
-            + "; FFN by width " + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::8]))
+            options[(l, kind)] = {s: (_cost(config, kind, s, length, table), e) for s, e in curves[l][kind].items()}
+        if heads is None:
+            log(f"layer {l}: error ({currency_name} currency), attention by head dim "
+                + " ".join(f"{s // nh}:{e:.2e}" for s, e in curves[l]["mha"].items())
+                + "; FFN by width " + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::8]))
+        else:
+            log(f"layer {l}: heads by importance {orders[l]}; error ({currency_name} currency) of k heads x head dim "
+                + " ".join(f"{k}x{a // k}:{e:.1e}" for (k, a), e in curves[l]["mha"].items() if k and a // k in
+                           (2, 8, d)) + "; FFN by width "
+                + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::16]))
     pick = choose(options, budget)
+    if table is not None:   # (heads, inner) per attention block
+        head_counts = {l: pick[(l, "mha")][0] for l in layers}
+        pick.update({(l, "mha"): pick[(l, "mha")][1] for l in layers})
     dims = {l: [pick[(l, "mha")], pick[(l, "ffn")]] for l in layers}
-    return {"dims": dims, "budget": _budget(config, length, full, budget, dims),
-            "predicted_error": sum(curves[l][k][pick[(l, k)]] for l in layers for k in ("mha", "ffn")),
+    key = (lambda l, k: (head_counts[l], pick[(l, k)]) if k == "mha" and table is not None else pick[(l, k)])
+    extra = {}
+    if table is not None:
+        extra = {"heads": head_counts, "head_order": orders}
+    out = {"dims": dims, "budget": _budget(config, length, full, budget if table is None else None, dims), **extra,
+           "predicted_error": sum(curves[l][k][key(l, k)] for l in layers for k in ("mha", "ffn")),
             "sensitivity": {str(l): v for l, v in sensitivity.items()} or None,
             "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
             "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[held].sum()),
-            "curves": {str(l): {k: {str(s): e for s, e in c.items()} for k, c in cs.items()}
-                       for l, cs in curves.items()}}
+            "curves": {str(l): {k: {(f"{s[0]},{s[1]}" if isinstance(s, tuple) else str(s)): e for s, e in c.items()}
+                                for k, c in cs.items()} for l, cs in curves.items()}}
+    if table is not None:
+        out["budget"]["latency"] = _latency_budget(table, config, dims, head_counts, compression)
+        b = out["budget"]["latency"]
+        log(f"latency budget 1/{compression:g} in {table['key']['runtime']}: {b['budget_ms']:.3f} of "
+            f"{b['uncompressed_ms']:.3f} ms; predicted {b['predicted_ms']:.3f} ms ({b['predicted_ratio']:.2f}x); "
+            f"heads per layer {[head_counts[l] for l in layers]}")
+    return out
 
 
 def _nearest(grid, size):
@@ -326,16 +398,49 @@ def _carried(teacher, l, name, block, x, lengths, index, out_t, device):
     return _energy(h - out_t.to(h))
 
 
+LATENCY_UNITS = 10_000   # the dynamic programme's cost unit for a latency budget: 0.1 microseconds
+
+
+def _cost(config, kind, size, length, table):
+    """A block's cost in the budget's currency: multiply-adds, or (a table) its measured latency in 0.1 us;
+    a latency-budget attention size is (heads, inner)."""
+    if table is None:
+        return block_macs(config, kind, size, length)
+    from modcomp.latency import block_ms
+    k, a = size if kind == "mha" else (None, size)
+    return int(round(block_ms(table, kind, a, k) * LATENCY_UNITS))
+
+
+def _latency_budget(table, config, dims, heads, compression):
+    """What a latency budget spends, from the table (ms): the uncompressed encoder's predicted time, the budget,
+    what no block can remove (embeddings, head, every layer's fixed cost) and, for dims, their predicted time."""
+    from modcomp.latency import encoder_ms
+    L, nh = config.num_hidden_layers, config.num_attention_heads
+    full = encoder_ms(table, [(nh, config.attn_dims[l], config.ffn_dims[l]) for l in range(L)])
+    fixed = table["base_ms"] + L * table["fixed_ms"]
+    out = {"runtime": table["key"]["runtime"], "length": table["key"]["length"], "threads": table["key"]["threads"],
+           "cpu": table["key"]["cpu"], "uncompressed_ms": full, "budget_ms": full / compression,
+           "fixed_total_ms": fixed, "blocks_budget_ms": full / compression - fixed}
+    if dims is not None:
+        pred = encoder_ms(table, [(heads[l], dims[l][0], dims[l][1]) for l in range(L)])
+        out.update(predicted_ms=pred, predicted_ratio=full / pred)
+    return out
+
+
 def _budget(config, length, full, budget, dims):
     used = encoder_macs(config, length, dims)
     return {"length": length, "uncompressed_macs": full, "budget_macs": budget, "used_macs": used,
             "achieved_compression": full / used if used else float("inf")}
 
 
-def allocation_id(dims):
-    """The id an allocated block records ({layer: (attention inner, FFN width)} as JSON): load_modules refuses a
-    modules dir whose blocks name two different ids (they would not keep one budget)."""
-    return json.dumps({int(l): list(d) for l, d in sorted(dims.items(), key=lambda kv: int(kv[0]))})
+def allocation_id(dims, heads=None):
+    """The id an allocated block records ({layer: (attention inner, FFN width)} as JSON, with a latency budget's
+    {layer: heads} beside them): load_modules refuses a modules dir whose blocks name two different ids (they
+    would not keep one budget)."""
+    ids = json.dumps({int(l): list(d) for l, d in sorted(dims.items(), key=lambda kv: int(kv[0]))})
+    if heads is None:
+        return ids
+    return ids + " heads " + json.dumps({int(l): int(k) for l, k in sorted(heads.items(), key=lambda kv: int(kv[0]))})
 
 
 def load_or_allocate(path, settings, compute):

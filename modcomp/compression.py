@@ -118,7 +118,8 @@ def init_block(teacher, student, init, std=0.02, generator=None):
         raise UserError(f"init must be 'svd', 'random' or 'data', not {init!r}")
 
 
-def compress(model, compression=2.0, init="svd", layers=None, data=None, device=None, seed=None, dims=None):
+def compress(model, compression=2.0, init="svd", layers=None, data=None, device=None, seed=None, dims=None,
+             heads=None):
     """Replace the MHA and FFN of the chosen layers (all by default) with low-rank blocks, in place.
 
     MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`.
@@ -128,7 +129,9 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
     init "random" draws each block from block_generator(seed, layer, kind); seed None: torch.initial_seed(),
     the seed the global RNG was last seeded with (utils.set_seed), without drawing from it.
     dims: {layer: (attention inner size, FFN width)} instead of the uniform sizes (an allocated modules dir's,
-    module_dims: the budget `compression` may then be beyond what uniform sizes can reach)."""
+    module_dims: the budget `compression` may then be beyond what uniform sizes can reach). heads: {layer: number
+    of attention heads} of a latency budget's modules dir (module_heads); a block with fewer heads than the
+    teacher's gets no SVD start (its module replaces it)."""
     base = model.base_model
     config = base.config
     if config.compression:
@@ -145,6 +148,10 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
         if missing:
             raise UserError(f"init 'data' needs the inputs of layers {missing} (data={{layer: (x, lengths)}})")
         compress_with_data(model, dims, data, device=device)
+    if heads:
+        config.attn_heads = [heads.get(i, config.heads(i)) for i in range(config.num_hidden_layers)]
+        if model.config is not config:
+            model.config.attn_heads = config.attn_heads
     seed = torch.initial_seed() if seed is None else seed
     for i in layers if init != "data" else []:
         layer = base.layers[i]
@@ -153,7 +160,8 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
             old = layer.attention if kind == "mha" else layer.ffn
             new = make_block(config, i, kind, dim).to(next(old.parameters())).train(old.training)
             gen = block_generator(seed, i, kind) if init == "random" else None
-            init_block(old, new, init, config.initializer_range, generator=gen)
+            if getattr(new, "num_heads", None) in (None, getattr(old, "num_heads", None)) or new.removed:
+                init_block(old, new, init, config.initializer_range, generator=gen)
             setattr(layer, "attention" if kind == "mha" else "ffn", new)
         config.attn_dims[i], config.ffn_dims[i] = attn_dim, ffn_dim
     config.compression, config.init = compression, init
@@ -233,13 +241,20 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False, t
         block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
         dims = config.attn_dims if kind == "mha" else config.ffn_dims
         inner = int(meta.get("inner_size", -1))
-        if meta.get("allocated") == "True" and inner >= 0 and inner != dims[layer]:
-            # a per-layer size chosen by --allocate (0: the block removed): this layer's block takes it
+        heads = int(meta["block_heads"]) if kind == "mha" and meta.get("block_heads", "None") != "None" else None
+        new_heads = heads is not None and heads != config.heads(layer)
+        if meta.get("allocated") == "True" and inner >= 0 and (inner != dims[layer] or new_heads):
+            # a per-layer size chosen by --allocate (0: the block removed; a latency budget: its heads too): this
+            # layer's block takes it
+            if new_heads:
+                config.attn_heads = list(config.attn_heads or [config.num_attention_heads] * len(base.layers))
+                config.attn_heads[layer] = heads
+            dims[layer] = inner
             block = make_block(config, layer, kind, inner).to(next(base.parameters())).train(block.training)
             setattr(base.layers[layer], "attention" if kind == "mha" else "ffn", block)
-            dims[layer] = inner
             if model.config is not config:
                 model.config.attn_dims, model.config.ffn_dims = config.attn_dims, config.ffn_dims
+                model.config.attn_heads = config.attn_heads
         own = block.state_dict()
         for k, v in own.items():
             got = state.get(k)
@@ -283,6 +298,16 @@ def module_dims(modules_dir, num_layers):
     if not allocated or any((l, k) not in dims for l in range(num_layers) for k in KINDS):
         return None
     return {l: tuple(dims[(l, k)] for k in KINDS) for l in range(num_layers)}
+
+
+def module_heads(modules_dir):
+    """{layer: number of attention heads} of a latency budget's modules dir (its allocation.json), else None."""
+    alloc = os.path.join(modules_dir, "allocation.json")
+    if not os.path.exists(alloc):
+        return None
+    with open(alloc) as f:
+        heads = json.load(f).get("heads")
+    return {int(l): int(k) for l, k in heads.items()} if heads else None
 
 
 def checkpoint_settings(path):

@@ -78,7 +78,13 @@ FIELDS = {
     "currency": Field(str, "--allocate: block errors compared by what reaches the encoder's output (output), after "
                            "their LayerNorm (layernorm) or relative to the residual stream (residual)",
                       ("modules",), choices=CURRENCIES),
-    "budget_length": Field(int, "--allocate: the sequence length the multiply-add budget is counted at",
+    "budget": Field(str, "--allocate: what --compression divides: the encoder's multiply-adds (macs) or its latency "
+                         "measured on this CPU in LATENCY_RUNTIME (latency: heads per layer too; modcomp/latency.py)",
+                    ("modules",), choices=("macs", "latency")),
+    "latency_runtime": Field(str, "--budget latency: the runtime its latency table is measured in (ort-int8: the "
+                                  "ONNX Runtime INT8 export; openvino: its default precision)", ("modules",),
+                             choices=("ort-int8", "openvino")),
+    "budget_length": Field(int, "--allocate: the sequence length the budget is counted (or measured) at",
                            ("modules",)),
     "fit_tokens": Field(str, "--init data: fit the closed form on at most N training tokens per layer | all",
                         ("modules",)),
@@ -149,6 +155,8 @@ def check(fields):
     f = fields
     if not f["compression"] > 1:
         raise RecipeError(f"--compression must be a number > 1, got {f['compression']:g}")
+    if f.get("budget") == "latency" and not (f["allocate"] and f["init"] == "data"):
+        raise RecipeError("--budget latency is spent by the allocation: it needs --allocate 1 and --init data")
     if f["fit_tokens"] != "all" and not (f["fit_tokens"].isdigit() and int(f["fit_tokens"]) > 0):
         raise RecipeError(f"--fit_tokens must be a positive integer or 'all', got {f['fit_tokens']!r}")
     at_least = {"ft_epochs": 1, "batch_size": 1, "eval_batch_size": 1, "module_batch_size": 1,
@@ -383,8 +391,11 @@ def capture_tokens(fields):
 
 # ------------------------------------------------------------------ labels and paths
 def settings(fields):
-    """The fields that are settings of a run: all, less the currency where nothing is allocated."""
-    return {k: v for k, v in fields.items() if k != "currency" or fields["allocate"]}
+    """The fields that are settings of a run: all, less the currency where nothing is allocated, and the budget's
+    kind and runtime unless it is a latency budget (so that multiply-add runs keep the paths they had)."""
+    latency = fields.get("allocate") and fields.get("budget") == "latency"
+    return {k: v for k, v in fields.items() if (k != "currency" or fields["allocate"])
+            and (k not in ("budget", "latency_runtime") or latency)}
 
 
 def row_label(variant, fields):
@@ -397,6 +408,8 @@ def row_label(variant, fields):
             label += f"-{fields['init']}"
         if fields["init"] == "data" and fields["allocate"]:
             label += "-alloc"
+            if fields.get("budget") == "latency":
+                label += "-lat"
         if fields["teacher"] == "finetuned":
             label += "-ft"
         elif fields["teacher"] != "pretrained":   # a fine-tuned teacher of the user's

@@ -162,13 +162,19 @@ def mha_statistics(teacher, inputs, lengths, index, device, batch=32):
 
 
 @torch.no_grad()
-def fit_mha(teacher, student, stats, eps=1e-6):
+def fit_mha(teacher, student, stats, eps=1e-6, heads=None):
     """Closed-form per-head start of a low-rank attention block from `mha_statistics`. Returns per-head
     predicted errors (dropped share of the whitened spectra) of the scores and of the value path. The score
     rank is the student's head_dim, the value rank its v_lin size per head (the same in our model; a student
-    whose value heads differ in size gets its own rank there, as scripts/qk_vo_split.py measures)."""
+    whose value heads differ in size gets its own rank there, as scripts/qk_vo_split.py measures). `heads`:
+    the teacher heads the student's heads start from, in order (default: all, when the student has as many);
+    the others are dropped (their mean output is left to refit_out_lin's bias)."""
     H, nh, d, r = teacher.q_lin.in_features, teacher.num_heads, teacher.head_dim, student.head_dim
-    rv = student.v_lin.out_features // nh
+    heads = list(range(nh)) if heads is None else list(heads)
+    if len(heads) != student.num_heads or not set(heads) <= set(range(nh)) or len(set(heads)) != len(heads):
+        raise ValueError(f"heads {heads}: the student's {student.num_heads} heads need as many distinct teacher "
+                         f"heads of {nh}")
+    rv = student.v_lin.out_features // len(heads)
     dev = stats["Cx1"].device
     white = stats.setdefault("whiteners", {})  # they do not depend on r: once per statistics (allocate's curves)
     if eps not in white:
@@ -179,8 +185,8 @@ def fit_mha(teacher, student, stats, eps=1e-6):
     bq, bv = teacher.q_lin.bias.detach().to(dev).double(), teacher.v_lin.bias.detach().to(dev).double()
     new = {k: torch.zeros_like(p, dtype=torch.float64, device=dev) for k, p in student.state_dict().items()}
     score_err, value_err = [], []
-    for h in range(nh):
-        t, s = slice(h * d, (h + 1) * d), slice(h * r, (h + 1) * r)
+    for i, h in enumerate(heads):
+        t, s = slice(h * d, (h + 1) * d), slice(i * r, (i + 1) * r)
         a = torch.cat([W["q_lin"][t], bq[t, None]], 1)                 # d x (H+1)
         L, Rk, sv = top_r(a @ R1.T, W["k_lin"][t] @ R.T, r)             # whitened product, truncated
         L, Rk = balance(R1inv @ L, Rinv @ Rk)                           # mapped back, re-split evenly
@@ -190,7 +196,7 @@ def fit_mha(teacher, student, stats, eps=1e-6):
         Rc, Rcinv = V[h]                                                # Rc^T Rc = Wv_h Z_h^T Z_h Wv_h^T
         La, Ro, sz = top_r(Rc.T, W["out_lin"][:, t].T, rv)              # Rc Wo_h^T, truncated: A = Rc^-1 La Ro^T
         Lv, Ro = balance(W["v_lin"][t].T @ Rcinv @ La, Ro)              # N' = Wv_h^T A
-        o = slice(h * rv, (h + 1) * rv)
+        o = slice(i * rv, (i + 1) * rv)
         new["v_lin.weight"][o], new["out_lin.weight"][:, o] = Lv.T, Ro
         value_err.append(dropped_share(sz, rv))
     new["out_lin.bias"] = teacher.out_lin.bias.detach().to(dev).double() + W["out_lin"] @ bv
@@ -277,7 +283,7 @@ def fit_ffn(teacher, student, inputs, targets, tokens, device, chunk=8192, ridge
 
 # ------------------------------------------------------------------ one block
 def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-6, max_tokens=None, seed=0,
-              hidden=None, copy=True):
+              hidden=None, copy=True, heads=None):
     """init="data" for one block (MHA or FFN), fitted on the sequences `index` of the flat (inputs, targets)
     only (a subset of them holding at most `max_tokens` tokens, drawn with `seed`, when given: the statistics
     and the least-squares refits need far fewer tokens than a task has). Returns what the fit predicts (dropped
@@ -285,9 +291,10 @@ def fit_block(teacher, student, inputs, targets, lengths, index, device, eps=1e-
     of the inputs (fit_ffn), when the caller has them. copy: a student of the teacher's own size is the teacher's
     block, copied (the closed form's limit, exact, when the inputs and targets are the teacher block's own; a
     caller whose inputs or targets are not, e.g. the sequential fit, passes copy=False to fit it); a copied
-    block reports fit_tokens 0 (it used no data)."""
+    block reports fit_tokens 0 (it used no data). heads: the teacher heads an attention student with fewer heads
+    starts from (fit_mha)."""
     index = subsample(lengths, index, max_tokens, seed)
-    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden, copy)
+    info = _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden, copy, heads)
     used = 0 if info.get("teacher_copy") else int(torch.as_tensor(lengths)[index].sum())
     return {**info, "fit_tokens": used}
 
@@ -307,7 +314,7 @@ def _same_size(teacher, student):
             and getattr(teacher, "num_heads", None) == getattr(student, "num_heads", None))
 
 
-def _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden=None, copy=True):
+def _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden=None, copy=True, heads=None):
     student.to(device)
     if student.removed:  # size 0: a constant
         return fit_removed(student, targets, flat_positions(lengths, index))
@@ -315,7 +322,7 @@ def _fit(teacher, student, inputs, targets, lengths, index, device, eps, hidden=
         student.load_state_dict(teacher.state_dict())
         return {"teacher_copy": True}
     if isinstance(student, MultiHeadSelfAttention):
-        info = fit_mha(teacher, student, mha_statistics(teacher, inputs, lengths, index, device), eps)
+        info = fit_mha(teacher, student, mha_statistics(teacher, inputs, lengths, index, device), eps, heads)
         student.to(device)
         refit_out_lin(student, inputs, targets, lengths, index, device)
         return info

@@ -120,6 +120,8 @@ def block_settings(args, store, teacher_sha, layer, inner, allocation_id=None):
     keys = ("kind", "compression", "init", "epochs", "batch_size", "lr", "mixup", "holdout", "seed", "fit_tokens",
             "allocate", "budget_length")
     extra = {"currency": args.currency, "allocation": allocation_id} if getattr(args, "allocate", False) else {}
+    if getattr(args, "allocate", False) and getattr(args, "budget", "macs") == "latency":
+        extra.update(budget="latency", latency_runtime=args.latency_runtime)
     return json.dumps({"layer": layer, "inner_size": inner, **{k: getattr(args, k, None) for k in keys}, **extra,
                        "inputs_sha256": store.manifest["settings"].get("inputs_sha256"),
                        "teacher_sha256": teacher_sha}, sort_keys=True)
@@ -163,14 +165,14 @@ def train_blocks(args):
     seq_lengths, example_ids, _ = store.sequence_info()
     train_idx, val_idx = holdout_split(example_ids, args.holdout, args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-    allocation_id = None
+    allocation_id, heads, order = None, {}, {}
     if not args.allocate:  # uniform sizes (with --allocate the budget may be beyond what they can reach)
         sizes = {l: reduced_dims(config, l, args.compression)[0 if kind == "mha" else 1] for l in layers}
     else:
         check_compression(args.compression)
-        dims = joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, device)
+        dims, heads, order = joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, device)
         sizes = {l: dims[l][0 if kind == "mha" else 1] for l in layers}
-        allocation_id = allocation.allocation_id(dims)
+        allocation_id = allocation.allocation_id(dims, heads or None)
     keep = None
     if args.epochs == 0:  # nothing trained: only the sequences the start is fitted on and the held-out ones are read
         fit_idx = subsample(seq_lengths, train_idx, args.fit_tokens, args.seed) if args.init == "data" \
@@ -196,10 +198,13 @@ def train_blocks(args):
         def err(block):
             return relative_error(block.to(device), inputs, targets, lengths, val_idx, device) if held else None
 
-        student, fit_info = make_block(config, layer, kind, inner), None
+        k = heads.get(layer) if kind == "mha" else None   # a latency budget's heads of this layer
+        kept = order[layer][:k] if k is not None and k != config.num_attention_heads else None
+        student, fit_info = make_block(config, layer, kind, inner, heads=k or None), None
         if args.init == "data":  # fitted on the training sequences only, never the held-out ones
             fit_info = data_init.fit_block(tblock, student, inputs, targets, lengths, train_idx, device,
-                                           max_tokens=args.fit_tokens, seed=args.seed, hidden=hidden)
+                                           max_tokens=args.fit_tokens, seed=args.seed, hidden=hidden,
+                                           heads=kept if inner else None)
         else:  # svd, or random from one generator per block (a --layers subset or a resume draws the same)
             init_block(tblock, student, args.init, config.initializer_range,
                        generator=block_generator(args.seed, layer, kind))
@@ -207,7 +212,8 @@ def train_blocks(args):
         init_err = err(student)
         data_err = init_err if args.init == "data" else None
         svd_err = init_err if args.init == "svd" else None
-        if args.init != "svd" and not student.removed:  # the SVD start stays the reference (a constant has none)
+        # the SVD start stays the reference (a constant has none, nor a block of fewer heads than the teacher's)
+        if args.init != "svd" and not student.removed and kept is None:
             svd_block = make_block(config, layer, kind, inner)
             init_block(tblock, svd_block, "svd", config.initializer_range)
             svd_err = err(svd_block)
@@ -219,6 +225,7 @@ def train_blocks(args):
         meta = {"block": kind, "layer": layer, "hidden_size": config.hidden_size, "inner_size": inner,
                 "allocated": bool(getattr(args, "allocate", False)), "allocation": allocation_id,
                 "num_heads": config.num_attention_heads, "compression": args.compression, "init": args.init,
+                **({"block_heads": k, "teacher_heads": json.dumps(kept)} if k is not None else {}),
                 "teacher": store.model, "teacher_sha256": teacher_sha, "task": store.manifest.get("task"),
                 "settings": settings}
         save_block(path, student, meta)
@@ -246,27 +253,45 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
     and written there (once, under a lock: the MHA and FFN stages share it). Returns {layer: (attn, ffn)}."""
     if args.init != "data":
         raise UserError("--allocate chooses the block sizes from the closed-form start's errors: --init data")
+    latency = getattr(args, "budget", "macs") == "latency"
     settings = {"version": allocation.VERSION, "currency": args.currency,
+                **({"budget": "latency", "latency_runtime": args.latency_runtime,
+                    "threads": torch.get_num_threads()} if latency else {}),
                 "compression": args.compression, "length": args.budget_length,
                 "holdout": args.holdout, "seed": args.seed, "curve_tokens": allocation.CURVE_TOKENS,
                 "curve_heldout_tokens": allocation.CURVE_HELDOUT_TOKENS,
                 "inputs_sha256": store.manifest["settings"].get("inputs_sha256"), "teacher_sha256": teacher_sha}
 
     def compute():
-        tqdm.write(f"allocating the multiply-add budget 1/{args.compression:g} over every block (curves fitted on "
-                   f"at most {allocation.CURVE_TOKENS} training tokens per layer, measured on at most "
-                   f"{allocation.CURVE_HELDOUT_TOKENS} held-out tokens)")
-        return allocation.allocate(teacher, store, train_idx, val_idx, args.compression, device,
-                                   length=args.budget_length, seed=args.seed, currency_name=args.currency,
-                                   log=tqdm.write)
+        table = None
+        if latency:   # this machine's latency table (measured once, cached): what the budget is counted in
+            from modcomp import latency as lat
+            c = teacher.config
+            table, path = lat.load_or_measure(c.hidden_size, c.num_attention_heads,
+                                              c.attn_dims[0] // c.num_attention_heads, max(c.ffn_dims),
+                                              args.budget_length, args.latency_runtime, torch.get_num_threads(),
+                                              log=tqdm.write)
+        tqdm.write(f"allocating the {'latency' if latency else 'multiply-add'} budget 1/{args.compression:g} over "
+                   f"every block (curves fitted on at most {allocation.CURVE_TOKENS} training tokens per layer, "
+                   f"measured on at most {allocation.CURVE_HELDOUT_TOKENS} held-out tokens)")
+        out = allocation.allocate(teacher, store, train_idx, val_idx, args.compression, device,
+                                  length=args.budget_length, seed=args.seed, currency_name=args.currency,
+                                  log=tqdm.write, table=table)
+        if table is not None:
+            out["latency_table"] = {"path": path, **table}
+        return out
 
     result = allocation.load_or_allocate(os.path.join(args.output_dir, "allocation.json"), settings, compute)
     dims = {int(l): tuple(d) for l, d in result["dims"].items()}
+    heads = {int(l): int(k) for l, k in (result.get("heads") or {}).items()}
+    order = {int(l): list(o) for l, o in (result.get("head_order") or {}).items()}
     b = result["budget"]
     tqdm.write(f"allocation (attention inner size, FFN width) per layer: {dims}; "
                f"{b['used_macs']:,} of {b['uncompressed_macs']:,} multiply-adds at {b['length']} tokens "
-               f"(c = {b['achieved_compression']:.3f}, budget 1/{args.compression:g})")
-    return dims
+               f"(c = {b['achieved_compression']:.3f}, budget 1/{args.compression:g})"
+               + (f"; heads per layer {heads}; predicted latency {b['latency']['predicted_ms']:.3f} of "
+                  f"{b['latency']['uncompressed_ms']:.3f} ms ({b['latency']['predicted_ratio']:.2f}x)" if heads else ""))
+    return dims, heads, order
 
 
 def write_report(args, store, entries):

@@ -26,7 +26,7 @@ NO_TORCH = ("import runpy, sys; sys.modules['torch'] = sys.modules['transformers
             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
-def checkpoint(path, task, attn_dims=None, ffn_dims=None, c=None, seed=0, distilbert=False):
+def checkpoint(path, task, attn_dims=None, ffn_dims=None, c=None, seed=0, distilbert=False, heads=None):
     """A tiny fine-tuned-looking checkpoint of `task`: random weights, label names, tokenizer. BERT-shaped
     (segment ids) unless `distilbert`."""
     torch.manual_seed(seed)
@@ -34,7 +34,7 @@ def checkpoint(path, task, attn_dims=None, ffn_dims=None, c=None, seed=0, distil
         else BertConfig(**TINY_BERT)
     config = config_from_teacher(teacher, num_labels=T.get_task(task).num_labels)
     if attn_dims:
-        config.attn_dims, config.ffn_dims = attn_dims, ffn_dims
+        config.attn_dims, config.ffn_dims, config.attn_heads = attn_dims, ffn_dims, heads
     model = ModDistilBertForSequenceClassification(config)
     if c:
         compress(model, c, "svd")
@@ -52,8 +52,9 @@ def run_export(ckpt, out, *extra):
 
 
 @pytest.mark.parametrize("dims", [dict(c=2.0), dict(attn_dims=[8, 24], ffn_dims=[16, 48]),
-                                  dict(attn_dims=[0, 16], ffn_dims=[48, 0]), dict(c=2.0, distilbert=True)],
-                         ids=["c2", "per-layer-dims", "removed-blocks", "distilbert-c2"])
+                                  dict(attn_dims=[0, 16], ffn_dims=[48, 0]), dict(c=2.0, distilbert=True),
+                                  dict(attn_dims=[8, 24], ffn_dims=[16, 48], heads=[1, 3])],
+                         ids=["c2", "per-layer-dims", "removed-blocks", "distilbert-c2", "per-layer-heads"])
 def test_export_checks_fp32_and_int8(tmp_path, one_thread, dims):
     ckpt = checkpoint(tmp_path / "ckpt", "wsc", **dims)
     report = run_export(ckpt, tmp_path / "out")

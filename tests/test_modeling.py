@@ -435,6 +435,33 @@ def test_make_block_zero_is_removed_and_config_accepts_zero():
         config_from_teacher(bert, ffn_dims=[-1, 64])
 
 
+def test_per_layer_heads_forward_save_and_reload(teachers, tmp_path):
+    """attn_heads (a latency budget's fewer heads in a layer): each layer's block has its own head count; the
+    model saves and reloads with them (an older config without attn_heads: every layer num_attention_heads)."""
+    bert = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64)
+    config = config_from_teacher(bert, attn_dims=[8, 24], attn_heads=[1, 3], num_labels=2)
+    assert config.heads(0) == 1 and config_from_teacher(bert).heads(1) == 4
+    model = ModDistilBertForSequenceClassification(config).eval()
+    att = [layer.attention for layer in model.moddistilbert.layers]
+    assert [(a.num_heads, a.head_dim) for a in att] == [(1, 8), (3, 8)]
+    batch = _batch()
+    with torch.no_grad():
+        logits = model(**batch).logits
+        model.moddistilbert.eager_attention = True
+        assert torch.allclose(model(**batch).logits, logits, atol=1e-5)
+        model.moddistilbert.eager_attention = False
+    model.save_pretrained(tmp_path / "heads")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "heads").eval()
+    assert loaded.config.attn_heads == [1, 3]
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, logits)
+    for bad in (dict(attn_dims=[8, 24], attn_heads=[3, 3]), dict(attn_dims=[8, 24], attn_heads=[0, 3]),
+                dict(attn_heads=[4])):
+        with pytest.raises(ValueError, match="heads"):
+            config_from_teacher(bert, **bad)
+
+
 @pytest.fixture
 def removed_model(teachers):
     """The tiny BERT classifier with layer 0's attention and layer 1's FFN removed (their biases random)."""

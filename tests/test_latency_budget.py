@@ -1,0 +1,178 @@
+"""--budget latency (issue 27 item 3): a per-machine latency table of block shapes (latency.py), fewer heads per
+layer (fit_mha from a subset of the teacher's heads, ranked by head_order), one budget in measured time over
+heads, head dims, FFN widths and removed blocks; exact at c=1; the allocated model saves, reloads and exports."""
+import json
+import os
+
+import pytest
+import torch
+
+from modcomp import allocation, data_init, latency
+from modcomp import capture as capture_data
+from modcomp import runner as run_superglue
+from modcomp.utils import UserError
+from modeling_moddistilbert import ModDistilBertForSequenceClassification, MultiHeadSelfAttention
+import ffn_modular
+import mha_modular
+
+
+def synthetic_table(hidden=32, nh=4, d=8, F=64, length=128, threads=1, fixed=0.02, base=0.05):
+    """A made-up table of the tiny BERT's shapes: attention 0.01 ms a head + 0.002 ms a head dim unit, FFN
+    0.001 ms a unit of width."""
+    return {"key": latency.table_key(hidden, nh, d, F, length, "ort-int8", threads), "fixed_ms": fixed,
+            "base_ms": base, "mha": {f"{k},{r}": 0.01 * k + 0.002 * k * r for k in latency.head_grid(nh)
+                                     for r in latency.measured_dims(d)},
+            "ffn": {str(w): 0.001 * w for w in latency.measured_widths(F)}}
+
+
+def test_the_table_interpolates_and_adds_up():
+    t = synthetic_table()
+    assert latency.head_grid(12) == [1, 2, 3, 4, 6, 8, 12] and latency.head_grid(4) == [1, 2, 3, 4]
+    assert latency.measured_dims(32) == [4, 8, 16, 32] and latency.measured_widths(64) == [8, 16, 24, 32, 40, 48,
+                                                                                          56, 64]
+    assert latency.block_ms(t, "mha", 2 * 8, 2) == pytest.approx(0.02 + 0.032)        # a measured shape
+    assert latency.block_ms(t, "mha", 2 * 6, 2) == pytest.approx(0.02 + 0.024)        # between 4 and 8: linear
+    assert latency.block_ms(t, "mha", 2 * 2, 2) == pytest.approx((0.02 + 0.016) / 2)  # below 4: towards 0 at 0
+    assert latency.block_ms(t, "ffn", 20, None) == pytest.approx(0.020)
+    assert latency.block_ms(t, "mha", 0, 0) == latency.block_ms(t, "ffn", 0) == 0
+    full = latency.encoder_ms(t, [(4, 32, 64)] * 2)
+    assert full == pytest.approx(0.05 + 2 * (0.02 + 0.04 + 0.064 + 0.064))
+    with pytest.raises(ValueError, match="no row of 5 heads"):
+        latency.block_ms(t, "mha", 10, 5)
+
+
+def _attention(seed=0, H=32, nh=4, d=8):
+    torch.manual_seed(seed)
+    a = MultiHeadSelfAttention(H, nh, nh * d).eval()
+    with torch.no_grad():
+        for p in a.parameters():
+            p.normal_(0, 0.3)
+    return a
+
+
+def _inputs(n=6, T=7, H=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([T - i % 3 for i in range(n)])
+    return torch.randn(int(lengths.sum()), H, generator=g), lengths
+
+
+@torch.no_grad()
+def test_a_subset_of_heads_at_full_rank_is_exactly_those_heads():
+    """fit_mha(heads=[2, 0]) at the teacher's head dim: the student is the teacher with heads 1 and 3 left out
+    (their value bias, a constant since each attention row sums to 1, stays in the output bias)."""
+    teacher = _attention()
+    x, lengths = _inputs()
+    idx = torch.arange(len(lengths))
+    stats = data_init.mha_statistics(teacher, x, lengths, idx, "cpu")
+    student = MultiHeadSelfAttention(32, 2, 16)
+    data_init.fit_mha(teacher, student, stats, heads=[2, 0])
+    masked = _attention()
+    d = 8
+    for h in (1, 3):
+        cols = slice(h * d, (h + 1) * d)
+        masked.out_lin.bias += masked.out_lin.weight[:, cols] @ masked.v_lin.bias[cols]
+        masked.out_lin.weight[:, cols] = 0
+    want = data_init.attention_outputs(masked, x, lengths, idx, "cpu")
+    got = data_init.attention_outputs(student.eval(), x, lengths, idx, "cpu")
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    with pytest.raises(ValueError, match="distinct teacher heads"):
+        data_init.fit_mha(teacher, student, stats, heads=[2, 2])
+
+
+@torch.no_grad()
+def test_heads_are_ranked_by_their_contribution():
+    teacher = _attention()
+    teacher.out_lin.weight[:, 24:32] *= 10    # head 3: ten times the output
+    teacher.out_lin.weight[:, 8:16] = 0       # head 1: none
+    x, lengths = _inputs()
+    order = allocation.head_order(teacher, x, lengths, torch.arange(len(lengths)), "cpu")
+    assert order[0] == 3 and order[-1] == 1 and sorted(order) == [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def capture(tiny_bert_dir, tmp_path_factory):
+    cap = str(tmp_path_factory.mktemp("lat") / "cap")
+    capture_data.main(["--model_name_or_path", tiny_bert_dir, "--task", "stsb", "--output_dir", cap,
+                       "--max_samples", "40", "--dtype", "fp32"])
+    return cap
+
+
+@pytest.fixture
+def cached_table(tmp_path, monkeypatch):
+    """The synthetic table as this machine's cached one (MODCOMP_CACHE): no measuring in the quick tests."""
+    monkeypatch.setenv("MODCOMP_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    t = synthetic_table()
+    path = latency.table_path(t["key"])
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump(t, f)
+    return t
+
+
+def _stages(cap, out, c):
+    common = ["--activations_dir", cap, "--output_dir", out, "--init", "data", "--epochs", "0", "--compression",
+              str(c), "--allocate", "--budget", "latency", "--threads", "1"]
+    mha_modular.main(common)
+    ffn_modular.main(common)
+    with open(os.path.join(out, "allocation.json")) as f:
+        return json.load(f)
+
+
+def test_a_latency_budget_chooses_heads_and_sizes_and_the_model_follows(capture, cached_table, tiny_bert_dir,
+                                                                       tmp_path):
+    out = str(tmp_path / "mod")
+    alloc = _stages(capture, out, 2)
+    b = alloc["budget"]["latency"]
+    assert b["predicted_ms"] <= b["budget_ms"] + 1e-6 and b["predicted_ratio"] >= 2 - 1e-6
+    assert b["uncompressed_ms"] == pytest.approx(latency.encoder_ms(cached_table, [(4, 32, 64)] * 2))
+    heads = {int(l): k for l, k in alloc["heads"].items()}
+    assert set(alloc["head_order"]) == {"0", "1"} and all(sorted(o) == [0, 1, 2, 3]
+                                                          for o in alloc["head_order"].values())
+    for l, (a, w) in alloc["dims"].items():
+        k = heads[int(l)]
+        assert (a == 0) == (k == 0) and (not k or a % k == 0)
+    assert any("," in s for s in alloc["curves"]["0"]["mha"])          # curves over (heads, head dim)
+    ft = tmp_path / "ft"
+    run_superglue.main(["--model_name_or_path", tiny_bert_dir, "--task", "stsb", "--output_dir", str(ft),
+                        "--compression", "2", "--init", "data", "--modules_dir", out, "--epochs", "1",
+                        "--max_train_samples", "16", "--max_eval_samples", "8", "--threads", "1"])
+    model = ModDistilBertForSequenceClassification.from_pretrained(str(ft / "model")).eval()
+    assert [model.config.heads(l) for l in range(2)] == [heads[0], heads[1]]
+    assert [[a, w] for a, w in zip(model.config.attn_dims, model.config.ffn_dims)] == list(alloc["dims"].values())
+    att = [layer.attention for layer in model.moddistilbert.layers]
+    assert [a.num_heads for a in att if not a.removed] == [heads[l] for l in range(2) if alloc["dims"][str(l)][0]]
+    from transformers import AutoModelForSequenceClassification
+    again = AutoModelForSequenceClassification.from_pretrained(str(ft / "model"), trust_remote_code=True).eval()
+    ids = torch.randint(1000, 2000, (2, 9))
+    assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)
+    pytest.importorskip("onnxruntime")
+    from modcomp import export
+    report = export.main([str(ft / "model"), str(tmp_path / "onnx"), "--max_rows", "8", "--threads", "1",
+                          "--repeats", "2", "--seq_len", "16", "--no_openvino"])
+    assert report["fp32_within_tolerance"] and report["attention_layers"] == sum(1 for a in att if not a.removed)
+
+
+def test_at_c1_a_latency_budget_keeps_every_block_and_head(capture, cached_table, tmp_path):
+    alloc = _stages(capture, str(tmp_path / "mod"), 1)
+    assert all(d == [32, 64] for d in alloc["dims"].values()) and set(alloc["heads"].values()) == {4}
+    assert alloc["budget"]["latency"]["predicted_ratio"] == pytest.approx(1)
+
+
+def test_a_budget_below_the_fixed_costs_is_one_line(capture, cached_table, tmp_path):
+    with pytest.raises(UserError, match=r"below what the encoder costs with every block removed .*at most "
+                                        r"4\.\d\dx here"):
+        _stages(capture, str(tmp_path / "mod"), 10)
+
+
+@pytest.mark.slow
+def test_the_table_is_measured_once_per_machine(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("MODCOMP_CACHE", str(tmp_path))
+    t, path = latency.load_or_measure(32, 4, 8, 64, 16, "ort-int8", 1, log=lambda *a: None)
+    assert os.path.isfile(path) and t["key"]["cpu"] and t["fixed_ms"] != 0
+    assert set(t["mha"]) == {f"{k},{r}" for k in (1, 2, 3, 4) for r in (4, 8)} and len(t["ffn"]) == 8
+    assert all(v >= 0 for v in [*t["mha"].values(), *t["ffn"].values()])
+    mtime = os.path.getmtime(path)
+    again, same = latency.load_or_measure(32, 4, 8, 64, 16, "ort-int8", 1, log=lambda *a: None)
+    assert same == path and os.path.getmtime(path) == mtime and again == t
