@@ -57,7 +57,7 @@ def build_parser(mode, env):
     g.add_argument("--recipe", default=e("RECIPE") or "default", metavar="NAME|FILE",
                    help=f"{' | '.join(config.recipe_names())} or a YAML file (default %(default)s)")
     if sweep:
-        g.add_argument("--tasks", default=e("TASKS") or "cb copa rte wsc stsb mrpc", metavar='"T ..."')
+        g.add_argument("--tasks", default=e("TASKS") or SWEEP_TASKS, metavar='"T ..."')
         g.add_argument("--seeds", default=e("SEEDS") or "1 2 3 4 5", metavar='"S ..."')
         g.add_argument("--variants", default=e("VARIANTS") or "baseline modular", metavar='"V ..."',
                        help=f"of {' '.join(config.VARIANTS)} (default %(default)s)")
@@ -125,6 +125,9 @@ def build_parser(mode, env):
     return p
 
 
+SWEEP_TASKS = "cb copa rte wsc stsb mrpc"   # the sweep's default --tasks
+
+
 def parse(mode, argv, env):
     """Options (a dict) from the flags, the environment and the recipe; every check before anything runs."""
     sweep = mode == "sweep"
@@ -151,7 +154,12 @@ def parse(mode, argv, env):
         from modcomp import user_data
         if not (a.train_file and a.validation_file and a.text_columns):
             raise Error("your own task needs --train_file, --validation_file and --text_columns")
-        name = (a.task if not sweep else None) or dataset_name
+        # the task's name: --task (the pipeline), or one name given to the sweep's --tasks (its default, the
+        # benchmark list, names no files task), else from --dataset or the training file's name
+        named = a.tasks.split() if sweep and a.tasks.split() != SWEEP_TASKS.split() else []
+        if len(named) > 1:
+            raise Error(f"--tasks: your files are one task; give it one name, not {len(named)}")
+        name = (a.task if not sweep else (named[0] if named else None)) or dataset_name
         t = user_data.make_task(a.train_file, a.validation_file, a.text_columns, a.label_column, a.task_type, name)
         o["user_task"] = user_data.spec(t)
         o["task"] = o["tasks"] = t.name

@@ -134,6 +134,13 @@ def test_the_workflow_checks_your_files_before_any_stage_and_passes_them_on(tmp_
             cmd = job["cmds"][0]
             assert cmd[cmd.index("--train_file") + 1] == os.path.abspath(files[0]) and "--data_dir" not in cmd
     assert targets[-1].startswith("greet/modular-data-alloc-ft+kd/c2/")
+    # the sweep names your task by its one --tasks name (it was dropped: the task took the file's name)
+    common = ["--train_file", files[0], "--validation_file", files[1], "--text_columns", "text", "--out_dir",
+              str(tmp_path / "o")]
+    assert W.parse("sweep", [*common, "--tasks", "greet"], {})["tasks"] == ["greet"]
+    assert W.parse("sweep", common, {})["tasks"] == [user_data.task_name(files[0])]
+    with pytest.raises(W.Error, match="one task; give it one name"):
+        W.parse("sweep", [*common, "--tasks", "a b"], {})
 
 
 @pytest.mark.slow
