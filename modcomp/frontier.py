@@ -7,9 +7,10 @@
 
 frontier.json: per point the task, the budget (what it was chosen under: `macs c=C`), the seeds, the median
 retention over them (last epoch: compressed / uncompressed, medians of the scores) and the allocation that gives
-its shapes (attention inner size and FFN width per layer, of the first seed). `run_speed.py --frontier` builds
-each point's shapes (random weights: no checkpoint needed), exports it to ONNX Runtime INT8 as export.py does,
-and times it beside the peers at batch 1 x 128 tokens and at the task's real lengths.
+its shapes (attention inner size and FFN width per layer, of the first seed; a latency budget's heads per layer
+too, and the runtime it was measured in). `run_speed.py --frontier` builds each point's shapes (random weights: no
+checkpoint needed), exports it as export.py does and times it in ONNX Runtime INT8 and in OpenVINO (default
+precision) beside the peers at batch 1 x 128 tokens and at the task's real lengths.
 """
 import glob
 import json
@@ -19,6 +20,7 @@ from modcomp.report import load_results, select_epoch
 from modcomp.utils import UserError
 
 VERSION = 1
+RUNTIMES = ("ort-int8", "openvino")   # what a point is timed in (latency.RUNTIMES); a macs point: ort-int8
 
 
 def build(results_dir, label, tasks, allocations, model="minilm"):
@@ -52,11 +54,17 @@ def build(results_dir, label, tasks, allocations, model="minilm"):
         with open(found[0]) as f:
             alloc = json.load(f)
         dims = {int(k): v for k, v in alloc["dims"].items()}
-        points.append({"task": task, "budget": f"macs c={c:g}", "compression": c, "seeds": common,
+        shapes = {"source": found[0], "seed": common[0], "attn_dims": [dims[l][0] for l in sorted(dims)],
+                  "ffn_dims": [dims[l][1] for l in sorted(dims)]}
+        budget, runtime = f"macs c={c:g}", "ort-int8"
+        if alloc.get("heads"):   # a latency budget (allocation.py with a latency table): its heads and runtime
+            runtime = alloc["budget"]["latency"]["runtime"]
+            budget = f"latency c={c:g} ({runtime})"
+            shapes["attn_heads"] = [int(alloc["heads"][str(l)]) for l in sorted(dims)]
+            shapes["predicted_latency_ratio"] = round(alloc["budget"]["latency"]["predicted_ratio"], 3)
+        points.append({"task": task, "budget": budget, "compression": c, "runtime": runtime, "seeds": common,
                        "retention": round(comp / ref, 4), "score": round(comp, 3), "teacher_score": round(ref, 3),
-                       "allocation": {"source": found[0], "seed": common[0],
-                                      "attn_dims": [dims[l][0] for l in sorted(dims)],
-                                      "ffn_dims": [dims[l][1] for l in sorted(dims)]}})
+                       "allocation": shapes})
     if not points:
         raise UserError(f"no {label} rows of {', '.join(tasks)} under {results_dir}")
     return {"version": VERSION, "model": model, "label": label, "selection": "last epoch, median over seeds",
@@ -77,4 +85,12 @@ def read(path):
         if not (isinstance(a.get("attn_dims"), list) and isinstance(a.get("ffn_dims"), list)
                 and len(a["attn_dims"]) == len(a["ffn_dims"]) > 0 and p.get("task")):
             raise UserError(f"--frontier {path}: point {i} lacks a task or its allocation's attn_dims/ffn_dims")
+        heads = a.get("attn_heads")
+        if heads is not None and not (isinstance(heads, list) and len(heads) == len(a["attn_dims"]) and all(
+                isinstance(k, int) and k >= 0 and (not k or d % k == 0) and (d == 0) == (k == 0)
+                for k, d in zip(heads, a["attn_dims"]))):
+            raise UserError(f"--frontier {path}: point {i}'s attn_heads do not fit its attn_dims")
+        if p.get("runtime", "ort-int8") not in RUNTIMES:
+            raise UserError(f"--frontier {path}: point {i}'s runtime {p.get('runtime')!r} is none of "
+                            f"{', '.join(RUNTIMES)}")
     return data

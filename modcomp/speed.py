@@ -359,10 +359,19 @@ def main(argv=None):
 
 
 def time_frontier(args, machine, argv=None):
-    """run_speed.py --frontier: every committed point's shapes, timed in ONNX Runtime INT8 beside the peers."""
+    """run_speed.py --frontier: every committed point's shapes, timed in ONNX Runtime INT8 and in OpenVINO (its
+    default precision) beside the peers; each runtime in a block of its own (their thread pools disturb each
+    other), its variants interleaved in every repeat. A point's headline figures are in its own runtime (the one
+    its budget was measured in; ONNX Runtime INT8 for a multiply-add budget)."""
     data = F.read(args.frontier)
     base = ModDistilBertForSequenceClassification.from_teacher(data.get("model") or "minilm", num_labels=2).eval()
     n_layers = base.config.num_hidden_layers
+    ov = has_openvino()
+    if not ov:
+        print("warning: openvino and nncf are not installed: no OpenVINO peers or rows (pip install openvino nncf)",
+              file=sys.stderr)
+        if any(p.get("runtime") == "openvino" for p in data["points"]):
+            raise UserError("--frontier: its latency points were budgeted in OpenVINO: install openvino and nncf")
     models = {}
     for p in data["points"]:
         a = p["allocation"]
@@ -370,12 +379,15 @@ def time_frontier(args, machine, argv=None):
             raise UserError(f"--frontier: {p['task']} {p['budget']} has {len(a['attn_dims'])} layers, the model "
                             f"{data.get('model')!r} {n_layers}")
         dims = {l: (a["attn_dims"][l], a["ffn_dims"][l]) for l in range(n_layers)}
-        models[f"{p['task']} {p['budget']}"] = compress(copy.deepcopy(base), p["compression"], "svd", dims=dims).eval()
+        heads = {l: k for l, k in enumerate(a["attn_heads"])} if a.get("attn_heads") else None
+        models[f"{p['task']} {p['budget']}"] = compress(copy.deepcopy(base), p["compression"], "svd", dims=dims,
+                                                        heads=heads).eval()
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="frontier-onnx-")
     ort = onnx_models(base, onnx_dir, "model_c1", args.threads)
-    peers = {"fp32 c=1": base, "ort c=1": ort["fp32"], PEER: ort["int8"]}
+    blocks = {"ort-int8": {"fp32 c=1": base, "ort c=1": ort["fp32"], PEER: ort["int8"]}, "openvino": {}}
+    own = {"ort-int8": PEER, "openvino": OV_PEER}   # the uncompressed model in the same runtime
     tok = AutoTokenizer.from_pretrained(resolve_model_path(data.get("model") or "minilm"))
-    if has_openvino():   # OpenVINO at its default precision (bf16 on AMX) and NNCF INT8 on the task's training rows
+    if ov:   # OpenVINO at its default precision (bf16 on AMX) and NNCF INT8 on the task's training rows
         task = data["points"][0]["task"]
         rows = T.load_rows(T.get_task(task), "train", args.data_dir or T.default_data_dir(T.get_task(task)),
                            check_count=False)
@@ -384,47 +396,62 @@ def time_frontier(args, machine, argv=None):
         cal = [{k: np.asarray([enc[k][i]], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
                 if k in enc} for i in range(len(pick))]
         raw = os.path.join(onnx_dir, "model_c1.onnx")
-        peers.update({OV_PEER: OpenVinoModel(raw, args.threads), OV_INT8_PEER: OpenVinoModel(raw, args.threads, cal)})
-    else:
-        print("warning: openvino and nncf are not installed: no OpenVINO peers (pip install openvino nncf)",
-              file=sys.stderr)
-    points = {name: onnx_models(m, onnx_dir, "model_" + name.replace(" ", "_").replace("=", ""), args.threads)["int8"]
-              for name, m in models.items()}
+        blocks["openvino"].update({OV_PEER: OpenVinoModel(raw, args.threads),
+                                   OV_INT8_PEER: OpenVinoModel(raw, args.threads, cal)})
+    peers = [*blocks["ort-int8"], *blocks["openvino"], PEER_ALONE]
+    names = {}
+    for name, m in models.items():
+        stem = "model_" + name.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "")
+        blocks["ort-int8"][name] = onnx_models(m, onnx_dir, stem, args.threads)["int8"]
+        names[name] = {"ort-int8": name}
+        if ov:
+            blocks["openvino"][f"{name} [openvino]"] = OpenVinoModel(os.path.join(onnx_dir, f"{stem}.onnx"),
+                                                                     args.threads)
+            names[name]["openvino"] = f"{name} [openvino]"
     T_ = args.seq_lens[0]
-    shapes = [(str(T_), T_, list(points))]
+    shapes = [(str(T_), T_, list(models))]
     for task in dict.fromkeys(p["task"] for p in data["points"]):
         lens = real_lengths(task, tok, args.data_dir, args.real_examples)
-        shapes.append((task, lens, [n for n in points if n.split()[0] == task]))
+        shapes.append((task, lens, [n for n in models if n.split()[0] == task]))
     timed = {}
-    for label, lens, names in shapes:   # the peers and the points of one length interleaved in every repeat
-        res = time_variants({**peers, **{n: points[n] for n in names}}, 1, lens, base.config.vocab_size,
-                            args.repeats, args.warmup)
+    for label, lens, points in shapes:   # per length: each runtime's block (its peers and these points)
+        res = {}
+        for rt, variants in blocks.items():
+            chosen = {n: v for n, v in variants.items() if n in peers or any(n == names[q].get(rt) for q in points)}
+            if chosen:
+                res.update(time_variants(chosen, 1, lens, base.config.vocab_size, args.repeats, args.warmup))
         res[PEER_ALONE] = peer_alone(ort["int8"].path, 1, lens, base.config.vocab_size, args.repeats, args.warmup)
         timed[label] = {n: res[n][0] for n in res}
         print(f"bs 1 x {label if isinstance(lens, int) else f'{label} ({len(lens)} sequences)'} done", flush=True)
 
     def fastest(label):
-        return min((n for n in (*peers, PEER_ALONE)), key=lambda n: timed[label][n])
+        return min(peers, key=lambda n: timed[label].get(n, float("inf")))
     out_points = []
     for p in data["points"]:
         name = f"{p['task']} {p['budget']}"
-        ms, ms_real = timed[str(T_)][name], timed[p["task"]][name]
+        rt = p.get("runtime", "ort-int8")
+        by = {r: {"ms_128": round(timed[str(T_)][v], 3), "ms_real": round(timed[p["task"]][v], 3),
+                  "vs_own_128": round(timed[str(T_)][own[r]] / timed[str(T_)][v], 3),
+                  "vs_own_real": round(timed[p["task"]][own[r]] / timed[p["task"]][v], 3)}
+              for r, v in names[name].items()}
+        ms, ms_real = by[rt]["ms_128"], by[rt]["ms_real"]
         peer, peer_real = fastest(str(T_)), fastest(p["task"])
-        out_points.append({"task": p["task"], "budget": p["budget"], "seeds": p.get("seeds"),
-                           "retention": p.get("retention"), "ms_128": round(ms, 3),
-                           "vs_peer_128": round(timed[str(T_)][peer] / ms, 3), "ms_real": round(ms_real, 3),
+        out_points.append({"task": p["task"], "budget": p["budget"], "runtime": rt, "seeds": p.get("seeds"),
+                           "retention": p.get("retention"), "ms_128": ms,
+                           "vs_peer_128": round(timed[str(T_)][peer] / ms, 3), "ms_real": ms_real,
                            "vs_peer_real": round(timed[p["task"]][peer_real] / ms_real, 3), "peer": peer,
-                           "peer_real": peer_real, "seq_len": T_})
+                           "peer_real": peer_real, "seq_len": T_, "vs_own_128": by[rt]["vs_own_128"],
+                           "vs_own_real": by[rt]["vs_own_real"], "runtimes": by})
     out_peers = [{"name": n, "ms_128": round(timed[str(T_)][n], 3),
                   "ms_real": {t: round(timed[t][n], 3) for t in timed if t != str(T_)}}
-                 for n in (*peers, PEER_ALONE)]
+                 for n in peers]
     print(f"CPU: {cpu_line(machine)}; {args.threads} threads; batch 1")
     print(tabulate([[q["name"], q["ms_128"], *q["ms_real"].values()] for q in out_peers],
                    headers=["peer", f"ms x {T_}", *(f"ms {t}" for t in out_peers[0]["ms_real"])], tablefmt="github"))
-    print(tabulate([[q["task"], q["budget"], q["retention"], q["ms_128"], f"{q['vs_peer_128']:.2f}x", q["ms_real"],
-                     f"{q['vs_peer_real']:.2f}x"] for q in out_points],
-                   headers=["task", "budget", "retention", f"ms x {T_}", "vs peer", "ms real", "vs peer (real)"],
-                   tablefmt="github"))
+    print(tabulate([[q["task"], q["budget"], q["retention"], q["runtime"], q["ms_128"], f"{q['vs_peer_128']:.2f}x",
+                     f"{q['vs_own_128']:.2f}x", q["ms_real"], f"{q['vs_peer_real']:.2f}x"] for q in out_points],
+                   headers=["task", "budget", "retention", "runtime", f"ms x {T_}", "vs peer", "vs own c=1",
+                            "ms real", "vs peer (real)"], tablefmt="github"))
     print(f"vs peer: against the fastest peer at that length ({', '.join(sorted({q['peer'] for q in out_points}))})")
     if args.json:
         command = ["python", "run_speed.py"] + (sys.argv[1:] if argv is None else list(argv))

@@ -34,6 +34,13 @@ def test_frontier_points_are_the_medians_and_their_allocations(tmp_path):
     assert p2["allocation"]["attn_dims"] == [16, 8] and p2["allocation"]["ffn_dims"] == [96, 64]
     with pytest.raises(UserError, match="allocation files match"):
         frontier.build(str(res), "mine", ["stsb"], str(tmp_path / "nowhere/{c}.json"))
+    # a latency budget's allocation: its heads and runtime come along, and name the budget
+    with open(tmp_path / "alloc/s1_c2/allocation.json", "w") as f:
+        json.dump({"dims": {"0": [16, 96], "1": [8, 64]}, "heads": {"0": 2, "1": 1},
+                   "budget": {"latency": {"runtime": "openvino", "predicted_ratio": 2.01}}}, f)
+    p2 = frontier.build(str(res), "mine", ["stsb"], str(tmp_path / "alloc/s{seed}_c{c}/allocation.json"))["points"][0]
+    assert (p2["budget"], p2["runtime"], p2["allocation"]["attn_heads"]) == ("latency c=2 (openvino)", "openvino",
+                                                                             [2, 1])
 
 
 def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, tmp_path):
@@ -43,7 +50,10 @@ def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, 
         {"task": "stsb", "budget": "macs c=2", "compression": 2.0, "seeds": [1], "retention": 0.99,
          "allocation": {"attn_dims": [16, 8], "ffn_dims": [32, 16]}},
         {"task": "stsb", "budget": "macs c=4", "compression": 4.0, "seeds": [1], "retention": 0.97,
-         "allocation": {"attn_dims": [8, 0], "ffn_dims": [16, 0]}}]}))   # a removed block times too
+         "allocation": {"attn_dims": [8, 0], "ffn_dims": [16, 0]}},   # a removed block times too
+        {"task": "stsb", "budget": "latency c=3 (openvino)", "compression": 3.0, "seeds": [1], "retention": 0.98,
+         "runtime": "openvino" if inference.has_openvino() else "ort-int8",   # a latency budget's point: heads
+         "allocation": {"attn_dims": [16, 8], "ffn_dims": [16, 8], "attn_heads": [2, 1]}}]}))
     out = tmp_path / "out.json"
     run_speed.main(["--frontier", str(f), "--json", str(out), "--repeats", "2", "--warmup", "1", "--threads", "1",
                     "--real_examples", "4", "--seq_lens", "16", "--onnx_dir", str(tmp_path / "onnx"),
@@ -58,9 +68,17 @@ def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, 
         assert p["vs_peer_128"] == pytest.approx(peer["ms_128"] / p["ms_128"], rel=0.05)
         assert p["peer"] == min(r["peers"], key=lambda q: q["ms_128"])["name"] or \
             peer["ms_128"] == min(q["ms_128"] for q in r["peers"])   # the fastest (rounded ms may tie)
+        # every point in each runtime, its headline figures in its own; against the uncompressed in the same one
+        assert set(p["runtimes"]) == {"ort-int8"} | ({"openvino"} if ov else set())
+        assert p["ms_128"] == p["runtimes"][p["runtime"]]["ms_128"] and p["vs_own_128"] > 0
+    assert r["points"][2]["runtime"] == ("openvino" if ov else "ort-int8")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"points": [{"task": "stsb"}]}))
     with pytest.raises(UserError, match="allocation"):
+        run_speed.main(["--frontier", str(bad)])
+    bad.write_text(json.dumps({"points": [{"task": "stsb", "allocation": {"attn_dims": [16, 8], "ffn_dims": [8, 8],
+                                                                         "attn_heads": [3, 1]}}]}))
+    with pytest.raises(UserError, match="attn_heads do not fit"):
         run_speed.main(["--frontier", str(bad)])
 
 
