@@ -405,7 +405,8 @@ class OpenVinoModel:
             model = quantize_openvino(model, calibration)
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads} if threads else {})
         self.path, self.threads, self.int8 = path, threads, calibration is not None
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))   # bf16 on AMX, else f32
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")                 # bf16 on AMX, else f32
+        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
         feed = {"input_ids": input_ids, "attention_mask": attention_mask,
