@@ -94,3 +94,57 @@ def read(path):
             raise UserError(f"--frontier {path}: point {i}'s runtime {p.get('runtime')!r} is none of "
                             f"{', '.join(RUNTIMES)}")
     return data
+
+
+def table_and_plot(timed, png=None):
+    """The markdown table (and, with `png`, the plot) of `run_speed.py --frontier --json` output: per task, every
+    point's retention against its latency at 128 tokens and at the task's real lengths, in its own runtime,
+    against the fastest peer; multiply-add and latency budgets side by side (the two compared at equal score)."""
+    pts = timed["points"]
+    peers = {q["name"]: q for q in timed["peers"]}
+    m = timed.get("machine") or {}
+    lines = [f"CPU: {m.get('cpu')} ({', '.join(m.get('isa') or [])}), {timed.get('threads')} threads, batch 1. "
+             "vs peer: the fastest uncompressed peer at that length (named); vs own: the uncompressed model in the "
+             "point's own runtime.", "",
+             "| task | budget | retention | runtime | ms × 128 | vs peer (128) | vs own (128) | ms real | "
+             "vs peer (real) | vs own (real) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for q in sorted(pts, key=lambda q: (q["task"], q["budget"].split()[0], q["ms_128"])):
+        lines.append(f"| {q['task']} | {q['budget']} | {q['retention']} | {q['runtime']} | {q['ms_128']} | "
+                     f"{q['vs_peer_128']:.2f}× | {q['vs_own_128']:.2f}× | {q['ms_real']} | {q['vs_peer_real']:.2f}× | "
+                     f"{q['vs_own_real']:.2f}× |")
+    names = sorted({q["peer"] for q in pts} | {q["peer_real"] for q in pts})
+    lines += ["", "Peers (uncompressed): " + "; ".join(
+        f"{n} {peers[n]['ms_128']} ms × 128, " + ", ".join(f"{t} {v} ms" for t, v in peers[n]["ms_real"].items())
+        for n in names if n in peers) + "."]
+    if png:
+        import io
+
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from modcomp.utils import atomic_write_bytes
+        tasks = sorted({q["task"] for q in pts})
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        for ax, (key, title) in zip(axes, (("vs_peer_128", "batch 1 × 128 tokens"),
+                                           ("vs_peer_real", "batch 1, real lengths"))):
+            for i, task in enumerate(tasks):
+                for kind, marker in (("macs", "o"), ("latency", "s")):
+                    sel = sorted((q for q in pts if q["task"] == task and q["budget"].startswith(kind)),
+                                 key=lambda q: q[key])
+                    if sel:
+                        ax.plot([q[key] for q in sel], [q["retention"] for q in sel], marker=marker,
+                                color=f"C{i}", linestyle="-" if kind == "latency" else "--",
+                                label=f"{task}, {kind} budget")
+            ax.axvline(1, color="grey", linewidth=0.8)
+            ax.axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_xlabel("× faster than the fastest peer")
+            ax.set_title(title)
+        axes[0].set_ylabel("retention (last epoch, median over seeds)")
+        axes[1].legend(fontsize=7)
+        fig.suptitle(f"{m.get('cpu')}, {timed.get('threads')} threads", fontsize=9)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        atomic_write_bytes(png, buf.getvalue())
+    return "\n".join(lines) + "\n"

@@ -72,6 +72,9 @@ def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, 
         assert set(p["runtimes"]) == {"ort-int8"} | ({"openvino"} if ov else set())
         assert p["ms_128"] == p["runtimes"][p["runtime"]]["ms_128"] and p["vs_own_128"] > 0
     assert r["points"][2]["runtime"] == ("openvino" if ov else "ort-int8")
+    md = frontier.table_and_plot(r, str(tmp_path / "plot.png"))   # the table and plot of the re-timed frontier
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG" and md.count("| stsb |") == 3
+    assert "latency c=3 (openvino)" in md and "Peers (uncompressed):" in md
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"points": [{"task": "stsb"}]}))
     with pytest.raises(UserError, match="allocation"):
