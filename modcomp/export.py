@@ -224,6 +224,8 @@ def export(args):
                                                   warmup=3))
         lost = {n: scores["pytorch fp32"]["score"] - scores[n]["score"] for n in scores if n.endswith("int8")}
         report.update({
+            # what ONNX Runtime's session must not do to these graphs (predict.py passes it on): inference.py
+            "ort_disabled_optimizers": list(inference.ORT_DISABLED_OPTIMIZERS),
             "runtimes": list(scores), "int8_points_lost": lost,
             "int8_within_points": {n: bool(v <= INT8_WARN_POINTS) for n, v in lost.items()},
             "openvino_precision": {n: m.precision for n, m in ov.items()},

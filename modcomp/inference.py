@@ -281,12 +281,24 @@ def export_onnx(model, path, seq_len=16):
     return path
 
 
-def optimize_onnx(path, out_path):
-    """ONNX Runtime's transformer optimizer (BERT fusions: Attention, SkipLayerNormalization, BiasGelu).
-    Returns (out_path, {fused op: count})."""
+# ONNX Runtime's SkipLayerNormalization (the residual Add fused into the LayerNorm) is 3x slower than its parts
+# (Add + LayerNormalization) on the Xeon (AVX-512, ORT 1.32: ~120 us against ~40 on 128 x 384, profiled), and it is
+# in every layer twice: our graph keeps the two apart, in the transformer optimizer's fusions and in the session's
+# own graph optimizations (which would fuse them again). The peer gets the same graph; run_speed.py --frontier
+# also times it as ONNX Runtime ships it (results/latency_budget).
+ORT_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def optimize_onnx(path, out_path, skip_layer_norm=False):
+    """ONNX Runtime's transformer optimizer (BERT fusions: Attention, BiasGelu; SkipLayerNormalization only with
+    skip_layer_norm, as ONNX Runtime ships it: see ORT_DISABLED_OPTIMIZERS). Returns (out_path, {fused op: count})."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = skip_layer_norm
     with quiet_logs():  # e.g. "input hidden size (384) is not the q,k,v weights' (768)": a compressed block
-        m = optimize_model(path, model_type="bert", num_heads=0, hidden_size=0)  # 0: read from the graph
+        m = optimize_model(path, model_type="bert", num_heads=0, hidden_size=0,  # 0: read from the graph
+                           optimization_options=options)
     m.save_model_to_file(out_path)
     return out_path, {k: v for k, v in m.get_fused_operator_statistics().items() if v}
 
@@ -338,17 +350,20 @@ def attention_layers(config):
     return sum(1 for d in config.attn_dims if d)
 
 
-def onnx_models(model, directory, name, threads, schemes=("per_channel",)):
+def onnx_models(model, directory, name, threads, schemes=("per_channel",), shipped=False):
     """{"fp32": OnnxModel, "int8": OnnxModel, "int8[scheme]": ...}: `model` exported to directory/name.onnx, fused
     by ONNX Runtime's optimizer (name_fused.onnx), and that graph's dynamic INT8 in each scheme
     (name_fused_int8.onnx for the first, "int8"; name_fused_int8_SCHEME.onnx for the others)."""
     os.makedirs(directory, exist_ok=True)
     path = export_onnx(model, os.path.join(directory, f"{name}.onnx"))
-    path, _ = optimize_onnx(path, os.path.join(directory, f"{name}_fused.onnx"))
-    out = {"fp32": OnnxModel(path, threads)}
+    path, _ = optimize_onnx(path, os.path.join(directory, f"{name}_fused{'_shipped' if shipped else ''}.onnx"),
+                            skip_layer_norm=shipped)
+    disabled = () if shipped else ORT_DISABLED_OPTIMIZERS   # shipped: ONNX Runtime's graph and session as it ships
+    out = {"fp32": OnnxModel(path, threads, disabled_optimizers=disabled)}
     for i, scheme in enumerate(schemes):
         key, suffix = ("int8", "") if i == 0 else (f"int8[{scheme}]", f"_{scheme}")
-        out[key] = OnnxModel(quantize_onnx(path, path.replace(".onnx", f"_int8{suffix}.onnx"), scheme), threads)
+        out[key] = OnnxModel(quantize_onnx(path, path.replace(".onnx", f"_int8{suffix}.onnx"), scheme), threads,
+                             disabled_optimizers=disabled)
     return out
 
 
@@ -364,7 +379,7 @@ class OnnxModel:
 
     SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 
-    def __init__(self, path, threads, spin=True, profile_prefix=None):
+    def __init__(self, path, threads, spin=True, profile_prefix=None, disabled_optimizers=ORT_DISABLED_OPTIMIZERS):
         import onnxruntime as ort
         opts = ort.SessionOptions()
         if threads is not None:
@@ -375,7 +390,8 @@ class OnnxModel:
         if profile_prefix:  # ONNX Runtime's own profiler: every operator's time, end_profiling() writes the JSON
             opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
         self.path, self.threads, self.spin = path, threads, spin
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=list(disabled_optimizers))
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, **unused):
@@ -485,7 +501,8 @@ def checkpoint_data(checkpoint, task_name, data_dir=None, calibration_rows=128, 
 def time_onnx_alone(path, batch_size, seq_len, vocab, repeats, warmup):
     """time_variants of one ONNX model with ONNX Runtime's default session options, meant to run in a process of
     its own (nothing else loaded or timed beside it): (median, p10, p90) in ms."""
-    return time_variants({"alone": OnnxModel(path, None)}, batch_size, seq_len, vocab, repeats, warmup)["alone"]
+    return time_variants({"alone": OnnxModel(path, None, disabled_optimizers=())}, batch_size, seq_len, vocab, repeats,
+                         warmup)["alone"]
 
 
 @torch.inference_mode()

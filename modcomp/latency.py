@@ -27,7 +27,7 @@ import tempfile
 from modcomp.utils import UserError, atomic_write_json, cpu_info
 
 RUNTIMES = ("ort-int8", "openvino")
-VERSION = 1
+VERSION = 2   # 2: ONNX Runtime's graph without SkipLayerNormalization (inference.ORT_DISABLED_OPTIMIZERS)
 VOCAB = 2048   # export_onnx and time_variants draw ids from 1000 up
 
 

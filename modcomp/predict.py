@@ -93,7 +93,10 @@ class Predictor:
             found = sorted(n for n in os.listdir(directory) if n.endswith((".onnx", ".xml")))
             why = "is no ONNX model (.onnx) or OpenVINO model (.xml)" if os.path.isfile(path) else "no such model"
             raise PredictError(f"{path}: {why} (--model: one of {', '.join(found) or 'none here'})")
-        self.run, self.inputs = (_openvino if model.endswith(".xml") else _onnxruntime)(path, threads)
+        if model.endswith(".xml"):
+            self.run, self.inputs = _openvino(path, threads)
+        else:   # the session optimizations the export's graph must not get (export.json: ort_disabled_optimizers)
+            self.run, self.inputs = _onnxruntime(path, threads, report.get("ort_disabled_optimizers", ()))
 
     def check(self, example):
         """None when `example` ((text, None) or (text, text)) can be predicted, else why not (a phrase)."""
@@ -159,14 +162,15 @@ def _import(name):
         raise PredictError(f"the model needs the {name} package (pip install {name})") from None
 
 
-def _onnxruntime(path, threads):
+def _onnxruntime(path, threads, disabled_optimizers=()):
     """(run: feed -> logits, input names) of an ONNX model in ONNX Runtime."""
     ort = _import("onnxruntime")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(disabled_optimizers))
     except Exception as e:  # noqa: BLE001  (ONNX Runtime's InvalidProtobuf, Fail, ...)
         raise PredictError(f"{path}: cannot be loaded as an ONNX model: {_first_line(e)}") from None
     return (lambda feed: session.run(["logits"], feed)[0]), [i.name for i in session.get_inputs()]

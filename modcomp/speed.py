@@ -42,6 +42,7 @@ from modcomp.utils import UserError, atomic_write_json, cpu_info, cpu_line, run_
 
 PEER = "ort-int8 c=1"
 PEER_ALONE = "ort-int8[own process] c=1"
+PEER_SHIPPED = "ort-int8[as shipped] c=1"   # --frontier: ONNX Runtime's graph and session as it ships them
 OV_PEER, OV_INT8_PEER = "openvino c=1", "openvino-int8 c=1"   # --frontier's OpenVINO peers (default precision, NNCF)  # --peer_process: the same file, ONNX Runtime's defaults, a fresh process
 # the default INT8: per-channel weights, 8-bit activations where the CPU has VNNI/AMX (7-bit elsewhere); with
 # TorchScript it meets both INT8 targets here (results/RESULTS.md §4-5)
@@ -384,7 +385,9 @@ def time_frontier(args, machine, argv=None):
                                                         heads=heads).eval()
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="frontier-onnx-")
     ort = onnx_models(base, onnx_dir, "model_c1", args.threads)
-    blocks = {"ort-int8": {"fp32 c=1": base, "ort c=1": ort["fp32"], PEER: ort["int8"]}, "openvino": {}}
+    shipped = onnx_models(base, onnx_dir, "model_c1", args.threads, shipped=True)   # as ONNX Runtime ships it
+    blocks = {"ort-int8": {"fp32 c=1": base, "ort c=1": ort["fp32"], PEER: ort["int8"],
+                           PEER_SHIPPED: shipped["int8"]}, "openvino": {}}
     own = {"ort-int8": PEER, "openvino": OV_PEER}   # the uncompressed model in the same runtime
     tok = AutoTokenizer.from_pretrained(resolve_model_path(data.get("model") or "minilm"))
     if ov:   # OpenVINO at its default precision (bf16 on AMX) and NNCF INT8 on the task's training rows
@@ -420,7 +423,8 @@ def time_frontier(args, machine, argv=None):
             chosen = {n: v for n, v in variants.items() if n in peers or any(n == names[q].get(rt) for q in points)}
             if chosen:
                 res.update(time_variants(chosen, 1, lens, base.config.vocab_size, args.repeats, args.warmup))
-        res[PEER_ALONE] = peer_alone(ort["int8"].path, 1, lens, base.config.vocab_size, args.repeats, args.warmup)
+        res[PEER_ALONE] = peer_alone(shipped["int8"].path, 1, lens, base.config.vocab_size, args.repeats,
+                                     args.warmup)
         timed[label] = {n: res[n][0] for n in res}
         print(f"bs 1 x {label if isinstance(lens, int) else f'{label} ({len(lens)} sequences)'} done", flush=True)
 

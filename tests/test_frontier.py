@@ -61,7 +61,8 @@ def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, 
     r = json.loads(out.read_text())
     assert set(r) >= {"machine", "peers", "points"} and r["machine"]
     ov = {run_speed.OV_PEER, run_speed.OV_INT8_PEER} if inference.has_openvino() else set()
-    assert {p["name"] for p in r["peers"]} == {"fp32 c=1", "ort c=1", run_speed.PEER, run_speed.PEER_ALONE} | ov
+    assert {p["name"] for p in r["peers"]} == {"fp32 c=1", "ort c=1", run_speed.PEER, run_speed.PEER_SHIPPED,
+                                               run_speed.PEER_ALONE} | ov
     for p in r["points"]:
         assert set(p) >= {"task", "budget", "retention", "ms_128", "vs_peer_128", "ms_real", "vs_peer_real", "peer"}
         peer = {q["name"]: q for q in r["peers"]}[p["peer"]]

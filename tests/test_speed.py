@@ -170,8 +170,22 @@ def test_onnx_export_fused_and_int8(tmp_path, c):
     assert torch.allclose(out.logits, expected, atol=1e-4)
     assert m.base_model.eager_attention is False          # export switches the eager path on only for itself
     fused_path, ops = inference.optimize_onnx(str(tmp_path / "m.onnx"), str(tmp_path / "m_fused.onnx"))
-    assert ops.get("Attention") == 2 and ops.get("SkipLayerNormalization", 0) >= 4
+    # ours: the residual Adds and LayerNorms apart (ORT_DISABLED_OPTIMIZERS); as shipped: SkipLayerNormalization
+    assert ops.get("Attention") == 2 and "SkipLayerNormalization" not in ops and ops.get("LayerNormalization") >= 4
     assert torch.allclose(inference.OnnxModel(fused_path, 1)(ids, mask, types).logits, expected, atol=1e-4)
+    shipped, ops_shipped = inference.optimize_onnx(str(tmp_path / "m.onnx"), str(tmp_path / "m_shipped.onnx"),
+                                                   skip_layer_norm=True)
+    assert ops_shipped.get("Attention") == 2 and ops_shipped.get("SkipLayerNormalization", 0) >= 4
+    assert torch.allclose(inference.OnnxModel(shipped, 1, disabled_optimizers=())(ids, mask, types).logits, expected,
+                          atol=1e-4)
+    import onnx
+    session_graph = str(tmp_path / "session.onnx")   # the session leaves the two apart too
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = session_graph
+    ort.InferenceSession(fused_path, opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(inference.ORT_DISABLED_OPTIMIZERS))
+    assert "SkipLayerNormalization" not in {n.op_type for n in onnx.load(session_graph).graph.node}
     q = inference.OnnxModel(inference.quantize_onnx(fused_path, str(tmp_path / "m_int8.onnx")), 1)
     got = q(ids, mask, types).logits
     assert not torch.equal(got, out.logits) and (got - expected).abs().max() < 0.1 * expected.abs().max() + 1e-2
