@@ -6,6 +6,8 @@
 Every results.json under the sources (read and checked by consolidate.load_results) is copied to
 DEST/TASK/VARIANT[_cC]/seedS/results.json (C only for compressed runs); only the JSON, not the models.
 Two sources with the same (task, variant, compression, seed) are an error, and so is a DEST that exists.
+--with_allocation: a compressed run's allocation.json (its modules_dir's: the sizes, heads and budget the run's
+model has) is copied beside its results.json (what scripts/make_frontier.py reads).
 --relabel OLD=NEW gives the runs labelled OLD the label NEW (the same recipe run stage by stage and through
 modular_pipeline.sh carries two labels); the copy then records `relabelled_from: OLD`.
 """
@@ -33,6 +35,7 @@ def main(argv=None):
     p.add_argument("--tasks", nargs="+", default=None, help="only these tasks")
     p.add_argument("--relabel", nargs="+", default=[], metavar="OLD=NEW", help="rename a variant label")
     p.add_argument("--variants", nargs="+", default=None, help="only these variant labels (after --relabel)")
+    p.add_argument("--with_allocation", action="store_true", help="copy each compressed run's allocation.json too")
     args = p.parse_args(argv)
     relabel = {}
     for item in args.relabel:
@@ -55,6 +58,11 @@ def main(argv=None):
             if t in plan:
                 raise UserError(f"two results for {t}: {plan[t][0]} and {r['_path']}")
             plan[t] = (r["_path"], r.get("relabelled_from"))
+            alloc = os.path.join(r.get("modules_dir") or "", "allocation.json")
+            if args.with_allocation and r["compression"] is not None and r.get("modules_dir"):
+                if not os.path.isfile(alloc):
+                    raise UserError(f"{r['_path']}: its modules_dir has no allocation.json ({alloc})")
+                plan[os.path.join(os.path.dirname(t), "allocation.json")] = (alloc, None)
     if not plan:
         raise UserError("nothing to copy")
     tmp = args.dest.rstrip("/") + ".tmp"

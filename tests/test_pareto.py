@@ -113,6 +113,26 @@ def test_collect_results_copies_and_refuses_duplicates(tmp_path):
     assert not (tmp_path / "d2").exists()
 
 
+def test_collect_results_with_allocation_copies_each_runs_allocation(tmp_path):
+    collect_results = load_script("collect_results")
+    a = tmp_path / "a"
+    write_result(a, "stsb", 1, [(0.6, 0.6)], variant="baseline", compression=None)
+    path = write_result(a, "stsb", 1, [(0.7, 0.7)], variant="modular", compression=3.0)
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    (mod / "allocation.json").write_text('{"dims": {"0": [8, 16]}, "heads": {"0": 2}}')
+    r = json.loads(open(path).read())
+    r["modules_dir"] = str(mod)
+    open(path, "w").write(json.dumps(r))
+    dest = tmp_path / "dest"
+    collect_results.main([str(a), "--dest", str(dest), "--with_allocation"])
+    assert json.loads((dest / "stsb/modular_c3/seed1/allocation.json").read_text())["heads"] == {"0": 2}
+    assert not (dest / "stsb/baseline/seed1/allocation.json").exists()
+    (mod / "allocation.json").unlink()
+    with pytest.raises(UserError, match="no allocation.json"):
+        collect_results.main([str(a), "--dest", str(tmp_path / "d2"), "--with_allocation"])
+
+
 def test_speedups_read_both_json_layouts():
     rows = [{"variant": "fp32 c=2", "compression": 2.0, "batch_size": 1, "seq_len": 128, "speedup": 1.9},
             {"variant": "int8 c=2", "compression": 2.0, "batch_size": 1, "seq_len": 128, "speedup": 5.0}]
