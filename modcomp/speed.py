@@ -445,7 +445,8 @@ def time_frontier(args, machine, argv=None):
                            "vs_peer_128": round(timed[str(T_)][peer] / ms, 3), "ms_real": ms_real,
                            "vs_peer_real": round(timed[p["task"]][peer_real] / ms_real, 3), "peer": peer,
                            "peer_real": peer_real, "seq_len": T_, "vs_own_128": by[rt]["vs_own_128"],
-                           "vs_own_real": by[rt]["vs_own_real"], "runtimes": by})
+                           "vs_own_real": by[rt]["vs_own_real"], "runtimes": by,
+                           "shape_seed": p["allocation"].get("seed")})
     out_peers = [{"name": n, "ms_128": round(timed[str(T_)][n], 3),
                   "ms_real": {t: round(timed[t][n], 3) for t in timed if t != str(T_)}}
                  for n in peers]

@@ -15,9 +15,22 @@ def main(argv=None):
     p.add_argument("timed", help="run_speed.py --frontier --json output")
     p.add_argument("--md", required=True)
     p.add_argument("--png", default=None)
+    p.add_argument("--frontier", default=None, help="take each point's seeds and retention from this frontier.json "
+                   "(made again with more seeds since the timing: the shapes, of the first seed, are the same)")
     a = p.parse_args(argv)
     with open(a.timed) as f:
-        text = frontier.table_and_plot(json.load(f), a.png)
+        timed = json.load(f)
+    if a.frontier:
+        fresh = {(q["task"], q["budget"]): q for q in frontier.read(a.frontier)["points"]}
+        for q in timed["points"]:
+            new = fresh.get((q["task"], q["budget"]))
+            if new is None:
+                raise frontier.UserError(f"--frontier {a.frontier}: no point {q['task']} {q['budget']}")
+            if q.get("shape_seed") is not None and new["allocation"].get("seed") != q["shape_seed"]:
+                raise frontier.UserError(f"{q['task']} {q['budget']}: timed with seed {q['shape_seed']}'s shapes, "
+                                         f"the frontier's are seed {new['allocation'].get('seed')}'s")
+            q.update(seeds=new["seeds"], retention=new["retention"])
+    text = frontier.table_and_plot(timed, a.png)
     atomic_write_bytes(a.md, text.encode())
     print(text)
 
