@@ -96,6 +96,15 @@ def read(path):
     return data
 
 
+FLOOR = 0.85   # the plot's lowest retention (a collapsed point is drawn there; the table has its value)
+
+
+def _kind(budget):
+    """'macs c=2' -> 'macs'; 'latency c=3 (openvino)' -> 'latency (openvino)'."""
+    words = budget.split()
+    return " ".join(w for w in words if not w.startswith("c="))
+
+
 def table_and_plot(timed, png=None):
     """The markdown table (and, with `png`, the plot) of `run_speed.py --frontier --json` output: per task, every
     point's retention against its latency at 128 tokens and at the task's real lengths, in its own runtime,
@@ -127,19 +136,22 @@ def table_and_plot(timed, png=None):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         for ax, (key, title) in zip(axes, (("vs_peer_128", "batch 1 × 128 tokens"),
                                            ("vs_peer_real", "batch 1, real lengths"))):
+            kinds = sorted({_kind(q["budget"]) for q in pts})
+            styles = dict(zip(kinds, (("o", "--"), ("s", "-"), ("^", "-."), ("D", ":"))))
             for i, task in enumerate(tasks):
-                for kind, marker in (("macs", "o"), ("latency", "s")):
-                    sel = sorted((q for q in pts if q["task"] == task and q["budget"].startswith(kind)),
+                for kind in kinds:
+                    sel = sorted((q for q in pts if q["task"] == task and _kind(q["budget"]) == kind),
                                  key=lambda q: q[key])
-                    if sel:
-                        ax.plot([q[key] for q in sel], [q["retention"] for q in sel], marker=marker,
-                                color=f"C{i}", linestyle="-" if kind == "latency" else "--",
+                    if sel:   # a point below the axis (a collapsed score) drawn on its lower edge
+                        ax.plot([q[key] for q in sel], [max(q["retention"], FLOOR) for q in sel],
+                                marker=styles[kind][0], linestyle=styles[kind][1], color=f"C{i}",
                                 label=f"{task}, {kind} budget")
+            ax.set_ylim(FLOOR - 0.005, 1.03)
             ax.axvline(1, color="grey", linewidth=0.8)
             ax.axhline(0.99, color="grey", linewidth=0.8, linestyle=":")
             ax.set_xlabel("× faster than the fastest peer")
             ax.set_title(title)
-        axes[0].set_ylabel("retention (last epoch, median over seeds)")
+        axes[0].set_ylabel(f"retention (last epoch; < {FLOOR}: on the edge)")
         axes[1].legend(fontsize=7)
         fig.suptitle(f"{m.get('cpu')}, {timed.get('threads')} threads", fontsize=9)
         fig.tight_layout()
