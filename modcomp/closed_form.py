@@ -74,6 +74,9 @@ def allocated_dims(args, store, teacher_sha, config):
         made = found["settings"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"--allocation {args.allocation}: not an allocation.json ({e})") from None
+    if found.get("heads"):
+        raise UserError(f"--allocation {args.allocation} is a latency budget's (heads per layer): closed_form.py "
+                        "fits every head; fit its blocks with mha_modular.py / ffn_modular.py --budget latency")
     checks = {"compression": args.compression, "teacher_sha256": teacher_sha,
               "inputs_sha256": store.manifest["settings"].get("inputs_sha256")}
     bad = [f"{k} {made.get(k)!r} (this run: {v!r})" for k, v in checks.items()

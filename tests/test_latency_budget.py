@@ -153,6 +153,15 @@ def test_a_latency_budget_chooses_heads_and_sizes_and_the_model_follows(capture,
     assert report["fp32_within_tolerance"] and report["attention_layers"] == sum(1 for a in att if not a.removed)
 
 
+def test_closed_form_refuses_a_latency_allocation(capture, cached_table, tmp_path):
+    from modcomp import closed_form
+    out = str(tmp_path / "mod")
+    _stages(capture, out, 2)
+    with pytest.raises(UserError, match="latency budget's .heads per layer."):
+        closed_form.main(["--activations_dir", capture, "--output_dir", str(tmp_path / "cf"), "--compression", "2",
+                          "--allocation", os.path.join(out, "allocation.json"), "--threads", "1"])
+
+
 def test_at_c1_a_latency_budget_keeps_every_block_and_head(capture, cached_table, tmp_path):
     alloc = _stages(capture, str(tmp_path / "mod"), 1)
     assert all(d == [32, 64] for d in alloc["dims"].values()) and set(alloc["heads"].values()) == {4}
