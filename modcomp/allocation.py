@@ -351,17 +351,12 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
                 + " ".join(f"{k}x{a // k}:{e:.1e}" for (k, a), e in curves[l]["mha"].items() if k and a // k in
                            (2, 8, d)) + "; FFN by width "
                 + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::16]))
-    pick = choose(options, budget)
-    if table is not None:   # (heads, inner) per attention block
-        head_counts = {l: pick[(l, "mha")][0] for l in layers}
-        pick.update({(l, "mha"): pick[(l, "mha")][1] for l in layers})
-    dims = {l: [pick[(l, "mha")], pick[(l, "ffn")]] for l in layers}
-    key = (lambda l, k: (head_counts[l], pick[(l, k)]) if k == "mha" and table is not None else pick[(l, k)])
-    extra = {}
-    if table is not None:
-        extra = {"heads": head_counts, "head_order": orders}
+    pick = choose(options, budget)   # a latency budget's attention sizes are (heads, inner)
+    head_counts = {l: pick[(l, "mha")][0] for l in layers} if table is not None else None
+    dims = {l: [pick[(l, "mha")][1] if table is not None else pick[(l, "mha")], pick[(l, "ffn")]] for l in layers}
+    extra = {"heads": head_counts, "head_order": orders} if table is not None else {}
     out = {"dims": dims, "budget": _budget(config, length, full, budget if table is None else None, dims), **extra,
-           "predicted_error": sum(curves[l][k][key(l, k)] for l in layers for k in ("mha", "ffn")),
+           "predicted_error": sum(curves[l][k][pick[(l, k)]] for l in layers for k in ("mha", "ffn")),
             "sensitivity": {str(l): v for l, v in sensitivity.items()} or None,
             "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
             "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[held].sum()),
