@@ -11,7 +11,8 @@ so a saved model also loads where this repo is absent, with `trust_remote_code=T
 
 Every layer has its own attention inner size (heads x head_dim) and FFN width in the config
 (`attn_dims`, `ffn_dims`), so a compressed model saves and reloads like any other. A size of 0 removes
-the block: its output is then a learned constant (its output bias) broadcast over the tokens.
+the block: its output is then a learned constant (its output bias) broadcast over the tokens. A layer named in
+`removed_layers` is removed whole (blocks, residuals and LayerNorms): it passes its input on unchanged.
 
     model = ModDistilBertForSequenceClassification.from_teacher("minilm", num_labels=2)
     compression.compress(model, compression=2.0, init="svd")     # the low-rank blocks: compression.py
@@ -62,7 +63,8 @@ class ModDistilBertConfig(PretrainedConfig):
 
     def __init__(self, vocab_size=30522, max_position_embeddings=512, type_vocab_size=0,
                  hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
-                 attn_dims=None, ffn_dims=None, attn_heads=None, hidden_act="gelu", layer_norm_eps=1e-12,
+                 attn_dims=None, ffn_dims=None, attn_heads=None, removed_layers=None, hidden_act="gelu",
+                 layer_norm_eps=1e-12,
                  hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=0.2,
                  head_type="distilbert", initializer_range=0.02, pad_token_id=0,
                  embedding_size=None, position_style="absolute",
@@ -78,6 +80,8 @@ class ModDistilBertConfig(PretrainedConfig):
         self.ffn_dims = list(ffn_dims or [4 * hidden_size] * num_hidden_layers)
         # heads per layer (a latency budget may keep fewer in some layers); None: num_attention_heads in every one
         self.attn_heads = list(attn_heads) if attn_heads is not None else None
+        # layers removed whole (the identity; a latency budget's choice); their attn_dims and ffn_dims are 0
+        self.removed_layers = sorted(int(l) for l in removed_layers) if removed_layers else None
         self.hidden_act = hidden_act
         self.layer_norm_eps = layer_norm_eps
         self.hidden_dropout_prob = hidden_dropout_prob
@@ -101,6 +105,10 @@ class ModDistilBertConfig(PretrainedConfig):
         if self.attn_heads is not None and (len(self.attn_heads) != num_hidden_layers
                                             or min(self.attn_heads) < 0):
             raise ValueError("attn_heads needs one head count >= 0 per layer")
+        for l in self.removed_layers or []:
+            if not 0 <= l < num_hidden_layers or self.attn_dims[l] or self.ffn_dims[l]:
+                raise ValueError(f"removed layer {l}: needs 0 <= layer < {num_hidden_layers} and attn_dims = "
+                                 f"ffn_dims = 0 there")
         for l, d in enumerate(self.attn_dims):
             n = self.heads(l)
             if (d and not n) or (n and d % n):
@@ -109,6 +117,10 @@ class ModDistilBertConfig(PretrainedConfig):
     def heads(self, layer):
         """The number of attention heads of `layer` (attn_heads, else num_attention_heads)."""
         return self.num_attention_heads if self.attn_heads is None else self.attn_heads[layer]
+
+    def layer_removed(self, layer):
+        """Whether `layer` is removed whole (removed_layers)."""
+        return layer in (self.removed_layers or ())
 
 
 def config_from_teacher(tc, **overrides) -> ModDistilBertConfig:
@@ -272,6 +284,13 @@ class TransformerLayer(nn.Module):
         # the first Add among the LayerNorm's inputs for the attention's, and ELECTRA's projected embeddings are an Add
         h = self.sa_layer_norm(self.attention(x, mask) + x)  # h is the FFN block's input
         return self.output_layer_norm(self.ffn(h) + h)
+
+
+class RemovedLayer(nn.Module):
+    """A layer removed whole: no parameters; its output is its input."""
+
+    def forward(self, x, mask=None):
+        return x
 
 
 class Embeddings(nn.Module):
@@ -460,7 +479,8 @@ class ModDistilBertModel(ModDistilBertPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(RemovedLayer() if config.layer_removed(i) else TransformerLayer(config, i)
+                                    for i in range(config.num_hidden_layers))
         # False: scaled_dot_product_attention (fastest in PyTorch). True: matmul-softmax-matmul with BERT's
         # additive mask, the same numbers; set for ONNX export, whose graph ONNX Runtime then fuses into
         # its Attention kernel (inference.export_onnx).

@@ -54,6 +54,7 @@ VERSION = "joint/2"          # what allocation.json's curves mean; a change inva
                              # (2: the value statistics as the d x d context moment, the full head dim not fitted)
 CURVE_TOKENS = 16384         # training tokens per layer the curves are fitted on (a seeded subset) ...
 CURVE_HELDOUT_TOKENS = 4096  # ... and held-out tokens they are measured on (the blocks are then fitted on more)
+LATENCY_VERSION = 2          # what a latency budget's allocation chooses (2: whole layers may be removed)
 MAX_STATES = 200_000         # cost units of the dynamic programme (costs are rounded up beyond this)
 
 
@@ -224,26 +225,40 @@ def ffn_curve(teacher, inputs, targets, train_tok, val_tok, widths, device, chun
 
 
 # ------------------------------------------------------------------ the choice
-def choose(options, budget):
+def choose(options, budget, removals=None):
     """Minimum summed error with total cost <= budget, one size per block: an exact dynamic programme.
 
-    options: {block key: {size: (cost, error)}} with integer costs. Costs are divided by their greatest common
-    divisor; beyond MAX_STATES units they are rounded up (never over the budget). Returns {block key: size}."""
+    options: {block key: {size: (cost, error)}} with integer costs. removals: {name: (member keys, (cost,
+    error))}: the members (consecutive keys of options: a layer's blocks) may instead be removed together at that
+    cost and error (a layer removed whole). Costs are divided by their greatest common divisor; beyond
+    MAX_STATES units they are rounded up (never over the budget). Returns {block key: size}, None for the
+    members of a removal taken."""
     keys = list(options)
-    costs = [c for k in keys for c, _ in options[k].values()]
+    removals = removals or {}
+    ends = {}
+    for name, (members, _) in removals.items():
+        i = keys.index(members[0])
+        if list(members) != keys[i:i + len(members)]:
+            raise ValueError(f"removal {name!r}: its members must be consecutive keys of options")
+        ends[members[-1]] = name
+    costs = [c for k in keys for c, _ in options[k].values()] + [c for _, (c, _) in removals.values()]
     unit = math.gcd(*[int(c) for c in costs if c]) or 1
     if budget // unit > MAX_STATES:
         unit = -(-int(budget) // MAX_STATES)
     n = int(budget // unit)
+    units = lambda c: -(-int(c) // unit)
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
-    picks = []
+    picks, starts, taken = [], {}, {}
     for k in keys:
+        for name, (members, _) in removals.items():
+            if members[0] == k:
+                starts[name] = best   # the table before the group's first member
         nxt, pick = np.full(n + 1, np.inf), np.full(n + 1, -1, dtype=np.int64)
         sizes = sorted(options[k])
         for i, s in enumerate(sizes):
             c, e = options[k][s]
-            u = -(-int(c) // unit)
+            u = units(c)
             if u > n:
                 continue
             cand = best[: n + 1 - u] + e
@@ -251,14 +266,28 @@ def choose(options, budget):
             nxt[u:][better], pick[u:][better] = cand[better], i
         best = nxt
         picks.append((sizes, pick))
+        if k in ends:   # the group's alternative: removed together
+            c, e = removals[ends[k]][1]
+            u, alt = units(c), np.full(n + 1, np.inf)
+            if u <= n:
+                alt[u:] = starts[ends[k]][: n + 1 - u] + e
+            taken[ends[k]] = alt < best
+            best = np.minimum(best, alt)
     if not np.isfinite(best).any():
-        raise UserError(f"no choice of block sizes fits the budget of {budget:,} multiply-adds")
+        raise UserError(f"no choice of block sizes fits the budget of {budget:,}")
     used = int(np.argmin(best))
-    choice = {}
+    choice, skip = {}, set()
     for k, (sizes, pick) in zip(reversed(keys), reversed(picks)):
+        if k in ends and taken[ends[k]][used]:
+            members, (c, _) = removals[ends[k]]
+            skip |= set(members)
+            choice.update({m: None for m in members})
+            used -= units(c)
+        if k in skip:
+            continue
         s = sizes[pick[used]]
         choice[k] = s
-        used -= -(-int(options[k][s][0]) // unit)
+        used -= units(options[k][s][0])
     return {k: choice[k] for k in keys}
 
 
@@ -282,15 +311,20 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             out.update(heads={l: nh for l in layers}, head_order={l: list(range(nh)) for l in layers})
             out["budget"]["latency"] = _latency_budget(table, config, dims, out["heads"], compression)
         return out
+    output = currency_name == "output"
+    # a latency budget may remove whole layers (their fixed cost too) where the output currency measures what
+    # that costs: each kept layer then pays its fixed cost, and what no choice removes is the base alone
+    whole = table is not None and output
     if table is not None:
         lat = _latency_budget(table, config, None, None, compression)
-        budget = int(round(lat["blocks_budget_ms"] * LATENCY_UNITS))
+        floor = lat["base_ms"] if whole else lat["fixed_total_ms"]
+        budget = int(round((lat["budget_ms"] - floor) * LATENCY_UNITS))
         if budget <= 0:
             raise UserError(f"a latency budget of 1/{compression:g} ({lat['budget_ms']:.3f} ms of "
                             f"{lat['uncompressed_ms']:.3f} ms on this CPU in {table['key']['runtime']}) is below "
-                            f"what the encoder costs with every block removed ({lat['fixed_total_ms']:.3f} ms: "
-                            f"layer norms, embeddings, head): at most "
-                            f"{lat['uncompressed_ms'] / lat['fixed_total_ms']:.2f}x here")
+                            f"what the encoder costs with every {'layer' if whole else 'block'} removed "
+                            f"({floor:.3f} ms: {'' if whole else 'layer norms, '}embeddings, head): at most "
+                            f"{lat['uncompressed_ms'] / floor:.2f}x here")
     seq_lengths = store.sequence_info()[0]
     subset = subsample(seq_lengths, train_idx, curve_tokens, seed)
     held = subsample(seq_lengths, val_idx, heldout_tokens, seed)
@@ -298,8 +332,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         held = subset  # --holdout 0: the curves are measured on the fitted tokens
     keep = torch.unique(torch.cat([subset, held]))
     fit_idx, val_idx = torch.searchsorted(keep, subset), torch.searchsorted(keep, held)
-    options, curves, sensitivity, orders = {}, {}, {}, {}
-    output = currency_name == "output"
+    options, curves, sensitivity, orders, removals = {}, {}, {}, {}, {}
     if output:  # the teacher's encoder output on the held-out sequences, what each block's error is carried to
         last = config.num_hidden_layers - 1
         out_t = data_init.layer_forward(teacher.layers[last], *select_sequences(*store.load_layer(last), held), device)
@@ -342,6 +375,11 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         del hidden  # not held into the next layer's
         for kind in ("mha", "ffn"):
             options[(l, kind)] = {s: (_cost(config, kind, s, length, table), e) for s, e in curves[l][kind].items()}
+        if whole:   # the layer's fixed cost is paid with its attention (any size, 0 too) unless the layer goes
+            fixed = int(round(table["fixed_ms"] * LATENCY_UNITS))
+            options[(l, "mha")] = {s: (c + fixed, e) for s, (c, e) in options[(l, "mha")].items()}
+            removals[l] = (((l, "mha"), (l, "ffn")),
+                           (0, _carried_removed(teacher, l, x, lengths, val_idx, out_t, device) / out_energy))
         if heads is None:
             log(f"layer {l}: error ({currency_name} currency), attention by head dim "
                 + " ".join(f"{s // nh}:{e:.2e}" for s, e in curves[l]["mha"].items())
@@ -351,23 +389,30 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
                 + " ".join(f"{k}x{a // k}:{e:.1e}" for (k, a), e in curves[l]["mha"].items() if k and a // k in
                            (2, 8, d)) + "; FFN by width "
                 + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::16]))
-    pick = choose(options, budget)   # a latency budget's attention sizes are (heads, inner)
+    pick = choose(options, budget, removals)   # a latency budget's attention sizes are (heads, inner)
+    removed = [l for l in layers if pick[(l, "mha")] is None]   # removed whole
+    for l in removed:
+        pick[(l, "mha")], pick[(l, "ffn")] = (0, 0), 0
     head_counts = {l: pick[(l, "mha")][0] for l in layers} if table is not None else None
     dims = {l: [pick[(l, "mha")][1] if table is not None else pick[(l, "mha")], pick[(l, "ffn")]] for l in layers}
-    extra = {"heads": head_counts, "head_order": orders} if table is not None else {}
+    extra = {"heads": head_counts, "head_order": orders, "removed_layers": removed,
+             "layer_removal_error": {str(l): e for l, (_, (_, e)) in removals.items()} or None} \
+        if table is not None else {}
     out = {"dims": dims, "budget": _budget(config, length, full, budget if table is None else None, dims), **extra,
-           "predicted_error": sum(curves[l][k][pick[(l, k)]] for l in layers for k in ("mha", "ffn")),
+           "predicted_error": sum(removals[l][1][1] if l in removed else curves[l][k][pick[(l, k)]]
+                                  for l in layers for k in ("mha", "ffn") if l not in removed or k == "mha"),
             "sensitivity": {str(l): v for l, v in sensitivity.items()} or None,
             "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
             "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[held].sum()),
             "curves": {str(l): {k: {(f"{s[0]},{s[1]}" if isinstance(s, tuple) else str(s)): e for s, e in c.items()}
                                 for k, c in cs.items()} for l, cs in curves.items()}}
     if table is not None:
-        out["budget"]["latency"] = _latency_budget(table, config, dims, head_counts, compression)
+        out["budget"]["latency"] = _latency_budget(table, config, dims, head_counts, compression, removed)
         b = out["budget"]["latency"]
         log(f"latency budget 1/{compression:g} in {table['key']['runtime']}: {b['budget_ms']:.3f} of "
             f"{b['uncompressed_ms']:.3f} ms; predicted {b['predicted_ms']:.3f} ms ({b['predicted_ratio']:.2f}x); "
-            f"heads per layer {[head_counts[l] for l in layers]}")
+            f"heads per layer {[head_counts[l] for l in layers]}"
+            + (f"; layers removed whole {removed}" if removed else ""))
     return out
 
 
@@ -393,6 +438,16 @@ def _carried(teacher, l, name, block, x, lengths, index, out_t, device):
     return _energy(h - out_t.to(h))
 
 
+@torch.no_grad()
+def _carried_removed(teacher, l, x, lengths, index, out_t, device):
+    """Squared error of the encoder's output on the sequences `index` when layer l is removed whole (its input x
+    goes on to layer l + 1) and every other layer is the teacher's."""
+    h, lens = select_sequences(x, lengths, index)
+    for j in range(l + 1, len(teacher.layers)):
+        h = data_init.layer_forward(teacher.layers[j], h, lens, device)
+    return _energy(h.to(out_t) - out_t)
+
+
 LATENCY_UNITS = 10_000   # the dynamic programme's cost unit for a latency budget: 0.1 microseconds
 
 
@@ -406,18 +461,19 @@ def _cost(config, kind, size, length, table):
     return int(round(block_ms(table, kind, a, k) * LATENCY_UNITS))
 
 
-def _latency_budget(table, config, dims, heads, compression):
+def _latency_budget(table, config, dims, heads, compression, removed=()):
     """What a latency budget spends, from the table (ms): the uncompressed encoder's predicted time, the budget,
-    what no block can remove (embeddings, head, every layer's fixed cost) and, for dims, their predicted time."""
+    the base (embeddings, head) and what no block can remove (the base and every layer's fixed cost) and, for
+    dims (with the layers `removed` whole), their predicted time."""
     from modcomp.latency import encoder_ms
     L, nh = config.num_hidden_layers, config.num_attention_heads
     full = encoder_ms(table, [(nh, config.attn_dims[l], config.ffn_dims[l]) for l in range(L)])
     fixed = table["base_ms"] + L * table["fixed_ms"]
     out = {"runtime": table["key"]["runtime"], "length": table["key"]["length"], "threads": table["key"]["threads"],
            "cpu": table["key"]["cpu"], "uncompressed_ms": full, "budget_ms": full / compression,
-           "fixed_total_ms": fixed, "blocks_budget_ms": full / compression - fixed}
+           "base_ms": table["base_ms"], "fixed_total_ms": fixed, "blocks_budget_ms": full / compression - fixed}
     if dims is not None:
-        pred = encoder_ms(table, [(heads[l], dims[l][0], dims[l][1]) for l in range(L)])
+        pred = encoder_ms(table, [None if l in removed else (heads[l], dims[l][0], dims[l][1]) for l in range(L)])
         out.update(predicted_ms=pred, predicted_ratio=full / pred)
     return out
 
@@ -428,14 +484,15 @@ def _budget(config, length, full, budget, dims):
             "achieved_compression": full / used if used else float("inf")}
 
 
-def allocation_id(dims, heads=None):
+def allocation_id(dims, heads=None, removed=None):
     """The id an allocated block records ({layer: (attention inner, FFN width)} as JSON, with a latency budget's
-    {layer: heads} beside them): load_modules refuses a modules dir whose blocks name two different ids (they
-    would not keep one budget)."""
+    {layer: heads} and the layers it removes whole beside them): load_modules refuses a modules dir whose blocks
+    name two different ids (they would not keep one budget)."""
     ids = json.dumps({int(l): list(d) for l, d in sorted(dims.items(), key=lambda kv: int(kv[0]))})
     if heads is None:
         return ids
-    return ids + " heads " + json.dumps({int(l): int(k) for l, k in sorted(heads.items(), key=lambda kv: int(kv[0]))})
+    ids += " heads " + json.dumps({int(l): int(k) for l, k in sorted(heads.items(), key=lambda kv: int(kv[0]))})
+    return ids + (" removed " + json.dumps(sorted(int(l) for l in removed)) if removed else "")
 
 
 def load_or_allocate(path, settings, compute):

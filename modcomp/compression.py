@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from modcomp.data_init import compress_with_data, top_r
-from modeling_moddistilbert import MultiHeadSelfAttention, make_block
+from modeling_moddistilbert import MultiHeadSelfAttention, RemovedLayer, make_block
 from modcomp.utils import UserError, check_safetensors, written_atomically
 
 
@@ -119,7 +119,7 @@ def init_block(teacher, student, init, std=0.02, generator=None):
 
 
 def compress(model, compression=2.0, init="svd", layers=None, data=None, device=None, seed=None, dims=None,
-             heads=None):
+             heads=None, removed_layers=None):
     """Replace the MHA and FFN of the chosen layers (all by default) with low-rank blocks, in place.
 
     MHA keeps its heads and divides head_dim by `compression`; FFN width is divided by `compression`.
@@ -131,7 +131,8 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
     dims: {layer: (attention inner size, FFN width)} instead of the uniform sizes (an allocated modules dir's,
     module_dims: the budget `compression` may then be beyond what uniform sizes can reach). heads: {layer: number
     of attention heads} of a latency budget's modules dir (module_heads); a block with fewer heads than the
-    teacher's gets no SVD start (its module replaces it)."""
+    teacher's gets no SVD start (its module replaces it). removed_layers: the layers a latency budget removes
+    whole (module_removed_layers; their dims must be (0, 0)): each becomes the identity (RemovedLayer)."""
     base = model.base_model
     config = base.config
     if config.compression:
@@ -143,17 +144,28 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
         dims = {i: tuple(dims[i]) for i in layers}
     else:
         dims = {i: reduced_dims(config, i, compression) for i in layers}  # every size checked before any change
+    removed = sorted(set(removed_layers or ()))
+    bad = [i for i in removed if i not in dims or tuple(dims[i]) != (0, 0)]
+    if bad:
+        raise UserError(f"layers {bad} are removed whole but their sizes are not given as (0, 0)")
     if init == "data":
         missing = [i for i in layers if data is None or i not in data]
         if missing:
             raise UserError(f"init 'data' needs the inputs of layers {missing} (data={{layer: (x, lengths)}})")
-        compress_with_data(model, dims, data, device=device)
+        compress_with_data(model, {i: d for i, d in dims.items() if i not in removed}, data, device=device)
     if heads:
         config.attn_heads = [heads.get(i, config.heads(i)) for i in range(config.num_hidden_layers)]
         if model.config is not config:
             model.config.attn_heads = config.attn_heads
     seed = torch.initial_seed() if seed is None else seed
+    for i in removed:
+        base.layers[i] = RemovedLayer()
+        config.attn_dims[i], config.ffn_dims[i] = 0, 0
+    if removed:
+        config.removed_layers = removed
     for i in layers if init != "data" else []:
+        if i in removed:
+            continue
         layer = base.layers[i]
         attn_dim, ffn_dim = dims[i]
         for kind, dim in (("mha", attn_dim), ("ffn", ffn_dim)):
@@ -168,6 +180,7 @@ def compress(model, compression=2.0, init="svd", layers=None, data=None, device=
     if model.config is not config:
         model.config.attn_dims, model.config.ffn_dims = config.attn_dims, config.ffn_dims
         model.config.compression, model.config.init = compression, init
+        model.config.removed_layers = config.removed_layers
     return model
 
 
@@ -238,9 +251,15 @@ def load_modules(model, modules_dir, teacher_sha256=None, allow_partial=False, t
             if len(allocations) > 1:
                 raise UserError(f"{path} and {next(iter(allocations.values()))} come from two different "
                                 "allocations (a stage rerun with other settings into the same dir): rerun both")
+        inner = int(meta.get("inner_size", -1))
+        if isinstance(base.layers[layer], RemovedLayer):   # removed whole: its (size 0) block is not used
+            if inner != 0:
+                raise UserError(f"{path}: layer {layer} is removed whole in the model, but this {kind} block has "
+                                f"size {inner}")
+            found.add((layer, kind))
+            continue
         block = base.layers[layer].attention if kind == "mha" else base.layers[layer].ffn
         dims = config.attn_dims if kind == "mha" else config.ffn_dims
-        inner = int(meta.get("inner_size", -1))
         heads = int(meta["block_heads"]) if kind == "mha" and meta.get("block_heads", "None") != "None" else None
         new_heads = heads is not None and heads != config.heads(layer)
         if meta.get("allocated") == "True" and inner >= 0 and (inner != dims[layer] or new_heads):
@@ -308,6 +327,16 @@ def module_heads(modules_dir):
     with open(alloc) as f:
         heads = json.load(f).get("heads")
     return {int(l): int(k) for l, k in heads.items()} if heads else None
+
+
+def module_removed_layers(modules_dir):
+    """The layers a latency budget's modules dir removes whole (its allocation.json's removed_layers), else None."""
+    alloc = os.path.join(modules_dir, "allocation.json")
+    if not os.path.exists(alloc):
+        return None
+    with open(alloc) as f:
+        removed = json.load(f).get("removed_layers")
+    return sorted(int(l) for l in removed) if removed else None
 
 
 def checkpoint_settings(path):

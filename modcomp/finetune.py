@@ -18,7 +18,7 @@ from transformers.modeling_outputs import MultipleChoiceModelOutput
 
 from modcomp import tasks as T
 from modcomp.allocation import encoder_macs
-from modcomp.compression import compress, load_modules, module_dims, module_heads
+from modcomp.compression import compress, load_modules, module_dims, module_heads, module_removed_layers
 from modcomp.distill import EXAMPLE_INDEX
 from modeling_moddistilbert import (SUPPORTED_TEACHERS, TEACHER_ARCHITECTURES, ModDistilBertForMultipleChoice,
                                     ModDistilBertForSequenceClassification, resolve_model_path)
@@ -91,8 +91,9 @@ def build_model(name_or_path, task, compression=None, init="svd", modules_dir=No
     if compression:  # an allocated modules dir's blocks have their own sizes (any c, even beyond uniform sizes)
         dims = module_dims(modules_dir, model.config.num_hidden_layers) if modules_dir else None
         heads = module_heads(modules_dir) if modules_dir else None   # a latency budget's heads per layer
+        removed = module_removed_layers(modules_dir) if modules_dir else None   # layers it removes whole
         compress(model, compression, "svd" if init == "data" else init, seed=seed, dims=dims,
-                 heads=heads)  # data: the modules
+                 heads=heads, removed_layers=removed)  # data: the modules
     modules, missing = None, []
     if modules_dir:
         names, missing = load_modules(model, modules_dir, teacher_sha, allow_partial_modules, task=task.name)

@@ -61,6 +61,8 @@ def build(results_dir, label, tasks, allocations, model="minilm"):
             runtime = alloc["budget"]["latency"]["runtime"]
             budget = f"latency c={c:g} ({runtime})"
             shapes["attn_heads"] = [int(alloc["heads"][str(l)]) for l in sorted(dims)]
+            if alloc.get("removed_layers"):   # layers removed whole
+                shapes["removed_layers"] = sorted(int(l) for l in alloc["removed_layers"])
             shapes["predicted_latency_ratio"] = round(alloc["budget"]["latency"]["predicted_ratio"], 3)
         points.append({"task": task, "budget": budget, "compression": c, "runtime": runtime, "seeds": common,
                        "retention": round(comp / ref, 4), "score": round(comp, 3), "teacher_score": round(ref, 3),
@@ -90,6 +92,10 @@ def read(path):
                 isinstance(k, int) and k >= 0 and (not k or d % k == 0) and (d == 0) == (k == 0)
                 for k, d in zip(heads, a["attn_dims"]))):
             raise UserError(f"--frontier {path}: point {i}'s attn_heads do not fit its attn_dims")
+        removed = a.get("removed_layers") or []
+        if not (isinstance(removed, list) and all(isinstance(l, int) and 0 <= l < len(a["attn_dims"])
+                                                  and a["attn_dims"][l] == a["ffn_dims"][l] == 0 for l in removed)):
+            raise UserError(f"--frontier {path}: point {i}'s removed_layers are not layers of size 0")
         if p.get("runtime", "ort-int8") not in RUNTIMES:
             raise UserError(f"--frontier {path}: point {i}'s runtime {p.get('runtime')!r} is none of "
                             f"{', '.join(RUNTIMES)}")

@@ -9,7 +9,8 @@ at every block shape of the grids, in the spirit of Kwon et al. (2022)'s per-mac
 
 - attention of k heads x head dim r (k in head_grid, r in the measured dims), the FFN removed; FFN widths, the
   attention removed; both removed (what a layer costs with no block: its two LayerNorms, two residual adds and
-  two constant biases); and two such empty layers (the difference: one layer's fixed cost).
+  two constant biases); and two such empty layers (the difference: one layer's fixed cost, what removing the
+  layer whole saves beyond its blocks).
 - A block's cost is its one-layer time less the empty layer's; a width or head dim between two measured ones is
   interpolated linearly. The encoder's time is then base + L x fixed + the blocks' costs, where base (the
   embeddings, the classifier, the graph's inputs) is the empty one-layer time less one fixed cost.
@@ -159,6 +160,7 @@ def block_ms(table, kind, size, heads=None):
 
 
 def encoder_ms(table, layers):
-    """Predicted encoder + head time (ms) of per-layer (heads, attention inner, FFN width)."""
-    return table["base_ms"] + sum(table["fixed_ms"] + block_ms(table, "mha", a, k) + block_ms(table, "ffn", w)
-                                  for k, a, w in layers)
+    """Predicted encoder + head time (ms) of per-layer (heads, attention inner, FFN width); a layer given as None
+    is removed whole (it costs nothing, not even its fixed cost)."""
+    return table["base_ms"] + sum(table["fixed_ms"] + block_ms(table, "mha", s[1], s[0]) + block_ms(table, "ffn", s[2])
+                                  for s in layers if s is not None)

@@ -170,9 +170,10 @@ def train_blocks(args):
         sizes = {l: reduced_dims(config, l, args.compression)[0 if kind == "mha" else 1] for l in layers}
     else:
         check_compression(args.compression)
-        dims, heads, order = joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, device)
+        dims, heads, order, removed = joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx,
+                                                       device)
         sizes = {l: dims[l][0 if kind == "mha" else 1] for l in layers}
-        allocation_id = allocation.allocation_id(dims, heads or None)
+        allocation_id = allocation.allocation_id(dims, heads or None, removed)
     keep = None
     if args.epochs == 0:  # nothing trained: only the sequences the start is fitted on and the held-out ones are read
         fit_idx = subsample(seq_lengths, train_idx, args.fit_tokens, args.seed) if args.init == "data" \
@@ -256,7 +257,8 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
     latency = getattr(args, "budget", "macs") == "latency"
     settings = {"version": allocation.VERSION, "currency": args.currency,
                 **({"budget": "latency", "latency_runtime": args.latency_runtime,
-                    "threads": torch.get_num_threads()} if latency else {}),
+                    "threads": torch.get_num_threads(), "latency_version": allocation.LATENCY_VERSION}
+                   if latency else {}),
                 "compression": args.compression, "length": args.budget_length,
                 "holdout": args.holdout, "seed": args.seed, "curve_tokens": allocation.CURVE_TOKENS,
                 "curve_heldout_tokens": allocation.CURVE_HELDOUT_TOKENS,
@@ -285,13 +287,15 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
     dims = {int(l): tuple(d) for l, d in result["dims"].items()}
     heads = {int(l): int(k) for l, k in (result.get("heads") or {}).items()}
     order = {int(l): list(o) for l, o in (result.get("head_order") or {}).items()}
+    removed = [int(l) for l in result.get("removed_layers") or []]
     b = result["budget"]
     tqdm.write(f"allocation (attention inner size, FFN width) per layer: {dims}; "
                f"{b['used_macs']:,} of {b['uncompressed_macs']:,} multiply-adds at {b['length']} tokens "
                f"(c = {b['achieved_compression']:.3f}, budget 1/{args.compression:g})"
                + (f"; heads per layer {heads}; predicted latency {b['latency']['predicted_ms']:.3f} of "
-                  f"{b['latency']['uncompressed_ms']:.3f} ms ({b['latency']['predicted_ratio']:.2f}x)" if heads else ""))
-    return dims, heads, order
+                  f"{b['latency']['uncompressed_ms']:.3f} ms ({b['latency']['predicted_ratio']:.2f}x)" if heads else "")
+               + (f"; layers removed whole {removed}" if removed else ""))
+    return dims, heads, order, removed
 
 
 def write_report(args, store, entries):

@@ -382,7 +382,7 @@ def time_frontier(args, machine, argv=None):
         dims = {l: (a["attn_dims"][l], a["ffn_dims"][l]) for l in range(n_layers)}
         heads = {l: k for l, k in enumerate(a["attn_heads"])} if a.get("attn_heads") else None
         models[f"{p['task']} {p['budget']}"] = compress(copy.deepcopy(base), p["compression"], "svd", dims=dims,
-                                                        heads=heads).eval()
+                                                        heads=heads, removed_layers=a.get("removed_layers")).eval()
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="frontier-onnx-")
     ort = onnx_models(base, onnx_dir, "model_c1", args.threads)
     shipped = onnx_models(base, onnx_dir, "model_c1", args.threads, shipped=True)   # as ONNX Runtime ships it

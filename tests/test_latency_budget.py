@@ -168,10 +168,82 @@ def test_at_c1_a_latency_budget_keeps_every_block_and_head(capture, cached_table
     assert alloc["budget"]["latency"]["predicted_ratio"] == pytest.approx(1)
 
 
-def test_a_budget_below_the_fixed_costs_is_one_line(capture, cached_table, tmp_path):
-    with pytest.raises(UserError, match=r"below what the encoder costs with every block removed .*at most "
-                                        r"4\.\d\dx here"):
+def test_a_budget_below_the_base_is_one_line(capture, cached_table, tmp_path):
+    # whole layers may go, so only the base (embeddings, head: 0.05 of 0.426 ms) is out of the budget's reach
+    with pytest.raises(UserError, match=r"below what the encoder costs with every layer removed .*at most "
+                                        r"8\.5\dx here"):
         _stages(capture, str(tmp_path / "mod"), 10)
+
+
+def test_choose_takes_a_whole_layer_removal_where_it_is_best():
+    import itertools
+    import random
+    rng = random.Random(0)
+    for trial in range(30):
+        options = {(l, k): {s: (rng.randint(0, 9), rng.random()) for s in range(3)}
+                   for l in range(3) for k in ("mha", "ffn")}
+        removals = {l: (((l, "mha"), (l, "ffn")), (rng.randint(0, 3), rng.random() * 1.5)) for l in range(3)}
+        budget = rng.randint(4, 30)
+        best = None   # brute force: every layer kept at some sizes, or removed
+        for layer_choice in itertools.product(*[[None] + list(itertools.product(range(3), range(3)))] * 3):
+            cost = err = 0
+            for l, ch in enumerate(layer_choice):
+                if ch is None:
+                    cost, err = cost + removals[l][1][0], err + removals[l][1][1]
+                else:
+                    for k, s in zip(("mha", "ffn"), ch):
+                        cost, err = cost + options[(l, k)][s][0], err + options[(l, k)][s][1]
+            if cost <= budget and (best is None or err < best - 1e-12):
+                best = err
+        pick = allocation.choose(options, budget, removals)
+        got = sum(removals[l][1][1] if pick[(l, "mha")] is None else
+                  options[(l, "mha")][pick[(l, "mha")]][1] + options[(l, "ffn")][pick[(l, "ffn")]][1]
+                  for l in range(3))
+        cost = sum(removals[l][1][0] if pick[(l, "mha")] is None else
+                   options[(l, "mha")][pick[(l, "mha")]][0] + options[(l, "ffn")][pick[(l, "ffn")]][0]
+                   for l in range(3))
+        assert all((pick[(l, "mha")] is None) == (pick[(l, "ffn")] is None) for l in range(3))
+        assert cost <= budget and got == pytest.approx(best), trial
+    with pytest.raises(ValueError, match="consecutive"):
+        allocation.choose(options, 10, {"x": (((0, "mha"), (1, "ffn")), (0, 0.0))})
+
+
+def test_a_latency_budget_removes_whole_layers_and_the_model_follows(capture, tiny_bert_dir, tmp_path,
+                                                                     monkeypatch):
+    """A layer's fixed cost (0.3 ms here) above what half the budget leaves: one layer must go whole, and the
+    model built from the modules has it as the identity; it saves, reloads with trust_remote_code and exports."""
+    monkeypatch.setenv("MODCOMP_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    t = synthetic_table(fixed=0.3)
+    os.makedirs(os.path.dirname(latency.table_path(t["key"])))
+    with open(latency.table_path(t["key"]), "w") as f:
+        json.dump(t, f)
+    out = str(tmp_path / "mod")
+    alloc = _stages(capture, out, 2)
+    removed = alloc["removed_layers"]
+    assert len(removed) == 1 and alloc["dims"][str(removed[0])] == [0, 0] and alloc["heads"][str(removed[0])] == 0
+    assert set(alloc["layer_removal_error"]) == {"0", "1"}
+    b = alloc["budget"]["latency"]
+    kept = [None if l in removed else (alloc["heads"][str(l)], *alloc["dims"][str(l)]) for l in range(2)]
+    assert b["predicted_ms"] == pytest.approx(latency.encoder_ms(t, kept)) and b["predicted_ms"] <= b["budget_ms"]
+    ft = tmp_path / "ft"
+    run_superglue.main(["--model_name_or_path", tiny_bert_dir, "--task", "stsb", "--output_dir", str(ft),
+                        "--compression", "2", "--init", "data", "--modules_dir", out, "--epochs", "1",
+                        "--max_train_samples", "16", "--max_eval_samples", "8", "--threads", "1"])
+    from modeling_moddistilbert import RemovedLayer
+    from transformers import AutoModelForSequenceClassification
+    again = AutoModelForSequenceClassification.from_pretrained(str(ft / "model"), trust_remote_code=True).eval()
+    assert again.config.removed_layers == removed
+    assert isinstance(again.base_model.layers[removed[0]], RemovedLayer)
+    assert not any(k.startswith(f"layers.{removed[0]}.") for k in again.base_model.state_dict())
+    ids = torch.randint(1000, 2000, (2, 9))
+    h = again.base_model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert torch.equal(h[removed[0] + 1], h[removed[0]])     # the identity
+    pytest.importorskip("onnxruntime")
+    from modcomp import export
+    report = export.main([str(ft / "model"), str(tmp_path / "onnx"), "--max_rows", "8", "--threads", "1",
+                          "--repeats", "2", "--seq_len", "16", "--no_openvino"])
+    assert report["fp32_within_tolerance"]
 
 
 @pytest.mark.slow
@@ -185,3 +257,13 @@ def test_the_table_is_measured_once_per_machine(tmp_path, monkeypatch):
     mtime = os.path.getmtime(path)
     again, same = latency.load_or_measure(32, 4, 8, 64, 16, "ort-int8", 1, log=lambda *a: None)
     assert same == path and os.path.getmtime(path) == mtime and again == t
+
+
+def test_a_removed_layer_must_have_no_blocks(tiny_bert_dir):
+    from modeling_moddistilbert import ModDistilBertConfig
+    with pytest.raises(ValueError, match="removed layer 1: needs"):
+        ModDistilBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, removed_layers=[1])
+    from modcomp.compression import compress
+    model = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=1)
+    with pytest.raises(UserError, match=r"layers \[0\] are removed whole but their sizes are not given as \(0, 0\)"):
+        compress(model, 2, "svd", dims={0: (16, 32), 1: (16, 32)}, removed_layers=[0])
