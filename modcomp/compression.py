@@ -319,23 +319,24 @@ def module_dims(modules_dir, num_layers):
     return {l: tuple(dims[(l, k)] for k in KINDS) for l in range(num_layers)}
 
 
-def module_heads(modules_dir):
-    """{layer: number of attention heads} of a latency budget's modules dir (its allocation.json), else None."""
+def _allocation_field(modules_dir, key):
+    """A field of a modules dir's allocation.json (None when there is no file or no such field)."""
     alloc = os.path.join(modules_dir, "allocation.json")
     if not os.path.exists(alloc):
         return None
     with open(alloc) as f:
-        heads = json.load(f).get("heads")
+        return json.load(f).get(key)
+
+
+def module_heads(modules_dir):
+    """{layer: number of attention heads} of a latency budget's modules dir (its allocation.json), else None."""
+    heads = _allocation_field(modules_dir, "heads")
     return {int(l): int(k) for l, k in heads.items()} if heads else None
 
 
 def module_removed_layers(modules_dir):
     """The layers a latency budget's modules dir removes whole (its allocation.json's removed_layers), else None."""
-    alloc = os.path.join(modules_dir, "allocation.json")
-    if not os.path.exists(alloc):
-        return None
-    with open(alloc) as f:
-        removed = json.load(f).get("removed_layers")
+    removed = _allocation_field(modules_dir, "removed_layers")
     return sorted(int(l) for l in removed) if removed else None
 
 
