@@ -235,12 +235,12 @@ def choose(options, budget, removals=None):
     members of a removal taken."""
     keys = list(options)
     removals = removals or {}
-    ends = {}
+    firsts, ends = {}, {}
     for name, (members, _) in removals.items():
         i = keys.index(members[0])
         if list(members) != keys[i:i + len(members)]:
             raise ValueError(f"removal {name!r}: its members must be consecutive keys of options")
-        ends[members[-1]] = name
+        firsts[members[0]], ends[members[-1]] = name, name
     costs = [c for k in keys for c, _ in options[k].values()] + [c for _, (c, _) in removals.values()]
     unit = math.gcd(*[int(c) for c in costs if c]) or 1
     if budget // unit > MAX_STATES:
@@ -251,9 +251,8 @@ def choose(options, budget, removals=None):
     best[0] = 0.0
     picks, starts, taken = [], {}, {}
     for k in keys:
-        for name, (members, _) in removals.items():
-            if members[0] == k:
-                starts[name] = best   # the table before the group's first member
+        if k in firsts:
+            starts[firsts[k]] = best   # the table before the group's first member
         nxt, pick = np.full(n + 1, np.inf), np.full(n + 1, -1, dtype=np.int64)
         sizes = sorted(options[k])
         for i, s in enumerate(sizes):
@@ -399,8 +398,9 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
              "layer_removal_error": {str(l): e for l, (_, (_, e)) in removals.items()} or None} \
         if table is not None else {}
     out = {"dims": dims, "budget": _budget(config, length, full, budget if table is None else None, dims), **extra,
-           "predicted_error": sum(removals[l][1][1] if l in removed else curves[l][k][pick[(l, k)]]
-                                  for l in layers for k in ("mha", "ffn") if l not in removed or k == "mha"),
+           "predicted_error": sum(removals[l][1][1] if l in removed else
+                                  curves[l]["mha"][pick[(l, "mha")]] + curves[l]["ffn"][pick[(l, "ffn")]]
+                                  for l in layers),
             "sensitivity": {str(l): v for l, v in sensitivity.items()} or None,
             "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
             "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[held].sum()),
@@ -471,7 +471,7 @@ def _latency_budget(table, config, dims, heads, compression, removed=()):
     fixed = table["base_ms"] + L * table["fixed_ms"]
     out = {"runtime": table["key"]["runtime"], "length": table["key"]["length"], "threads": table["key"]["threads"],
            "cpu": table["key"]["cpu"], "uncompressed_ms": full, "budget_ms": full / compression,
-           "base_ms": table["base_ms"], "fixed_total_ms": fixed, "blocks_budget_ms": full / compression - fixed}
+           "base_ms": table["base_ms"], "fixed_total_ms": fixed}
     if dims is not None:
         pred = encoder_ms(table, [None if l in removed else (heads[l], dims[l][0], dims[l][1]) for l in range(L)])
         out.update(predicted_ms=pred, predicted_ratio=full / pred)

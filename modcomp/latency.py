@@ -162,5 +162,6 @@ def block_ms(table, kind, size, heads=None):
 def encoder_ms(table, layers):
     """Predicted encoder + head time (ms) of per-layer (heads, attention inner, FFN width); a layer given as None
     is removed whole (it costs nothing, not even its fixed cost)."""
-    return table["base_ms"] + sum(table["fixed_ms"] + block_ms(table, "mha", s[1], s[0]) + block_ms(table, "ffn", s[2])
-                                  for s in layers if s is not None)
+    kept = [s for s in layers if s is not None]
+    return table["base_ms"] + sum(table["fixed_ms"] + block_ms(table, "mha", a, k) + block_ms(table, "ffn", w)
+                                  for k, a, w in kept)

@@ -84,6 +84,10 @@ def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, 
                                                                          "attn_heads": [3, 1]}}]}))
     with pytest.raises(UserError, match="attn_heads do not fit"):
         run_speed.main(["--frontier", str(bad)])
+    bad.write_text(json.dumps({"points": [{"task": "stsb", "allocation": {"attn_dims": [16, 0], "ffn_dims": [8, 8],
+                                                                         "removed_layers": [1]}}]}))
+    with pytest.raises(UserError, match="removed_layers are not layers of size 0"):
+        run_speed.main(["--frontier", str(bad)])
 
 
 def test_openvino_runs_the_export_at_its_precision_and_in_nncf_int8(tmp_path):
