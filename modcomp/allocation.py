@@ -54,7 +54,8 @@ VERSION = "joint/2"          # what allocation.json's curves mean; a change inva
                              # (2: the value statistics as the d x d context moment, the full head dim not fitted)
 CURVE_TOKENS = 16384         # training tokens per layer the curves are fitted on (a seeded subset) ...
 CURVE_HELDOUT_TOKENS = 4096  # ... and held-out tokens they are measured on (the blocks are then fitted on more)
-LATENCY_VERSION = 2          # what a latency budget's allocation chooses (2: whole layers may be removed)
+LATENCY_VERSION = 3          # what a latency budget's allocation chooses (2: whole layers may be removed;
+                             # 3: latency tables of version 3, blocks timed in whole encoders)
 MAX_STATES = 200_000         # cost units of the dynamic programme (costs are rounded up beyond this)
 
 

@@ -4,21 +4,31 @@ The multiply-add budget does not see what sets the latency of a small encoder on
 LayerNorms, softmax over every head's T x T scores, quantize/dequantize and operator dispatch cost the same
 whatever the widths (issue 27). So the latency budget measures, in the runtime the model will be deployed in
 (`ort-int8`: ONNX Runtime's fused graph with dynamic INT8, the export path; `openvino`: OpenVINO at its default
-precision, bf16 on AMX CPUs), batch 1 at the budget's length, a one-layer encoder of the teacher's hidden size
-at every block shape of the grids, in the spirit of Kwon et al. (2022)'s per-machine latency lookup table:
+precision, bf16 on AMX CPUs), batch 1 at the budget's length, encoders of the teacher's hidden size and depth
+(`context_layers`: the teacher's layers, at most CONTEXT_LAYERS) whose layers all have one block shape, at every
+shape of the grids, in the spirit of Kwon et al. (2022)'s per-machine latency lookup table:
 
-- attention of k heads x head dim r (k in head_grid, r in the measured dims), the FFN removed; FFN widths, the
-  attention removed; both removed (what a layer costs with no block: its two LayerNorms, two residual adds and
-  two constant biases); and two such empty layers (the difference: one layer's fixed cost, what removing the
+- attention of k heads x head dim r (k in head_grid, r in measured_dims: the grid's smallest head dim too), the
+  FFN removed; FFN widths (measured_widths: the grid's smallest width too), the attention removed; both removed
+  (what a layer costs with no block: its two LayerNorms, two residual adds and two constant biases), in the
+  L-layer encoder and in a one-layer one (the difference over L - 1: one layer's fixed cost, what removing the
   layer whole saves beyond its blocks).
-- A block's cost is its one-layer time less the empty layer's; a width or head dim between two measured ones is
-  interpolated linearly. The encoder's time is then base + L x fixed + the blocks' costs, where base (the
-  embeddings, the classifier, the graph's inputs) is the empty one-layer time less one fixed cost.
+- A block's cost is its L-layer time less the empty L-layer time, over L; a width or head dim between two
+  measured ones is interpolated linearly, one below the smallest measured costs what the smallest does (a block
+  of any size runs all of its operators). The encoder's time is then base + L x fixed + the blocks' costs, where
+  base (the embeddings, the classifier, the graph's inputs, the call) is the empty one-layer time less one fixed
+  cost.
+- Why whole encoders, not one layer (version 2): timed alone, a one-layer model hides what a block costs between
+  other layers (operators fused with the graph's ends, weights that stay in cache), and a small block's cost is
+  the small difference of two one-layer times. Measured (OpenVINO, bf16, Xeon with AMX, 2 threads, 128 tokens):
+  an FFN of width 80 costs 1 us in a one-layer model and 36 us in a six-layer one, attention of 2 heads x 2 dims
+  24 us (the version 2 table, interpolated towards 0) and 76 us; version 2 predicted 0.75 ms for STS-B's 1/4
+  allocation, which ran in 1.23 ms; the six-layer costs add up to 1.2 ms (docs/stages.md).
 
 The shapes are timed with random weights (latency does not depend on them), interleaved in every repeat, and the
 median kept. The table is a JSON file under the cache directory ($MODCOMP_CACHE, else ~/.cache/modcomp), keyed by
-the CPU (model name and ISA flags), runtime, threads, length and the encoder's hidden size, vocabulary-free (a
-small vocabulary: the embedding lookup's cost does not depend on the table's size at batch 1).
+the CPU (model name and ISA flags), runtime, threads, length and the encoder's hidden size and depth,
+vocabulary-free (a small vocabulary: the embedding lookup's cost does not depend on the table's size at batch 1).
 """
 import hashlib
 import json
@@ -28,7 +38,9 @@ import tempfile
 from modcomp.utils import UserError, atomic_write_json, cpu_info
 
 RUNTIMES = ("ort-int8", "openvino")
-VERSION = 2   # 2: ONNX Runtime's graph without SkipLayerNormalization (inference.ORT_DISABLED_OPTIMIZERS)
+VERSION = 3   # 2: ONNX Runtime's graph without SkipLayerNormalization (inference.ORT_DISABLED_OPTIMIZERS);
+              # 3: blocks timed in whole encoders (CONTEXT_LAYERS), the grids' smallest sizes measured
+CONTEXT_LAYERS = 6   # the depth blocks are timed at (the teacher's layers, at most this many)
 VOCAB = 2048   # export_onnx and time_variants draw ids from 1000 up
 
 
@@ -38,24 +50,32 @@ def head_grid(nh):
 
 
 def measured_dims(d):
-    """Head dims the table measures (the others are interpolated): 4, 8, 16 and d, those up to d."""
-    return sorted({r for r in (4, 8, 16) if r < d} | {d})
+    """Head dims the table measures (the others are interpolated): 2 (the latency grid's smallest), 4, 8, 16 and
+    d, those up to d."""
+    return sorted({r for r in (2, 4, 8, 16) if r < d} | {d})
 
 
 def measured_widths(F, steps=8):
-    """FFN widths the table measures: F/steps, 2F/steps, ..., F."""
-    return sorted({max(1, F * i // steps) for i in range(1, steps + 1)})
+    """FFN widths the table measures: the width grid's smallest (allocation.width_grid), F/steps, 2F/steps, ...,
+    F."""
+    from modcomp.allocation import width_grid
+    return sorted({width_grid(F)[1], *(max(1, F * i // steps) for i in range(1, steps + 1))})
+
+
+def context_layers(layers):
+    """The depth of the encoders a table times its blocks in: the teacher's layers, 2 to CONTEXT_LAYERS."""
+    return max(2, min(int(layers), CONTEXT_LAYERS))
 
 
 def cache_dir():
     return os.environ.get("MODCOMP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "modcomp")
 
 
-def table_key(hidden, heads, head_dim, width, length, runtime, threads, machine=None):
-    """What a table depends on: its shapes and length, the runtime and threads, the CPU."""
+def table_key(hidden, heads, head_dim, width, length, runtime, threads, layers, machine=None):
+    """What a table depends on: its shapes, depth and length, the runtime and threads, the CPU."""
     machine = machine or cpu_info()
     return {"version": VERSION, "hidden": hidden, "heads": heads, "head_dim": head_dim, "ffn_width": width,
-            "length": length, "runtime": runtime, "threads": threads,
+            "context_layers": context_layers(layers), "length": length, "runtime": runtime, "threads": threads,
             "cpu": machine.get("cpu"), "isa": sorted(machine.get("isa") or []), "cores": machine.get("cores")}
 
 
@@ -80,7 +100,7 @@ def _runner(model, runtime, threads, directory, name):
                                threads)
 
 
-def measure(hidden, nh, head_dim, width, length, runtime, threads, repeats=200, warmup=20, log=print):
+def measure(hidden, nh, head_dim, width, length, runtime, threads, layers, repeats=200, warmup=20, log=print):
     """The table (module docstring): {"fixed_ms", "base_ms", "mha": {"k,r": ms}, "ffn": {"w": ms}, ...}."""
     import torch
     from modcomp import inference
@@ -89,23 +109,24 @@ def measure(hidden, nh, head_dim, width, length, runtime, threads, repeats=200, 
     if runtime == "openvino" and not inference.has_openvino():
         raise UserError("the openvino latency table needs the openvino package (pip install openvino nncf)")
     torch.manual_seed(0)
-    shapes = {"empty": [(nh, 0, 0)], "empty2": [(nh, 0, 0), (nh, 0, 0)]}
+    L = context_layers(layers)
+    shapes = {"empty": [(nh, 0, 0)], "emptyL": [(nh, 0, 0)] * L}
     for k in head_grid(nh):
         for r in measured_dims(head_dim):
-            shapes[f"mha {k},{r}"] = [(k, k * r, 0)]
+            shapes[f"mha {k},{r}"] = [(k, k * r, 0)] * L
     for w in measured_widths(width):
-        shapes[f"ffn {w}"] = [(nh, 0, w)]
-    log(f"latency table: {len(shapes)} one-layer shapes in {runtime}, batch 1 x {length} tokens, {threads} "
-        f"threads (once per machine; cached)")
+        shapes[f"ffn {w}"] = [(nh, 0, w)] * L
+    log(f"latency table: {len(shapes)} shapes, each in a {L}-layer encoder, in {runtime}, batch 1 x {length} "
+        f"tokens, {threads} threads (once per machine; cached)")
     with tempfile.TemporaryDirectory() as tmp:
         runners = {n: _runner(_model(hidden, nh, layers), runtime, threads, tmp, f"m{i}")
                    for i, (n, layers) in enumerate(shapes.items())}
         t = inference.time_variants(runners, 1, length, VOCAB, repeats, warmup)
     ms = {n: v[0] for n, v in t.items()}
-    fixed = ms["empty2"] - ms["empty"]
-    return {"fixed_ms": fixed, "base_ms": ms["empty"] - fixed, "empty_layer_ms": ms["empty"],
-            "mha": {n[4:]: max(0.0, v - ms["empty"]) for n, v in ms.items() if n.startswith("mha ")},
-            "ffn": {n[4:]: max(0.0, v - ms["empty"]) for n, v in ms.items() if n.startswith("ffn ")},
+    fixed = (ms["emptyL"] - ms["empty"]) / (L - 1)
+    return {"fixed_ms": fixed, "base_ms": ms["empty"] - fixed, "empty_layer_ms": ms["empty"], "context_layers": L,
+            "mha": {n[4:]: max(0.0, (v - ms["emptyL"]) / L) for n, v in ms.items() if n.startswith("mha ")},
+            "ffn": {n[4:]: max(0.0, (v - ms["emptyL"]) / L) for n, v in ms.items() if n.startswith("ffn ")},
             "spread_ms": {n: [round(v[1], 4), round(v[2], 4)] for n, v in t.items()}, "repeats": repeats}
 
 
@@ -116,9 +137,9 @@ def table_path(key, directory=None):
                         f"{key['runtime']}-T{key['length']}-H{key['hidden']}-{digest}.json")
 
 
-def load_or_measure(hidden, nh, head_dim, width, length, runtime, threads, directory=None, log=print):
+def load_or_measure(hidden, nh, head_dim, width, length, runtime, threads, layers, directory=None, log=print):
     """The cached table of this machine (measured and written on first use). Returns (table, path)."""
-    key = table_key(hidden, nh, head_dim, width, length, runtime, threads)
+    key = table_key(hidden, nh, head_dim, width, length, runtime, threads, layers)
     path = table_path(key, directory)
     if os.path.isfile(path):
         with open(path) as f:
@@ -126,18 +147,21 @@ def load_or_measure(hidden, nh, head_dim, width, length, runtime, threads, direc
         if found.get("key") == key:
             log(f"latency table: {path} (measured on this CPU before)")
             return found, path
-    table = {"key": key, **measure(hidden, nh, head_dim, width, length, runtime, threads, log=log)}
+    table = {"key": key, **measure(hidden, nh, head_dim, width, length, runtime, threads, layers, log=log)}
     atomic_write_json(path, table)
     log(f"latency table -> {path}")
     return json.loads(json.dumps(table)), path
 
 
 def _interp(points, x):
-    """Linear interpolation of sorted (x, y) points at x; 0 at 0; beyond the last point, proportional."""
+    """Linear interpolation of sorted (x, y) points at x; 0 at 0, the first point's y below it (a block of any
+    size runs its operators); beyond the last point, proportional."""
     if x <= 0:
         return 0.0
-    lo = (0.0, 0.0)
-    for p in points:
+    if x <= points[0][0]:
+        return points[0][1]
+    lo = points[0]
+    for p in points[1:]:
         if x <= p[0]:
             return lo[1] + (p[1] - lo[1]) * (x - lo[0]) / (p[0] - lo[0])
         lo = p

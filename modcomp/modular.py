@@ -272,7 +272,7 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
             table, path = lat.load_or_measure(c.hidden_size, c.num_attention_heads,
                                               c.attn_dims[0] // c.num_attention_heads, max(c.ffn_dims),
                                               args.budget_length, args.latency_runtime, torch.get_num_threads(),
-                                              log=tqdm.write)
+                                              c.num_hidden_layers, log=tqdm.write)
         tqdm.write(f"allocating the {'latency' if latency else 'multiply-add'} budget 1/{args.compression:g} over "
                    f"every block (curves fitted on at most {allocation.CURVE_TOKENS} training tokens per layer, "
                    f"measured on at most {allocation.CURVE_HELDOUT_TOKENS} held-out tokens)")

@@ -19,7 +19,7 @@ import mha_modular
 def synthetic_table(hidden=32, nh=4, d=8, F=64, length=128, threads=1, fixed=0.02, base=0.05):
     """A made-up table of the tiny BERT's shapes: attention 0.01 ms a head + 0.002 ms a head dim unit, FFN
     0.001 ms a unit of width."""
-    return {"key": latency.table_key(hidden, nh, d, F, length, "ort-int8", threads), "fixed_ms": fixed,
+    return {"key": latency.table_key(hidden, nh, d, F, length, "ort-int8", threads, 2), "fixed_ms": fixed,
             "base_ms": base, "mha": {f"{k},{r}": 0.01 * k + 0.002 * k * r for k in latency.head_grid(nh)
                                      for r in latency.measured_dims(d)},
             "ffn": {str(w): 0.001 * w for w in latency.measured_widths(F)}}
@@ -28,12 +28,17 @@ def synthetic_table(hidden=32, nh=4, d=8, F=64, length=128, threads=1, fixed=0.0
 def test_the_table_interpolates_and_adds_up():
     t = synthetic_table()
     assert latency.head_grid(12) == [1, 2, 3, 4, 6, 8, 12] and latency.head_grid(4) == [1, 2, 3, 4]
-    assert latency.measured_dims(32) == [4, 8, 16, 32] and latency.measured_widths(64) == [8, 16, 24, 32, 40, 48,
-                                                                                          56, 64]
+    # the grids' smallest sizes are measured: head dim 2 (1 is left out of a latency budget), width F/96
+    assert latency.measured_dims(32) == [2, 4, 8, 16, 32] and latency.measured_dims(8) == [2, 4, 8]
+    assert latency.measured_widths(64) == [1, 8, 16, 24, 32, 40, 48, 56, 64]
+    assert latency.measured_widths(1536) == [16, 192, 384, 576, 768, 960, 1152, 1344, 1536]
     assert latency.block_ms(t, "mha", 2 * 8, 2) == pytest.approx(0.02 + 0.032)        # a measured shape
     assert latency.block_ms(t, "mha", 2 * 6, 2) == pytest.approx(0.02 + 0.024)        # between 4 and 8: linear
-    assert latency.block_ms(t, "mha", 2 * 2, 2) == pytest.approx((0.02 + 0.016) / 2)  # below 4: towards 0 at 0
     assert latency.block_ms(t, "ffn", 20, None) == pytest.approx(0.020)
+    # below the smallest measured size: what the smallest costs, not a line towards 0 (its operators all run)
+    small = {**t, "mha": {k: v for k, v in t["mha"].items() if not k.endswith(",2")}}
+    assert latency.block_ms(small, "mha", 2 * 2, 2) == pytest.approx(0.02 + 0.016)
+    assert latency.block_ms({**t, "ffn": {"8": 0.008}}, "ffn", 3) == pytest.approx(0.008)
     assert latency.block_ms(t, "mha", 0, 0) == latency.block_ms(t, "ffn", 0) == 0
     full = latency.encoder_ms(t, [(4, 32, 64)] * 2)
     assert full == pytest.approx(0.05 + 2 * (0.02 + 0.04 + 0.064 + 0.064))
@@ -250,12 +255,12 @@ def test_a_latency_budget_removes_whole_layers_and_the_model_follows(capture, ti
 def test_the_table_is_measured_once_per_machine(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("MODCOMP_CACHE", str(tmp_path))
-    t, path = latency.load_or_measure(32, 4, 8, 64, 16, "ort-int8", 1, log=lambda *a: None)
-    assert os.path.isfile(path) and t["key"]["cpu"] and t["fixed_ms"] != 0
-    assert set(t["mha"]) == {f"{k},{r}" for k in (1, 2, 3, 4) for r in (4, 8)} and len(t["ffn"]) == 8
+    t, path = latency.load_or_measure(32, 4, 8, 64, 16, "ort-int8", 1, 2, log=lambda *a: None)
+    assert os.path.isfile(path) and t["key"]["cpu"] and t["fixed_ms"] != 0 and t["context_layers"] == 2
+    assert set(t["mha"]) == {f"{k},{r}" for k in (1, 2, 3, 4) for r in (2, 4, 8)} and len(t["ffn"]) == 9
     assert all(v >= 0 for v in [*t["mha"].values(), *t["ffn"].values()])
     mtime = os.path.getmtime(path)
-    again, same = latency.load_or_measure(32, 4, 8, 64, 16, "ort-int8", 1, log=lambda *a: None)
+    again, same = latency.load_or_measure(32, 4, 8, 64, 16, "ort-int8", 1, 2, log=lambda *a: None)
     assert same == path and os.path.getmtime(path) == mtime and again == t
 
 
