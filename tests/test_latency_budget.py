@@ -244,6 +244,19 @@ def test_a_latency_budget_removes_whole_layers_and_the_model_follows(capture, ti
     ids = torch.randint(1000, 2000, (2, 9))
     h = again.base_model(input_ids=ids, output_hidden_states=True).hidden_states
     assert torch.equal(h[removed[0] + 1], h[removed[0]])     # the identity
+    # a modules dir whose removed layer has a block with a size: refused in one line, not silently dropped
+    import shutil
+    from safetensors import safe_open
+    from modcomp.compression import checkpoint_path, load_modules, save_block
+    bad = str(tmp_path / "bad_modules")
+    shutil.copytree(out, bad)
+    with safe_open(checkpoint_path(bad, removed[0], "mha"), "pt") as f:
+        meta = dict(f.metadata())
+    save_block(checkpoint_path(bad, removed[0], "mha"), MultiHeadSelfAttention(32, 4, 16),
+               {k: v for k, v in {**meta, "inner_size": "16"}.items() if k != "format"})
+    with pytest.raises(UserError, match=f"layer {removed[0]} is removed whole in the model, but this mha block has "
+                                        "size 16"):
+        load_modules(again, bad)
     pytest.importorskip("onnxruntime")
     from modcomp import export
     report = export.main([str(ft / "model"), str(tmp_path / "onnx"), "--max_rows", "8", "--threads", "1",
