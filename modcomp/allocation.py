@@ -293,12 +293,15 @@ def choose(options, budget, removals=None):
 
 # ------------------------------------------------------------------ a capture's allocation
 def allocate(teacher, store, train_idx, val_idx, compression, device, length=128, curve_tokens=CURVE_TOKENS,
-             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="output", log=print, table=None):
+             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="output", log=print, table=None, rounds=0):
     """The joint allocation of a capture's teacher at `compression`: {"dims": {layer: [attn inner, ffn width]},
     "budget": ..., "curves": ...}. Every layer of the encoder shares the budget. With a latency `table`
     (latency.load_or_measure) the budget is the encoder's measured latency divided by `compression`, and each
     layer also chooses its number of heads (the most important first: head_order): "heads" {layer: k} and
-    "head_order" {layer: teacher heads} come with the dims."""
+    "head_order" {layer: teacher heads} come with the dims. rounds (output currency): choose again that many
+    times with every block's sensitivity and every layer's removal error measured inside the last choice
+    (`_in_context`), and keep the choice whose closed-form blocks, all in place, give the smallest measured
+    output error ("rounds" in the result)."""
     config = teacher.config
     layers = range(config.num_hidden_layers)
     full = encoder_macs(config, length)
@@ -312,6 +315,8 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             out["budget"]["latency"] = _latency_budget(table, config, dims, out["heads"], compression)
         return out
     output = currency_name == "output"
+    if rounds and not output:
+        raise UserError(f"--context_rounds {rounds}: needs --currency output (the sensitivities it re-measures)")
     # a latency budget may remove whole layers (their fixed cost too) where the output currency measures what
     # that costs: each kept layer then pays its fixed cost, and what no choice removes is the base alone
     whole = table is not None and output
@@ -333,6 +338,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
     keep = torch.unique(torch.cat([subset, held]))
     fit_idx, val_idx = torch.searchsorted(keep, subset), torch.searchsorted(keep, held)
     options, curves, sensitivity, orders, removals = {}, {}, {}, {}, {}
+    ln_curves, probes, probe_ln = {}, {}, {}   # the curves before scaling; the sensitivity probes and their errors
     if output:  # the teacher's encoder output on the held-out sequences, what each block's error is carried to
         last = config.num_hidden_layers - 1
         out_t = data_init.layer_forward(teacher.layers[last], *select_sequences(*store.load_layer(last), held), device)
@@ -357,8 +363,9 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
                               measure, keep=r_cal if output else None, head_counts=heads, order=orders.get(l))
         if output:
             mha, cal = mha
+            probes[(l, "mha")], probe_ln[(l, "mha")] = cal, mha[r_cal if heads is None else (nh, r_cal)]
             sensitivity[l] = {"mha": _carried(teacher, l, "attention", cal, x, lengths, val_idx, out_t, device)
-                              / out_energy / max(mha[r_cal if heads is None else (nh, r_cal)], 1e-30)}
+                              / out_energy / max(probe_ln[(l, "mha")], 1e-30)}
         ins, outs, hidden = data_init.ffn_io(layer, ins, outs, hidden=True)
         measure = currency(currency_name, layer.output_layer_norm, ins + outs, val_tok)
         ffn = ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok, width_grid(F), device,
@@ -369,8 +376,10 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             w_cal = _nearest(width_grid(F), F / compression)
             cal = make_block(config, l, "ffn", w_cal).to(device)
             data_init.fit_ffn(layer.ffn, cal, ins, outs, flat_positions(lengths, fit_idx), device, hidden=hidden)
+            probes[(l, "ffn")], probe_ln[(l, "ffn")] = cal, ffn[w_cal]
             sensitivity[l]["ffn"] = (_carried(teacher, l, "ffn", cal, x, lengths, val_idx, out_t, device)
                                      / out_energy / max(ffn[w_cal], 1e-30))
+            ln_curves[l] = curves[l]
             curves[l] = {k: {s: e * sensitivity[l][k] for s, e in c.items()} for k, c in curves[l].items()}
         del hidden  # not held into the next layer's
         for kind in ("mha", "ffn"):
@@ -390,6 +399,43 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
                            (2, 8, d)) + "; FFN by width "
                 + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::16]))
     pick = choose(options, budget, removals)   # a latency budget's attention sizes are (heads, inner)
+    history, first_curves = [], {l: dict(c) for l, c in curves.items()}
+    if rounds:
+        x0, lens0 = select_sequences(*store.load_layer(0), held)
+        fitted = lambda p: _fit_picked(teacher, store, keep, fit_idx, p, orders, device)
+        blocks = fitted(pick)
+        measured = _output_error(teacher, blocks, _removed(pick), x0, lens0, out_t, out_energy, device)
+        history.append(_round(pick, options, removals, measured, None))
+        log(f"round 0 (blocks alone): predicted output error {history[-1]['predicted_error']:.4f}, measured with "
+            f"every closed-form block in place {measured:.4f}")
+        for r in range(1, rounds + 1):
+            sens, removal = _in_context(teacher, blocks, _removed(pick), probes, x0, lens0, out_t, out_energy,
+                                        device)
+            for (l, kind), v in sens.items():
+                curves[l][kind] = {s: e * v / max(probe_ln[(l, kind)], 1e-30) for s, e in ln_curves[l][kind].items()}
+                extra_fixed = fixed if whole and kind == "mha" else 0
+                options[(l, kind)] = {s: (_cost(config, kind, s, length, table) + extra_fixed, e)
+                                      for s, e in curves[l][kind].items()}
+            for l, e in removal.items():
+                if l in removals:
+                    removals[l] = (removals[l][0], (0, e))
+            new = choose(options, budget, removals)
+            if new == pick:
+                log(f"round {r}: the same choice")
+                break
+            pick, blocks = new, fitted(new)
+            measured = _output_error(teacher, blocks, _removed(pick), x0, lens0, out_t, out_energy, device)
+            history.append(_round(pick, options, removals, measured,
+                                  {str(l): {k: v / max(probe_ln[(l, k)], 1e-30) for (m, k), v in sens.items()
+                                            if m == l} for l in layers}))
+            log(f"round {r} (sensitivities inside the last choice): predicted {history[-1]['predicted_error']:.4f}, "
+                f"measured {measured:.4f}")
+        best = min(range(len(history)), key=lambda i: history[i]["measured_error"])
+        pick = history[best].pop("pick")
+        for h in history:
+            h.pop("pick", None)
+        history[best]["kept"] = True
+        log(f"kept round {best}'s choice (the smallest measured output error)")
     removed = [l for l in layers if pick[(l, "mha")] is None]   # removed whole
     for l in removed:
         pick[(l, "mha")], pick[(l, "ffn")] = (0, 0), 0
@@ -402,11 +448,13 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
            "predicted_error": sum(removals[l][1][1] if l in removed else
                                   curves[l]["mha"][pick[(l, "mha")]] + curves[l]["ffn"][pick[(l, "ffn")]]
                                   for l in layers),
-            "sensitivity": {str(l): v for l, v in sensitivity.items()} or None,
+            "sensitivity": {str(l): v for l, v in sensitivity.items()} or None, "rounds": history or None,
             "curve_tokens": int(torch.as_tensor(seq_lengths)[subset].sum()),
             "curve_heldout_tokens": int(torch.as_tensor(seq_lengths)[held].sum()),
             "curves": {str(l): {k: {(f"{s[0]},{s[1]}" if isinstance(s, tuple) else str(s)): e for s, e in c.items()}
-                                for k, c in cs.items()} for l, cs in curves.items()}}
+                                for k, c in cs.items()} for l, cs in first_curves.items()}}
+    if history:   # the kept round's prediction (the curves above are the first round's: the blocks alone)
+        out["predicted_error"] = next(h["predicted_error"] for h in history if h.get("kept"))
     if table is not None:
         out["budget"]["latency"] = _latency_budget(table, config, dims, head_counts, compression, removed)
         b = out["budget"]["latency"]
@@ -415,6 +463,119 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             f"heads per layer {[head_counts[l] for l in layers]}"
             + (f"; layers removed whole {removed}" if removed else ""))
     return out
+
+
+def _removed(pick):
+    return sorted({l for (l, _), s in pick.items() if s is None})
+
+
+def _round(pick, options, removals, measured, sensitivity):
+    """One choice of the rounds: its sizes, predicted (the options' errors summed) and measured output error."""
+    removed = _removed(pick)
+    pred = sum(removals[l][1][1] for l in removed) + sum(options[k][s][1] for k, s in pick.items() if s is not None)
+    sizes = {f"{l},{kind}": (list(s) if isinstance(s, tuple) else s) for (l, kind), s in pick.items()}
+    return {"pick": dict(pick), "sizes": sizes, "removed_layers": removed, "predicted_error": pred,
+            "measured_error": measured, "sensitivity": sensitivity}
+
+
+@torch.no_grad()
+def _fit_picked(teacher, store, keep, fit_idx, pick, orders, device):
+    """The closed-form blocks of a choice, fitted as the curves were (on the fitted sequences): {(layer, kind):
+    block}; a block at the teacher's size, or of a layer removed whole, is left out (the teacher's own)."""
+    config, nh = teacher.config, teacher.config.num_attention_heads
+    blocks = {}
+    for l in range(config.num_hidden_layers):
+        a, w = pick[(l, "mha")], pick[(l, "ffn")]
+        if a is None:
+            continue
+        k, inner = a if isinstance(a, tuple) else (nh, a)
+        todo = {"mha": not (k == nh and inner == config.attn_dims[l]), "ffn": w != config.ffn_dims[l]}
+        if not any(todo.values()):
+            continue
+        x, lengths = select_sequences(*store.load_layer(l), keep)
+        layer = teacher.layers[l]
+        ins, outs = data_init.block_io(layer, "mha", x, lengths, device)
+        fit_tok = flat_positions(lengths, fit_idx)
+        if todo["mha"]:
+            s = make_block(config, l, "mha", inner, heads=k).to(device).eval()
+            if inner == 0:
+                s.out_lin.bias.copy_(outs[fit_tok.to(outs.device)].double().mean(0).to(s.out_lin.bias))
+            else:
+                stats = data_init.mha_statistics(layer.attention, ins, lengths, fit_idx, device)
+                data_init.fit_mha(layer.attention, s, stats, heads=None if k == nh else orders[l][:k])
+                s.to(device)
+                data_init.refit_out_lin(s, ins, outs, lengths, fit_idx, device)
+            blocks[(l, "mha")] = s.eval()
+        if todo["ffn"]:
+            ins, outs, hidden = data_init.ffn_io(layer, ins, outs, hidden=True)
+            s = make_block(config, l, "ffn", w).to(device).eval()
+            if w == 0:
+                s.lin2.bias.copy_(outs[fit_tok.to(outs.device)].double().mean(0).to(s.lin2.bias))
+            else:
+                data_init.fit_ffn(layer.ffn, s, ins, outs, fit_tok, device, hidden=hidden)
+            blocks[(l, "ffn")] = s.eval()
+            del hidden
+    return blocks
+
+
+class _Swapped:
+    """with _Swapped(teacher, blocks): the teacher's layers run `blocks` ({(layer, kind): block}) instead."""
+
+    def __init__(self, teacher, blocks):
+        self.teacher, self.blocks, self.old = teacher, blocks, {}
+
+    def __enter__(self):
+        for (l, kind), b in self.blocks.items():
+            name = "attention" if kind == "mha" else "ffn"
+            self.old[(l, name)] = getattr(self.teacher.layers[l], name)
+            setattr(self.teacher.layers[l], name, b)
+
+    def __exit__(self, *exc):
+        for (l, name), m in self.old.items():
+            setattr(self.teacher.layers[l], name, m)
+
+
+@torch.no_grad()
+def _run_from(teacher, start, h, lens, blocks, removed, device, upto=None):
+    """The layers start .. upto - 1 (all that follow by default) with `blocks` in place, those in `removed` skipped."""
+    with _Swapped(teacher, blocks):
+        for j in range(start, len(teacher.layers) if upto is None else upto):
+            if j not in removed:
+                h = data_init.layer_forward(teacher.layers[j], h, lens, device)
+    return h
+
+
+def _output_error(teacher, blocks, removed, x0, lens, out_t, out_energy, device):
+    """The encoder output's squared error (relative to its energy) with every block of `blocks` in place."""
+    return _energy(_run_from(teacher, 0, x0, lens, blocks, set(removed), device).to(out_t) - out_t) / out_energy
+
+
+@torch.no_grad()
+def _in_context(teacher, blocks, removed, probes, x0, lens, out_t, out_energy, device):
+    """Each block's sensitivity probe and each layer's removal measured inside a choice (`blocks` in place, the
+    layers `removed` gone), not among the teacher's blocks: ({(layer, kind): output error the probe adds over
+    the teacher's block there}, {layer: output error removing the layer adds over the teacher's layer there}).
+    Divided by the probe's own layernorm error, the first is the block's sensitivity in that context: where
+    the other layers' attention is gone, the last attention left carries far more of the output."""
+    removed = set(removed)
+    err = lambda h: _energy(h.to(out_t) - out_t) / out_energy
+    hs, h = [], x0
+    for l in range(len(teacher.layers)):   # every layer's input inside the choice
+        hs.append(h)
+        h = _run_from(teacher, l, h, lens, blocks, removed, device, upto=l + 1)
+    sens, removal = {}, {}
+    for l in range(len(teacher.layers)):
+        own = {k: b for k, b in blocks.items() if k[0] != l}       # layer l as the teacher's
+        base = err(_run_from(teacher, l, hs[l], lens, own, removed - {l}, device))
+        removal[l] = max(err(_run_from(teacher, l, hs[l], lens, own, removed | {l}, device)) - base, 0.0)
+        if l in removed:
+            continue
+        for kind in ("mha", "ffn"):
+            probe = {**own, **{k: b for k, b in blocks.items() if k[0] == l and k[1] != kind}, (l, kind): probes[(l, kind)]}
+            teacher_there = {k: b for k, b in probe.items() if k != (l, kind)}
+            sens[(l, kind)] = max(err(_run_from(teacher, l, hs[l], lens, probe, removed, device))
+                                  - err(_run_from(teacher, l, hs[l], lens, teacher_there, removed, device)), 0.0)
+    return sens, removal
 
 
 def _nearest(grid, size):

@@ -29,8 +29,8 @@ from modcomp.modular import holdout_split, open_capture
 from modcomp.utils import HelpFormatter, UserError, atomic_write_json, run_main
 
 # the module-stage fields that are no setting of a closed form (it is always init data; --allocation gives sizes)
-MODULE_TRAINING = ("init", "allocate", "currency", "budget_length", "module_epochs", "module_batch_size", "module_lr",
-                   "mixup")
+MODULE_TRAINING = ("init", "allocate", "currency", "budget_length", "context_rounds", "module_epochs",
+                   "module_batch_size", "module_lr", "mixup")
 
 
 def parse_args(argv=None):

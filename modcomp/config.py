@@ -86,6 +86,9 @@ FIELDS = {
                              choices=("ort-int8", "openvino")),
     "budget_length": Field(int, "--allocate: the sequence length the budget is counted (or measured) at",
                            ("modules",)),
+    "context_rounds": Field(int, "--allocate --currency output: choose again N times with every block's "
+                                 "sensitivity measured inside the last choice; keep the choice of the smallest "
+                                 "measured output error (0: the blocks' sensitivities alone)", ("modules",)),
     "fit_tokens": Field(str, "--init data: fit the closed form on at most N training tokens per layer | all",
                         ("modules",)),
     "module_epochs": Field(int, "epochs of module training (the paper: 200; 0: the start as it is)", ("modules",),
@@ -160,7 +163,7 @@ def check(fields):
     if f["fit_tokens"] != "all" and not (f["fit_tokens"].isdigit() and int(f["fit_tokens"]) > 0):
         raise RecipeError(f"--fit_tokens must be a positive integer or 'all', got {f['fit_tokens']!r}")
     at_least = {"ft_epochs": 1, "batch_size": 1, "eval_batch_size": 1, "module_batch_size": 1,
-                "capture_batch_size": 1, "max_length": 2, "budget_length": 1, "module_epochs": 0, "augment": 0,
+                "capture_batch_size": 1, "max_length": 2, "budget_length": 1, "context_rounds": 0, "module_epochs": 0, "augment": 0,
                 "module_seed": 0, "capture_samples": 1, "max_train_samples": 1, "max_eval_samples": 1}
     for k, lo in at_least.items():
         if f[k] is not None and f[k] < lo:
@@ -392,10 +395,12 @@ def capture_tokens(fields):
 # ------------------------------------------------------------------ labels and paths
 def settings(fields):
     """The fields that are settings of a run: all, less the currency where nothing is allocated, and the budget's
-    kind and runtime unless it is a latency budget (so that multiply-add runs keep the paths they had)."""
+    kind and runtime unless it is a latency budget and the context rounds unless there are some (so that earlier
+    runs keep the paths they had)."""
     latency = fields.get("allocate") and fields.get("budget") == "latency"
     return {k: v for k, v in fields.items() if (k != "currency" or fields["allocate"])
-            and (k not in ("budget", "latency_runtime") or latency)}
+            and (k not in ("budget", "latency_runtime") or latency)
+            and (k != "context_rounds" or (fields["allocate"] and v))}
 
 
 def row_label(variant, fields):

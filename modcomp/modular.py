@@ -259,6 +259,7 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
                 **({"budget": "latency", "latency_runtime": args.latency_runtime,
                     "threads": torch.get_num_threads(), "latency_version": allocation.LATENCY_VERSION}
                    if latency else {}),
+                **({"context_rounds": args.context_rounds} if getattr(args, "context_rounds", 0) else {}),
                 "compression": args.compression, "length": args.budget_length,
                 "holdout": args.holdout, "seed": args.seed, "curve_tokens": allocation.CURVE_TOKENS,
                 "curve_heldout_tokens": allocation.CURVE_HELDOUT_TOKENS,
@@ -278,7 +279,7 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
                    f"measured on at most {allocation.CURVE_HELDOUT_TOKENS} held-out tokens)")
         out = allocation.allocate(teacher, store, train_idx, val_idx, args.compression, device,
                                   length=args.budget_length, seed=args.seed, currency_name=args.currency,
-                                  log=tqdm.write, table=table)
+                                  log=tqdm.write, table=table, rounds=getattr(args, "context_rounds", 0))
         if table is not None:
             out["latency_table"] = {"path": path, **table}
         return out

@@ -115,9 +115,9 @@ def cached_table(tmp_path, monkeypatch):
     return t
 
 
-def _stages(cap, out, c):
+def _stages(cap, out, c, *extra):
     common = ["--activations_dir", cap, "--output_dir", out, "--init", "data", "--epochs", "0", "--compression",
-              str(c), "--allocate", "--budget", "latency", "--threads", "1"]
+              str(c), "--allocate", "--budget", "latency", "--threads", "1", *extra]
     mha_modular.main(common)
     ffn_modular.main(common)
     with open(os.path.join(out, "allocation.json")) as f:
@@ -156,6 +156,34 @@ def test_a_latency_budget_chooses_heads_and_sizes_and_the_model_follows(capture,
     report = export.main([str(ft / "model"), str(tmp_path / "onnx"), "--max_rows", "8", "--threads", "1",
                           "--repeats", "2", "--seq_len", "16", "--no_openvino"])
     assert report["fp32_within_tolerance"] and report["attention_layers"] == sum(1 for a in att if not a.removed)
+
+
+def test_context_rounds_choose_again_and_keep_the_smallest_measured_error(capture, cached_table, tmp_path):
+    """--context_rounds 2: the blocks' sensitivities measured inside the last choice, a new choice, and the one
+    kept whose closed-form blocks all in place give the smallest measured output error; the result still fits
+    the budget, and the stages' sizes are the kept round's."""
+    alloc = _stages(capture, str(tmp_path / "mod"), 3, "--context_rounds", "2")
+    rounds = alloc["rounds"]
+    assert 1 <= len(rounds) <= 3 and rounds[0]["sensitivity"] is None
+    assert all(r["sensitivity"] for r in rounds[1:])
+    kept = [r for r in rounds if r.get("kept")]
+    assert len(kept) == 1 and kept[0]["measured_error"] == min(r["measured_error"] for r in rounds)
+    assert all(r["measured_error"] >= 0 and r["predicted_error"] >= 0 for r in rounds)
+    assert alloc["predicted_error"] == kept[0]["predicted_error"]
+    for l, (a, w) in alloc["dims"].items():
+        size = kept[0]["sizes"][f"{l},mha"]
+        assert (a, w) == (0, 0) if size is None else (size == [alloc["heads"][l], a]
+                                                        and kept[0]["sizes"][f"{l},ffn"] == w)
+    b = alloc["budget"]["latency"]
+    assert b["predicted_ms"] <= b["budget_ms"] + 1e-6
+    # the same settings: read back, not recomputed; no rounds: none recorded
+    assert _stages(capture, str(tmp_path / "mod"), 3, "--context_rounds", "2") == alloc
+    assert _stages(capture, str(tmp_path / "mod0"), 3)["rounds"] is None
+
+
+def test_context_rounds_need_the_output_currency(capture, cached_table, tmp_path):
+    with pytest.raises(UserError, match="--context_rounds 1: needs --currency output"):
+        _stages(capture, str(tmp_path / "mod"), 3, "--context_rounds", "1", "--currency", "layernorm")
 
 
 def test_closed_form_refuses_a_latency_allocation(capture, cached_table, tmp_path):
