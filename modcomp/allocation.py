@@ -41,6 +41,7 @@ import fcntl
 import json
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -401,16 +402,16 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
     pick = choose(options, budget, removals)   # a latency budget's attention sizes are (heads, inner)
     history, first_curves = [], {l: dict(c) for l, c in curves.items()}
     if rounds:
+        t0 = time.time()
         x0, lens0 = select_sequences(*store.load_layer(0), held)
         fitted = lambda p: _fit_picked(teacher, store, keep, fit_idx, p, orders, device)
         blocks = fitted(pick)
         measured = _output_error(teacher, blocks, _removed(pick), x0, lens0, out_t, out_energy, device)
         history.append(_round(pick, options, removals, measured, None))
-        log(f"round 0 (blocks alone): predicted output error {history[-1]['predicted_error']:.4f}, measured with "
+        log(f"round 0 (blocks alone, {time.time() - t0:.0f} s): predicted output error {history[-1]['predicted_error']:.4f}, measured with "
             f"every closed-form block in place {measured:.4f}")
         for r in range(1, rounds + 1):
-            sens, removal = _in_context(teacher, blocks, _removed(pick), probes, x0, lens0, out_t, out_energy,
-                                        device)
+            sens, removal = _in_context(teacher, blocks, _removed(pick), probes, x0, lens0, out_energy, device)
             for (l, kind), v in sens.items():
                 curves[l][kind] = {s: e * v / max(probe_ln[(l, kind)], 1e-30) for s, e in ln_curves[l][kind].items()}
                 extra_fixed = fixed if whole and kind == "mha" else 0
@@ -428,7 +429,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             history.append(_round(pick, options, removals, measured,
                                   {str(l): {k: v / max(probe_ln[(l, k)], 1e-30) for (m, k), v in sens.items()
                                             if m == l} for l in layers}))
-            log(f"round {r} (sensitivities inside the last choice): predicted {history[-1]['predicted_error']:.4f}, "
+            log(f"round {r} (sensitivities inside the last choice, {time.time() - t0:.0f} s): predicted {history[-1]['predicted_error']:.4f}, "
                 f"measured {measured:.4f}")
         best = min(range(len(history)), key=lambda i: history[i]["measured_error"])
         pick = history[best].pop("pick")
@@ -551,14 +552,17 @@ def _output_error(teacher, blocks, removed, x0, lens, out_t, out_energy, device)
 
 
 @torch.no_grad()
-def _in_context(teacher, blocks, removed, probes, x0, lens, out_t, out_energy, device):
+def _in_context(teacher, blocks, removed, probes, x0, lens, out_energy, device):
     """Each block's sensitivity probe and each layer's removal measured inside a choice (`blocks` in place, the
-    layers `removed` gone), not among the teacher's blocks: ({(layer, kind): output error the probe adds over
-    the teacher's block there}, {layer: output error removing the layer adds over the teacher's layer there}).
-    Divided by the probe's own layernorm error, the first is the block's sensitivity in that context: where
-    the other layers' attention is gone, the last attention left carries far more of the output."""
+    layers `removed` gone), not among the teacher's blocks: ({(layer, kind): squared change of the encoder's
+    output when the teacher's block there is replaced by the probe}, {layer: the same when the layer is removed
+    whole}), relative to the teacher output's energy. Among the teacher's blocks this is what the sensitivity
+    measures; inside a choice the later layers may carry a block's error on very differently (where the other
+    layers' attention is gone, the last attention left carries far more of the output). Not the change of the
+    output's error: inside a choice that is already wrong, swapping one block changes the error by little either
+    way, and its differences are no cost (measured: they made every block look free)."""
     removed = set(removed)
-    err = lambda h: _energy(h.to(out_t) - out_t) / out_energy
+    change = lambda a, b: _energy(a - b.to(a)) / out_energy
     hs, h = [], x0
     for l in range(len(teacher.layers)):   # every layer's input inside the choice
         hs.append(h)
@@ -566,15 +570,15 @@ def _in_context(teacher, blocks, removed, probes, x0, lens, out_t, out_energy, d
     sens, removal = {}, {}
     for l in range(len(teacher.layers)):
         own = {k: b for k, b in blocks.items() if k[0] != l}       # layer l as the teacher's
-        base = err(_run_from(teacher, l, hs[l], lens, own, removed - {l}, device))
-        removal[l] = max(err(_run_from(teacher, l, hs[l], lens, own, removed | {l}, device)) - base, 0.0)
+        ref = _run_from(teacher, l, hs[l], lens, own, removed - {l}, device)
+        removal[l] = change(_run_from(teacher, l, hs[l], lens, own, removed | {l}, device), ref)
         if l in removed:
             continue
         for kind in ("mha", "ffn"):
-            probe = {**own, **{k: b for k, b in blocks.items() if k[0] == l and k[1] != kind}, (l, kind): probes[(l, kind)]}
-            teacher_there = {k: b for k, b in probe.items() if k != (l, kind)}
-            sens[(l, kind)] = max(err(_run_from(teacher, l, hs[l], lens, probe, removed, device))
-                                  - err(_run_from(teacher, l, hs[l], lens, teacher_there, removed, device)), 0.0)
+            there = {**own, **{k: b for k, b in blocks.items() if k[0] == l and k[1] != kind}}
+            sens[(l, kind)] = change(_run_from(teacher, l, hs[l], lens, {**there, (l, kind): probes[(l, kind)]},
+                                               removed, device),
+                                     _run_from(teacher, l, hs[l], lens, there, removed, device))
     return sens, removal
 
 
