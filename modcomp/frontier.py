@@ -111,6 +111,13 @@ def _kind(budget):
     return " ".join(w for w in words if not w.startswith("c="))
 
 
+def _asked(budget):
+    """'latency c=4 (openvino)' -> 4.0 (the ratio a latency budget asked for); None for a multiply-add budget."""
+    words = budget.split()
+    c = next((w[2:] for w in words if w.startswith("c=")), None)
+    return float(c) if words[0] == "latency" and c else None
+
+
 def table_and_plot(timed, png=None):
     """The markdown table (and, with `png`, the plot) of `run_speed.py --frontier --json` output: per task, every
     point's retention against its latency at 128 tokens and at the task's real lengths, in its own runtime,
@@ -120,13 +127,15 @@ def table_and_plot(timed, png=None):
     m = timed.get("machine") or {}
     lines = [f"CPU: {m.get('cpu')} ({', '.join(m.get('isa') or [])}), {timed.get('threads')} threads, batch 1. "
              "vs peer: the fastest uncompressed peer at that length (named); vs own: the uncompressed model in the "
-             "point's own runtime.", "",
-             "| task | budget | retention | runtime | ms × 128 | vs peer (128) | vs own (128) | ms real | "
-             "vs peer (real) | vs own (real) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "point's own runtime; of the budget: vs own (128) over the ratio a latency budget asked for.", "",
+             "| task | budget | retention | runtime | ms × 128 | vs peer (128) | vs own (128) | of the budget | ms real "
+             "| vs peer (real) | vs own (real) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for q in sorted(pts, key=lambda q: (q["task"], q["budget"].split()[0], q["ms_128"])):
+        c = _asked(q["budget"])
+        share = f"{q['vs_own_128'] / c:.2f}" if c else "–"
         lines.append(f"| {q['task']} | {q['budget']} | {q['retention']} | {q['runtime']} | {q['ms_128']} | "
-                     f"{q['vs_peer_128']:.2f}× | {q['vs_own_128']:.2f}× | {q['ms_real']} | {q['vs_peer_real']:.2f}× | "
-                     f"{q['vs_own_real']:.2f}× |")
+                     f"{q['vs_peer_128']:.2f}× | {q['vs_own_128']:.2f}× | {share} | {q['ms_real']} | "
+                     f"{q['vs_peer_real']:.2f}× | {q['vs_own_real']:.2f}× |")
     names = sorted({q["peer"] for q in pts} | {q["peer_real"] for q in pts})
     lines += ["", "Peers (uncompressed): " + "; ".join(
         f"{n} {peers[n]['ms_128']} ms × 128, " + ", ".join(f"{t} {v} ms" for t, v in peers[n]["ms_real"].items())

@@ -76,6 +76,10 @@ def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, 
     md = frontier.table_and_plot(r, str(tmp_path / "plot.png"))   # the table and plot of the re-timed frontier
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG" and md.count("| stsb |") == 3
     assert "latency c=3 (openvino)" in md and "Peers (uncompressed):" in md
+    lat = next(q for q in r["points"] if q["budget"].startswith("latency"))   # its share of the ratio asked for
+    row = next(line for line in md.splitlines() if f"| {lat['budget']} |" in line)
+    assert row.split(" | ")[7] == f"{lat['vs_own_128'] / 3:.2f}"
+    assert frontier._asked("latency c=4 (openvino)") == 4.0 and frontier._asked("macs c=4") is None
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"points": [{"task": "stsb"}]}))
     with pytest.raises(UserError, match="allocation"):
