@@ -35,7 +35,8 @@ errors say it is needed:
   at most the budget (a multiple-choice knapsack). At c = 1 every block keeps its full size.
 
 The result is written once per modules dir (`allocation.json`, under a lock: the MHA and FFN stages may run
-at once) and read by both stages.
+at once) and read by both stages; the curves, which do not depend on the compression, once per capture and
+settings beside the modules dirs (`curve_cache`: modular.joint_allocation).
 """
 import fcntl
 import json
@@ -147,15 +148,23 @@ def attention_curve(teacher, inputs, targets, lengths, train_idx, val_idx, head_
             if k == nh and r == teacher.head_dim and r != keep:
                 curve[key] = 0.0
                 continue
-            s = MultiHeadSelfAttention(H, k, k * r).to(device)
-            data_init.fit_mha(teacher, s, stats, heads=None if k == nh else order[:k])
-            s.to(device)
-            data_init.refit_out_lin(s, inputs, targets, lengths, train_idx, device)
+            s = fit_attention(teacher, inputs, targets, lengths, train_idx, k, r, order, device, stats)
             pred = data_init.attention_outputs(s, inputs, lengths, val_idx, device)
             curve[key] = measure(pred.to(targets) - targets[val_tok], val_tok)
             if k == nh and r == keep:
                 kept = s
     return curve if keep is None else (curve, kept)
+
+
+@torch.no_grad()
+def fit_attention(teacher, inputs, targets, lengths, train_idx, k, r, order, device, stats):
+    """The closed-form attention of k heads x head dim r (the first k heads of `order` when k is not all of them):
+    fit_mha from the teacher's statistics (mha_statistics on train_idx), then refit_out_lin on train_idx."""
+    s = MultiHeadSelfAttention(teacher.q_lin.in_features, k, k * r).to(device)
+    data_init.fit_mha(teacher, s, stats, heads=None if k == teacher.num_heads else order[:k])
+    s.to(device)
+    data_init.refit_out_lin(s, inputs, targets, lengths, train_idx, device)
+    return s
 
 
 @torch.no_grad()
@@ -294,7 +303,8 @@ def choose(options, budget, removals=None):
 
 # ------------------------------------------------------------------ a capture's allocation
 def allocate(teacher, store, train_idx, val_idx, compression, device, length=128, curve_tokens=CURVE_TOKENS,
-             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="output", log=print, table=None, rounds=0):
+             heldout_tokens=CURVE_HELDOUT_TOKENS, seed=0, currency_name="output", log=print, table=None, rounds=0,
+             curve_cache=None):
     """The joint allocation of a capture's teacher at `compression`: {"dims": {layer: [attn inner, ffn width]},
     "budget": ..., "curves": ...}. Every layer of the encoder shares the budget. With a latency `table`
     (latency.load_or_measure) the budget is the encoder's measured latency divided by `compression`, and each
@@ -302,7 +312,10 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
     "head_order" {layer: teacher heads} come with the dims. rounds (output currency): choose again that many
     times with every block's sensitivity and every layer's removal error measured inside the last choice
     (`_in_context`), and keep the choice whose closed-form blocks, all in place, give the smallest measured
-    output error ("rounds" in the result)."""
+    output error ("rounds" in the result). curve_cache (path, settings): the per-layer curves, head orders and
+    layer-removal errors, which do not depend on `compression`, read from that JSON file when it holds these
+    settings (the calibration probes are refitted: their size depends on it), else written there, so that a
+    sweep over compressions measures them once per capture."""
     config = teacher.config
     layers = range(config.num_hidden_layers)
     full = encoder_macs(config, length)
@@ -344,6 +357,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         last = config.num_hidden_layers - 1
         out_t = data_init.layer_forward(teacher.layers[last], *select_sequences(*store.load_layer(last), held), device)
         out_energy = _energy(out_t - teacher.layers[last].output_layer_norm.bias.detach().to(out_t))
+    cache, fresh = _read_curve_cache(curve_cache), {}
     for l in layers:
         x, lengths = select_sequences(*store.load_layer(l), keep)
         layer = teacher.layers[l]
@@ -352,16 +366,24 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         val_tok = flat_positions(lengths, val_idx)
         measure = currency(currency_name, layer.sa_layer_norm, ins + outs, val_tok)
         r_cal = _nearest(head_dim_grid(d), d / compression)
-        heads = None
+        heads, known = None, cache.get(l)
         if table is not None:   # which heads a layer keeps first: their own contributions, on the fitted tokens
             from modcomp.latency import head_grid
             heads = head_grid(nh)
-            orders[l] = head_order(layer.attention, ins, lengths, fit_idx, device, measure)
+            orders[l] = known["order"] if known else head_order(layer.attention, ins, lengths, fit_idx, device,
+                                                                measure)
         # a latency budget leaves out head dim 1: ONNX Runtime's attention fusion does not take it (an unfused
         # block would cost more than its table row)
         grid = head_dim_grid(d) if heads is None else [r for r in head_dim_grid(d) if r != 1 or r == d]
-        mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, grid, device,
-                              measure, keep=r_cal if output else None, head_counts=heads, order=orders.get(l))
+        if known:
+            mha = known["mha"]
+            if output:
+                stats = data_init.mha_statistics(layer.attention, ins, lengths, fit_idx, device)
+                mha = (mha, fit_attention(layer.attention, ins, outs, lengths, fit_idx, nh, r_cal, None, device,
+                                          stats))
+        else:
+            mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, grid, device,
+                                  measure, keep=r_cal if output else None, head_counts=heads, order=orders.get(l))
         if output:
             mha, cal = mha
             probes[(l, "mha")], probe_ln[(l, "mha")] = cal, mha[r_cal if heads is None else (nh, r_cal)]
@@ -369,8 +391,10 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
                               / out_energy / max(probe_ln[(l, "mha")], 1e-30)}
         ins, outs, hidden = data_init.ffn_io(layer, ins, outs, hidden=True)
         measure = currency(currency_name, layer.output_layer_norm, ins + outs, val_tok)
-        ffn = ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok, width_grid(F), device,
-                        measure=measure, hidden=hidden)
+        ffn = known["ffn"] if known else ffn_curve(layer.ffn, ins, outs, flat_positions(lengths, fit_idx), val_tok,
+                                                   width_grid(F), device, measure=measure, hidden=hidden)
+        if not known:
+            fresh[l] = {"order": orders.get(l), "mha": mha, "ffn": ffn}
         curves[l] = {"mha": ({r * nh: e for r, e in mha.items()} if heads is None
                              else {(k, k * r): e for (k, r), e in mha.items()}), "ffn": dict(ffn)}
         if output:
@@ -388,8 +412,11 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         if whole:   # the layer's fixed cost is paid with its attention (any size, 0 too) unless the layer goes
             fixed = int(round(table["fixed_ms"] * LATENCY_UNITS))
             options[(l, "mha")] = {s: (c + fixed, e) for s, (c, e) in options[(l, "mha")].items()}
-            removals[l] = (((l, "mha"), (l, "ffn")),
-                           (0, _carried_removed(teacher, l, x, lengths, val_idx, out_t, device) / out_energy))
+            gone = known["removal"] if known and known.get("removal") is not None else \
+                _carried_removed(teacher, l, x, lengths, val_idx, out_t, device) / out_energy
+            removals[l] = (((l, "mha"), (l, "ffn")), (0, gone))
+            if l in fresh:
+                fresh[l]["removal"] = gone
         if heads is None:
             log(f"layer {l}: error ({currency_name} currency), attention by head dim "
                 + " ".join(f"{s // nh}:{e:.2e}" for s, e in curves[l]["mha"].items())
@@ -399,6 +426,10 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
                 + " ".join(f"{k}x{a // k}:{e:.1e}" for (k, a), e in curves[l]["mha"].items() if k and a // k in
                            (2, 8, d)) + "; FFN by width "
                 + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::16]))
+    if fresh and curve_cache:
+        _write_curve_cache(curve_cache, {**cache, **fresh})
+    elif curve_cache:
+        log(f"curves, head orders and layer removals of every layer: {curve_cache[0]} (measured before)")
     pick = choose(options, budget, removals)   # a latency budget's attention sizes are (heads, inner)
     history, first_curves = [], {l: dict(c) for l, c in curves.items()}
     if rounds:
@@ -464,6 +495,37 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             f"heads per layer {[head_counts[l] for l in layers]}"
             + (f"; layers removed whole {removed}" if removed else ""))
     return out
+
+
+def _key(s):
+    return f"{s[0]},{s[1]}" if isinstance(s, tuple) else str(s)
+
+
+def _unkey(k):
+    return tuple(int(v) for v in k.split(",")) if "," in k else int(k)
+
+
+def _read_curve_cache(curve_cache):
+    """{layer: {"order", "mha", "ffn", "removal"}} of a curve cache file holding these settings, else {}."""
+    if not curve_cache or not os.path.isfile(curve_cache[0]):
+        return {}
+    try:
+        with open(curve_cache[0]) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return {}   # unreadable: measured again and written anew
+    if found.get("settings") != curve_cache[1]:
+        return {}
+    return {int(l): {"order": c.get("order"), "mha": {_unkey(k): v for k, v in c["mha"].items()},
+                     "ffn": {int(k): v for k, v in c["ffn"].items()}, "removal": c.get("removal")}
+            for l, c in found["layers"].items()}
+
+
+def _write_curve_cache(curve_cache, layers):
+    atomic_write_json(curve_cache[0], {"settings": curve_cache[1], "layers": {
+        str(l): {"order": c["order"], "mha": {_key(k): v for k, v in c["mha"].items()},
+                 "ffn": {str(k): v for k, v in c["ffn"].items()}, "removal": c.get("removal")}
+        for l, c in sorted(layers.items())}})
 
 
 def _removed(pick):

@@ -10,6 +10,7 @@ targets = ffn(inputs). Loss: MSE over real tokens only. Held out: a slice of the
 """
 import argparse
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -277,9 +278,14 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
         tqdm.write(f"allocating the {'latency' if latency else 'multiply-add'} budget 1/{args.compression:g} over "
                    f"every block (curves fitted on at most {allocation.CURVE_TOKENS} training tokens per layer, "
                    f"measured on at most {allocation.CURVE_HELDOUT_TOKENS} held-out tokens)")
+        # the curves do not depend on the compression: measured once for every modules dir beside this one
+        shared = {k: v for k, v in settings.items() if k not in ("compression", "context_rounds")}
+        digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
+        cache = (os.path.join(os.path.dirname(os.path.abspath(args.output_dir)), f"curves-{digest}.json"), shared)
         out = allocation.allocate(teacher, store, train_idx, val_idx, args.compression, device,
                                   length=args.budget_length, seed=args.seed, currency_name=args.currency,
-                                  log=tqdm.write, table=table, rounds=getattr(args, "context_rounds", 0))
+                                  log=tqdm.write, table=table, rounds=getattr(args, "context_rounds", 0),
+                                  curve_cache=cache)
         if table is not None:
             out["latency_table"] = {"path": path, **table}
         return out

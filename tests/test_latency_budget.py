@@ -181,6 +181,27 @@ def test_context_rounds_choose_again_and_keep_the_smallest_measured_error(captur
     assert _stages(capture, str(tmp_path / "mod0"), 3)["rounds"] is None
 
 
+def test_the_curves_are_measured_once_for_every_compression(capture, cached_table, tmp_path, monkeypatch):
+    """A second modules dir of the same capture (another --compression) reads the curves, head orders and layer
+    removals from the cache beside it and allocates exactly what measuring them again gives."""
+    first = _stages(capture, str(tmp_path / "mods" / "c2"), 2)
+    cache = [f for f in os.listdir(tmp_path / "mods") if f.startswith("curves-")]
+    assert len(cache) == 1
+    calls = []
+    real = allocation.attention_curve
+    monkeypatch.setattr(allocation, "attention_curve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cached = _stages(capture, str(tmp_path / "mods" / "c3"), 3)
+    assert calls == [] and cached["head_order"] == first["head_order"]   # not measured again
+    fresh = _stages(capture, str(tmp_path / "alone" / "c3"), 3)   # no cache beside it: measured
+    assert len(calls) == 2
+    for k in ("dims", "heads", "head_order", "removed_layers", "predicted_error", "sensitivity", "curves",
+              "layer_removal_error"):
+        assert cached[k] == fresh[k], k
+    (tmp_path / "mods" / cache[0]).write_text("{")              # a broken cache: measured again, not an error
+    again = _stages(capture, str(tmp_path / "mods" / "c4"), 4)
+    assert len(calls) == 4 and again["dims"]
+
+
 def test_context_rounds_need_the_output_currency(capture, cached_table, tmp_path):
     with pytest.raises(UserError, match="--context_rounds 1: needs --currency output"):
         _stages(capture, str(tmp_path / "mod"), 3, "--context_rounds", "1", "--currency", "layernorm")
