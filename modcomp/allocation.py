@@ -329,6 +329,8 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             out["budget"]["latency"] = _latency_budget(table, config, dims, out["heads"], compression)
         return out
     output = currency_name == "output"
+    if rounds < 0:
+        raise UserError(f"--context_rounds must be >= 0, got {rounds}")
     if rounds and not output:
         raise UserError(f"--context_rounds {rounds}: needs --currency output (the sensitivities it re-measures)")
     # a latency budget may remove whole layers (their fixed cost too) where the output currency measures what
@@ -384,9 +386,12 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         else:
             mha = attention_curve(layer.attention, ins, outs, lengths, fit_idx, val_idx, grid, device,
                                   measure, keep=r_cal if output else None, head_counts=heads, order=orders.get(l))
-        if output:
-            mha, cal = mha
-            probes[(l, "mha")], probe_ln[(l, "mha")] = cal, mha[r_cal if heads is None else (nh, r_cal)]
+        if output:   # the probe's own error measured here, not read from the curve: a cached curve has 0 at the
+            mha, cal = mha   # teacher's size, where attention_curve measures a probe of that size (c near 1)
+            t = flat_positions(lengths, val_idx).to(outs.device)
+            probe = data_init.attention_outputs(cal, ins, lengths, val_idx, device)
+            probes[(l, "mha")], probe_ln[(l, "mha")] = cal, measure(probe.to(outs) - outs[t], t)
+            mha = {**mha, (d if heads is None else (nh, d)): 0.0}   # the teacher's own block: exact
             sensitivity[l] = {"mha": _carried(teacher, l, "attention", cal, x, lengths, val_idx, out_t, device)
                               / out_energy / max(probe_ln[(l, "mha")], 1e-30)}
         ins, outs, hidden = data_init.ffn_io(layer, ins, outs, hidden=True)
@@ -427,11 +432,11 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
                            (2, 8, d)) + "; FFN by width "
                 + " ".join(f"{s}:{e:.1e}" for s, e in list(curves[l]["ffn"].items())[::16]))
     if fresh and curve_cache:
-        _write_curve_cache(curve_cache, {**cache, **fresh})
+        _write_curve_cache(curve_cache, {**cache, **fresh}, log)
     elif curve_cache:
         log(f"curves, head orders and layer removals of every layer: {curve_cache[0]} (measured before)")
     pick = choose(options, budget, removals)   # a latency budget's attention sizes are (heads, inner)
-    history, first_curves = [], {l: dict(c) for l, c in curves.items()}
+    history, first_curves, first_removals = [], {l: dict(c) for l, c in curves.items()}, dict(removals)
     if rounds:
         t0 = time.time()
         x0, lens0 = select_sequences(*store.load_layer(0), held)
@@ -460,6 +465,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
             history.append(_round(pick, options, removals, measured,
                                   {str(l): {k: v / max(probe_ln[(l, k)], 1e-30) for (m, k), v in sens.items()
                                             if m == l} for l in layers}))
+            history[-1]["layer_removal_error"] = {str(l): e for l, e in removal.items()} if removals else None
             log(f"round {r} (sensitivities inside the last choice, {time.time() - t0:.0f} s): predicted {history[-1]['predicted_error']:.4f}, "
                 f"measured {measured:.4f}")
         best = min(range(len(history)), key=lambda i: history[i]["measured_error"])
@@ -474,7 +480,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
     head_counts = {l: pick[(l, "mha")][0] for l in layers} if table is not None else None
     dims = {l: [pick[(l, "mha")][1] if table is not None else pick[(l, "mha")], pick[(l, "ffn")]] for l in layers}
     extra = {"heads": head_counts, "head_order": orders, "removed_layers": removed,
-             "layer_removal_error": {str(l): e for l, (_, (_, e)) in removals.items()} or None} \
+             "layer_removal_error": {str(l): e for l, (_, (_, e)) in first_removals.items()} or None} \
         if table is not None else {}
     out = {"dims": dims, "budget": _budget(config, length, full, budget if table is None else None, dims), **extra,
            "predicted_error": sum(removals[l][1][1] if l in removed else
@@ -514,18 +520,24 @@ def _read_curve_cache(curve_cache):
             found = json.load(f)
     except (OSError, ValueError):
         return {}   # unreadable: measured again and written anew
-    if found.get("settings") != curve_cache[1]:
-        return {}
-    return {int(l): {"order": c.get("order"), "mha": {_unkey(k): v for k, v in c["mha"].items()},
-                     "ffn": {int(k): v for k, v in c["ffn"].items()}, "removal": c.get("removal")}
-            for l, c in found["layers"].items()}
+    try:
+        if found.get("settings") != curve_cache[1]:
+            return {}
+        return {int(l): {"order": c.get("order"), "mha": {_unkey(k): v for k, v in c["mha"].items()},
+                         "ffn": {int(k): v for k, v in c["ffn"].items()}, "removal": c.get("removal")}
+                for l, c in found["layers"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return {}   # not a curve cache's shape: measured again and written anew
 
 
-def _write_curve_cache(curve_cache, layers):
-    atomic_write_json(curve_cache[0], {"settings": curve_cache[1], "layers": {
-        str(l): {"order": c["order"], "mha": {_key(k): v for k, v in c["mha"].items()},
-                 "ffn": {str(k): v for k, v in c["ffn"].items()}, "removal": c.get("removal")}
-        for l, c in sorted(layers.items())}})
+def _write_curve_cache(curve_cache, layers, log=print):
+    try:
+        atomic_write_json(curve_cache[0], {"settings": curve_cache[1], "layers": {
+            str(l): {"order": c["order"], "mha": {_key(k): v for k, v in c["mha"].items()},
+                     "ffn": {str(k): v for k, v in c["ffn"].items()}, "removal": c.get("removal")}
+            for l, c in sorted(layers.items())}})
+    except OSError as e:   # a read-only parent: this allocation stands, the next one measures them again
+        log(f"warning: cannot write the curve cache {curve_cache[0]} ({e})")
 
 
 def _removed(pick):
@@ -622,7 +634,8 @@ def _in_context(teacher, blocks, removed, probes, x0, lens, out_energy, device):
     measures; inside a choice the later layers may carry a block's error on very differently (where the other
     layers' attention is gone, the last attention left carries far more of the output). Not the change of the
     output's error: inside a choice that is already wrong, swapping one block changes the error by little either
-    way, and its differences are no cost (measured: they made every block look free)."""
+    way, and its differences are no cost (measured: they made every block look free). A layer removed whole in
+    the choice has no blocks to probe: its blocks keep the sensitivities they had."""
     removed = set(removed)
     change = lambda a, b: _energy(a - b.to(a)) / out_energy
     hs, h = [], x0

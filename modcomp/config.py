@@ -160,6 +160,9 @@ def check(fields):
         raise RecipeError(f"--compression must be a number > 1, got {f['compression']:g}")
     if f.get("budget") == "latency" and not (f["allocate"] and f["init"] == "data"):
         raise RecipeError("--budget latency is spent by the allocation: it needs --allocate 1 and --init data")
+    if f.get("context_rounds") and not (f["allocate"] and f["init"] == "data" and f["currency"] == "output"):
+        raise RecipeError("--context_rounds re-measures the allocation's output-currency sensitivities: it needs "
+                          "--allocate 1, --init data and --currency output")
     if f["fit_tokens"] != "all" and not (f["fit_tokens"].isdigit() and int(f["fit_tokens"]) > 0):
         raise RecipeError(f"--fit_tokens must be a positive integer or 'all', got {f['fit_tokens']!r}")
     at_least = {"ft_epochs": 1, "batch_size": 1, "eval_batch_size": 1, "module_batch_size": 1,

@@ -153,15 +153,16 @@ def load_or_measure(hidden, nh, head_dim, width, length, runtime, threads, layer
     return json.loads(json.dumps(table)), path
 
 
-def _interp(points, x):
+def _interp(points, x, hold=True):
     """Linear interpolation of sorted (x, y) points at x; 0 at 0, the first point's y below it (a block of any
-    size runs its operators); beyond the last point, proportional."""
+    size runs its operators; hold=False: a line from (0, 0), as tables before version 3 were read); beyond the
+    last point, proportional."""
     if x <= 0:
         return 0.0
-    if x <= points[0][0]:
+    if hold and x <= points[0][0]:
         return points[0][1]
-    lo = points[0]
-    for p in points[1:]:
+    lo = points[0] if hold else (0.0, 0.0)
+    for p in (points[1:] if hold else points):
         if x <= p[0]:
             return lo[1] + (p[1] - lo[1]) * (x - lo[0]) / (p[0] - lo[0])
         lo = p
@@ -172,15 +173,16 @@ def block_ms(table, kind, size, heads=None):
     """The table's cost (ms) of an attention block of `heads` x head dim size/heads, or an FFN of width size."""
     if not size:
         return 0.0
+    hold = table["key"].get("version", VERSION) >= 3   # a committed older table reads as it was read then
     if kind == "ffn":
-        return _interp(sorted((int(w), v) for w, v in table["ffn"].items()), size)
+        return _interp(sorted((int(w), v) for w, v in table["ffn"].items()), size, hold)
     rows = {}
     for kr, v in table["mha"].items():
         k, r = map(int, kr.split(","))
         rows.setdefault(k, []).append((r, v))
     if heads not in rows:
         raise ValueError(f"the latency table has no row of {heads} heads ({sorted(rows)})")
-    return _interp(sorted(rows[heads]), size / heads)
+    return _interp(sorted(rows[heads]), size / heads, hold)
 
 
 def encoder_ms(table, layers):

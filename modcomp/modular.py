@@ -279,7 +279,8 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
                    f"every block (curves fitted on at most {allocation.CURVE_TOKENS} training tokens per layer, "
                    f"measured on at most {allocation.CURVE_HELDOUT_TOKENS} held-out tokens)")
         # the curves do not depend on the compression: measured once for every modules dir beside this one
-        shared = {k: v for k, v in settings.items() if k not in ("compression", "context_rounds")}
+        shared = {**{k: v for k, v in settings.items() if k not in ("compression", "context_rounds")},
+                  "capture": store.manifest["settings"]}   # its dtype too (inputs_sha256 is of the ids)
         digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
         cache = (os.path.join(os.path.dirname(os.path.abspath(args.output_dir)), f"curves-{digest}.json"), shared)
         out = allocation.allocate(teacher, store, train_idx, val_idx, args.compression, device,

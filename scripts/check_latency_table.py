@@ -1,7 +1,7 @@
 """How well a latency table predicts whole models: every latency point of a frontier.json (its shapes, random
 weights) timed in the point's runtime on this CPU beside the table's prediction (latency.encoder_ms), and the
 uncompressed model too. The table is this machine's (measured and cached if it is not there yet) or --table FILE
-(a committed one: to see what an older version predicted).
+(a committed one: to see what an older version predicted, read as that version was).
 
     python scripts/check_latency_table.py --frontier results/latency_budget/frontier.json --json OUT.json
 """
@@ -38,10 +38,18 @@ def main(argv=None):
     c = base.config
     L, nh = c.num_hidden_layers, c.num_attention_heads
     if a.table:
-        with open(a.table) as f:
-            table = json.load(f)
-        if table["key"]["runtime"] != a.runtime:
-            raise UserError(f"--table {a.table} is of {table['key']['runtime']}, not --runtime {a.runtime}")
+        try:
+            with open(a.table) as f:
+                table = json.load(f)
+            key = table["key"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"--table {a.table}: not a latency table ({e})") from None
+        want = {"runtime": a.runtime, "hidden": c.hidden_size, "heads": nh, "head_dim": c.attn_dims[0] // nh,
+                "ffn_width": max(c.ffn_dims), "length": a.seq_len, "threads": a.threads}
+        bad = {k: (key.get(k), v) for k, v in want.items() if key.get(k) != v}
+        if bad:
+            raise UserError(f"--table {a.table} is not of these shapes and settings: "
+                            + ", ".join(f"{k} {got} (here: {v})" for k, (got, v) in bad.items()))
     else:
         table, _ = latency.load_or_measure(c.hidden_size, nh, c.attn_dims[0] // nh, max(c.ffn_dims), a.seq_len,
                                            a.runtime, a.threads, L)

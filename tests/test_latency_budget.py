@@ -39,6 +39,8 @@ def test_the_table_interpolates_and_adds_up():
     small = {**t, "mha": {k: v for k, v in t["mha"].items() if not k.endswith(",2")}}
     assert latency.block_ms(small, "mha", 2 * 2, 2) == pytest.approx(0.02 + 0.016)
     assert latency.block_ms({**t, "ffn": {"8": 0.008}}, "ffn", 3) == pytest.approx(0.008)
+    old = {**small, "key": {**t["key"], "version": 2}}       # a committed version 2 table reads as it was read
+    assert latency.block_ms(old, "mha", 2 * 2, 2) == pytest.approx((0.02 + 0.016) / 2)
     assert latency.block_ms(t, "mha", 0, 0) == latency.block_ms(t, "ffn", 0) == 0
     full = latency.encoder_ms(t, [(4, 32, 64)] * 2)
     assert full == pytest.approx(0.05 + 2 * (0.02 + 0.04 + 0.064 + 0.064))
@@ -158,7 +160,8 @@ def test_a_latency_budget_chooses_heads_and_sizes_and_the_model_follows(capture,
     assert report["fp32_within_tolerance"] and report["attention_layers"] == sum(1 for a in att if not a.removed)
 
 
-def test_context_rounds_choose_again_and_keep_the_smallest_measured_error(capture, cached_table, tmp_path):
+def test_context_rounds_choose_again_and_keep_the_smallest_measured_error(capture, cached_table, tmp_path,
+                                                                          monkeypatch):
     """--context_rounds 2: the blocks' sensitivities measured inside the last choice, a new choice, and the one
     kept whose closed-form blocks all in place give the smallest measured output error; the result still fits
     the budget, and the stages' sizes are the kept round's."""
@@ -177,8 +180,47 @@ def test_context_rounds_choose_again_and_keep_the_smallest_measured_error(captur
     b = alloc["budget"]["latency"]
     assert b["predicted_ms"] <= b["budget_ms"] + 1e-6
     # the same settings: read back, not recomputed; no rounds: none recorded
-    assert _stages(capture, str(tmp_path / "mod"), 3, "--context_rounds", "2") == alloc
+    calls = []
+    real = allocation._in_context
+    monkeypatch.setattr(allocation, "_in_context", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert _stages(capture, str(tmp_path / "mod"), 3, "--context_rounds", "2") == alloc and calls == []
     assert _stages(capture, str(tmp_path / "mod0"), 3)["rounds"] is None
+
+
+@torch.no_grad()
+def test_in_context_with_no_blocks_is_the_sensitivity_among_the_teachers_blocks(capture, tiny_bert_dir):
+    """Inside an empty choice (every block the teacher's) a probe changes the output by what _carried measures."""
+    from modcomp.activations import ActivationStore, select_sequences
+    store = ActivationStore(capture)
+    teacher = ModDistilBertForSequenceClassification.from_teacher(tiny_bert_dir, num_labels=1).base_model.eval()
+    n = len(store.sequence_info()[0])
+    idx = torch.arange(n)
+    x0, lens = select_sequences(*store.load_layer(0), idx)
+    h = x0
+    for layer in teacher.layers:
+        h = data_init.layer_forward(layer, h, lens, "cpu")
+    energy = float((h.double() ** 2).sum())
+    torch.manual_seed(0)
+    probes = {(l, k): (MultiHeadSelfAttention(32, 4, 8) if k == "mha" else
+                       __import__("modeling_moddistilbert").FeedForward(32, 16)).eval()
+              for l in range(2) for k in ("mha", "ffn")}
+    sens, removal = allocation._in_context(teacher, {}, [], probes, x0, lens, energy, "cpu")
+    for (l, k), v in sens.items():
+        x, ln = select_sequences(*store.load_layer(l), idx)
+        alone = allocation._carried(teacher, l, "attention" if k == "mha" else "ffn", probes[(l, k)], x, ln, idx,
+                                    h, "cpu") / energy
+        assert v == pytest.approx(alone, rel=0.05), (l, k)
+    for l, v in removal.items():
+        x, ln = select_sequences(*store.load_layer(l), idx)
+        assert v == pytest.approx(allocation._carried_removed(teacher, l, x, ln, idx, h, "cpu") / energy, rel=0.05)
+
+
+def test_context_rounds_are_refused_before_any_stage_without_an_output_allocation():
+    from modcomp import config
+    with pytest.raises(config.RecipeError, match="--context_rounds re-measures"):
+        config.resolve("default", {"context_rounds": "2", "currency": "layernorm"})
+    with pytest.raises(config.RecipeError, match="--context_rounds must be >= 0"):
+        config.resolve("default", {"context_rounds": "-1"})
 
 
 def test_the_curves_are_measured_once_for_every_compression(capture, cached_table, tmp_path, monkeypatch):
@@ -197,9 +239,19 @@ def test_the_curves_are_measured_once_for_every_compression(capture, cached_tabl
     for k in ("dims", "heads", "head_order", "removed_layers", "predicted_error", "sensitivity", "curves",
               "layer_removal_error"):
         assert cached[k] == fresh[k], k
+    # a multiply-add budget near 1, whose probe is at the teacher's own head dim: the cached curves (written by
+    # c=2, 0 at that size) give what measuring them gives
+    macs = lambda out, c: (mha_modular.main(["--activations_dir", capture, "--output_dir", str(out), "--init", "data",
+                                             "--epochs", "0", "--compression", str(c), "--allocate", "--threads", "1"]),
+                           json.loads((out / "allocation.json").read_text()))[1]
+    macs(tmp_path / "m" / "c2", 2)
+    near, alone = macs(tmp_path / "m" / "c1.05", 1.05), macs(tmp_path / "m1" / "c1.05", 1.05)
+    assert near["dims"] == alone["dims"] and near["sensitivity"] == alone["sensitivity"]
     (tmp_path / "mods" / cache[0]).write_text("{")              # a broken cache: measured again, not an error
     again = _stages(capture, str(tmp_path / "mods" / "c4"), 4)
-    assert len(calls) == 4 and again["dims"]
+    assert len(calls) == 2 + 2 + 2 + 2 and again["dims"]     # (the two macs runs measured theirs once)
+    (tmp_path / "mods" / cache[0]).write_text("[1, 2]")         # valid JSON, not a cache's shape: the same
+    assert _stages(capture, str(tmp_path / "mods" / "c5"), 5)["dims"] and len(calls) == 10
 
 
 def test_context_rounds_need_the_output_currency(capture, cached_table, tmp_path):
