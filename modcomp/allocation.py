@@ -367,7 +367,6 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         ins, outs = data_init.block_io(layer, "mha", x, lengths, device)
         val_tok = flat_positions(lengths, val_idx)
         measure = currency(currency_name, layer.sa_layer_norm, ins + outs, val_tok)
-        r_cal = _nearest(head_dim_grid(d), d / compression)
         heads, known = None, cache.get(l)
         if table is not None:   # which heads a layer keeps first: their own contributions, on the fitted tokens
             from modcomp.latency import head_grid
@@ -377,6 +376,7 @@ def allocate(teacher, store, train_idx, val_idx, compression, device, length=128
         # a latency budget leaves out head dim 1: ONNX Runtime's attention fusion does not take it (an unfused
         # block would cost more than its table row)
         grid = head_dim_grid(d) if heads is None else [r for r in head_dim_grid(d) if r != 1 or r == d]
+        r_cal = _nearest(grid, d / compression)   # (a latency budget's: never head dim 1)
         if known:
             mha = known["mha"]
             if output:

@@ -297,9 +297,11 @@ def joint_allocation(args, store, teacher, teacher_sha, train_idx, val_idx, devi
     order = {int(l): list(o) for l, o in (result.get("head_order") or {}).items()}
     removed = [int(l) for l in result.get("removed_layers") or []]
     b = result["budget"]
+    got = b["achieved_compression"]   # none when every block is removed (inf, written as null)
     tqdm.write(f"allocation (attention inner size, FFN width) per layer: {dims}; "
                f"{b['used_macs']:,} of {b['uncompressed_macs']:,} multiply-adds at {b['length']} tokens "
-               f"(c = {b['achieved_compression']:.3f}, budget 1/{args.compression:g})"
+               f"(c = {'inf: every block removed' if got in (None, float('inf')) else f'{got:.3f}'}, "
+               f"budget 1/{args.compression:g})"
                + (f"; heads per layer {heads}; predicted latency {b['latency']['predicted_ms']:.3f} of "
                   f"{b['latency']['uncompressed_ms']:.3f} ms ({b['latency']['predicted_ratio']:.2f}x)" if heads else "")
                + (f"; layers removed whole {removed}" if removed else ""))

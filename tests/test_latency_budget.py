@@ -314,6 +314,22 @@ def test_choose_takes_a_whole_layer_removal_where_it_is_best():
         allocation.choose(options, 10, {"x": (((0, "mha"), (1, "ffn")), (0, 0.0))})
 
 
+def test_a_budget_that_leaves_no_block_runs_both_stages(capture, tmp_path, monkeypatch):
+    """Blocks that each cost a quarter of the model: at 1/8 every block goes (no multiply-adds left: the achieved
+    compression is infinite, null in allocation.json); the FFN stage reads that file back without failing."""
+    monkeypatch.setenv("MODCOMP_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    t = synthetic_table(fixed=0.0, base=0.001)
+    t["mha"] = {k: 1.0 for k in t["mha"]}
+    t["ffn"] = {k: 1.0 for k in t["ffn"]}
+    os.makedirs(os.path.dirname(latency.table_path(t["key"])))
+    with open(latency.table_path(t["key"]), "w") as f:
+        json.dump(t, f)
+    alloc = _stages(capture, str(tmp_path / "mod"), 8)
+    assert all(d == [0, 0] for d in alloc["dims"].values()) and alloc["budget"]["achieved_compression"] is None
+    assert {f"layer0{l}_{k}.safetensors" for l in (0, 1) for k in ("mha", "ffn")} <= set(os.listdir(tmp_path / "mod"))
+
+
 def test_a_latency_budget_removes_whole_layers_and_the_model_follows(capture, tiny_bert_dir, tmp_path,
                                                                      monkeypatch):
     """A layer's fixed cost (0.3 ms here) above what half the budget leaves: one layer must go whole, and the
