@@ -23,6 +23,17 @@ VERSION = 1
 RUNTIMES = ("ort-int8", "openvino")   # what a point is timed in (latency.RUNTIMES); a macs point: ort-int8
 
 
+def _median(scores):
+    """The median of seeds' scores, where None (undefined: the correlation of a constant prediction) counts below
+    every number; None when the median falls on one."""
+    v = sorted(scores, key=lambda x: (x is not None, x or 0.0))
+    n = len(v)
+    if n % 2:
+        return v[n // 2]
+    lo, hi = v[n // 2 - 1], v[n // 2]
+    return None if lo is None or hi is None else (lo + hi) / 2
+
+
 def build(results_dir, label, tasks, allocations, model="minilm"):
     """The frontier's dict from a results directory: rows of `label` (a recorded variant) and their baselines."""
     by = {}
@@ -45,7 +56,7 @@ def build(results_dir, label, tasks, allocations, model="minilm"):
         for s in common:
             if len(seeds[s]) > 1 or len(base[s]) > 1:
                 raise UserError(f"{task} c={c:g} seed {s}: several runs under {results_dir}: narrow it")
-        comp = statistics.median(seeds[s][0] for s in common)
+        comp = _median([seeds[s][0] for s in common])
         ref = statistics.median(base[s][0] for s in common)
         pattern = allocations.format(task=task, seed=common[0], c=f"{c:g}")
         found = sorted(glob.glob(pattern))
@@ -65,7 +76,9 @@ def build(results_dir, label, tasks, allocations, model="minilm"):
                 shapes["removed_layers"] = sorted(int(l) for l in alloc["removed_layers"])
             shapes["predicted_latency_ratio"] = round(alloc["budget"]["latency"]["predicted_ratio"], 3)
         points.append({"task": task, "budget": budget, "compression": c, "runtime": runtime, "seeds": common,
-                       "retention": round(comp / ref, 4), "score": round(comp, 3), "teacher_score": round(ref, 3),
+                       "retention": None if comp is None else round(comp / ref, 4),
+                       "score": None if comp is None else round(comp, 3), "teacher_score": round(ref, 3),
+                       "undefined_seeds": [s for s in common if seeds[s][0] is None] or None,
                        "allocation": shapes})
     if not points:
         raise UserError(f"no {label} rows of {', '.join(tasks)} under {results_dir}")
@@ -133,7 +146,8 @@ def table_and_plot(timed, png=None):
     for q in sorted(pts, key=lambda q: (q["task"], q["budget"].split()[0], q["ms_128"])):
         c = _asked(q["budget"])
         share = f"{q['vs_own_128'] / c:.2f}" if c else "–"
-        lines.append(f"| {q['task']} | {q['budget']} | {q['retention']} | {q['runtime']} | {q['ms_128']} | "
+        ret = "undefined" if q["retention"] is None else q["retention"]   # a constant prediction's correlation
+        lines.append(f"| {q['task']} | {q['budget']} | {ret} | {q['runtime']} | {q['ms_128']} | "
                      f"{q['vs_peer_128']:.2f}× | {q['vs_own_128']:.2f}× | {share} | {q['ms_real']} | "
                      f"{q['vs_peer_real']:.2f}× | {q['vs_own_real']:.2f}× |")
     names = sorted({q["peer"] for q in pts} | {q["peer_real"] for q in pts})
@@ -158,7 +172,7 @@ def table_and_plot(timed, png=None):
                     sel = sorted((q for q in pts if q["task"] == task and _kind(q["budget"]) == kind),
                                  key=lambda q: q[key])
                     if sel:   # a point below the axis (a collapsed score) drawn on its lower edge
-                        ax.plot([q[key] for q in sel], [max(q["retention"], FLOOR) for q in sel],
+                        ax.plot([q[key] for q in sel], [max(q["retention"] or 0.0, FLOOR) for q in sel],
                                 marker=styles[kind][0], linestyle=styles[kind][1], color=f"C{i}",
                                 label=f"{task}, {kind} budget")
             ax.set_ylim(FLOOR - 0.005, 1.03)

@@ -41,6 +41,16 @@ def test_frontier_points_are_the_medians_and_their_allocations(tmp_path):
     p2 = frontier.build(str(res), "mine", ["stsb"], str(tmp_path / "alloc/s{seed}_c{c}/allocation.json"))["points"][0]
     assert (p2["budget"], p2["runtime"], p2["allocation"]["attn_heads"]) == ("latency c=2 (openvino)", "openvino",
                                                                              [2, 1])
+    # an undefined score (a constant prediction's correlation: null) counts below every number in the median
+    assert frontier._median([None, 0.5, 0.7]) == 0.5 and frontier._median([None, None, 0.7]) is None
+    assert frontier._median([None, 0.5]) is None and frontier._median([0.4, 0.6]) == pytest.approx(0.5)
+    path = res / "minilm_mine_4.0_stsb_s2" / "results.json"
+    r = json.loads(path.read_text())
+    r["epochs"][-1].update(score=None, pearson=None, spearmanr=None)
+    r.update(last_score=None, best_score=None)
+    path.write_text(json.dumps(r))
+    p4 = frontier.build(str(res), "mine", ["stsb"], str(tmp_path / "alloc/s{seed}_c{c}/allocation.json"))["points"][1]
+    assert p4["undefined_seeds"] == [2] and p4["retention"] == pytest.approx(0.68 / 0.80)
 
 
 def test_run_speed_frontier_retimes_every_point_beside_the_peers(tiny_bert_dir, tmp_path):
