@@ -20,10 +20,10 @@ shape of the grids, in the spirit of Kwon et al. (2022)'s per-machine latency lo
   cost.
 - Why whole encoders, not one layer (version 2): timed alone, a one-layer model hides what a block costs between
   other layers (operators fused with the graph's ends, weights that stay in cache), and a small block's cost is
-  the small difference of two one-layer times. Measured (OpenVINO, bf16, Xeon with AMX, 2 threads, 128 tokens):
-  an FFN of width 80 costs 1 us in a one-layer model and 36 us in a six-layer one, attention of 2 heads x 2 dims
-  24 us (the version 2 table, interpolated towards 0) and 76 us; version 2 predicted 0.75 ms for STS-B's 1/4
-  allocation, which ran in 1.23 ms; the six-layer costs add up to 1.2 ms (docs/stages.md).
+  the small difference of two one-layer times. Checked on whole models (scripts/check_latency_table.py; OpenVINO,
+  bf16, Xeon with AMX, 2 threads, 128 tokens: results/latency_budget/table_check): version 2 predicted them
+  10-59% too fast, version 3 within -21..+4%; a small attention block costs 60-90 us here, not the 24 us the
+  version 2 table's line to 0 gave 2 heads x 2 dims.
 
 The shapes are timed with random weights (latency does not depend on them), interleaved in every repeat, and the
 median kept. The table is a JSON file under the cache directory ($MODCOMP_CACHE, else ~/.cache/modcomp), keyed by
